@@ -1,0 +1,2 @@
+//! roost CLI.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! roost-matchmaker.
+#![forbid(unsafe_code)]

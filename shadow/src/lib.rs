@@ -1,0 +1,2 @@
+//! roost-schedd: the job queue and the shadows.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! The execute host: the owner's daemon and the per-job starter.

@@ -1,0 +1,1 @@
+//! libroost_shim.so: interposes libc file calls and forwards remote ones.
