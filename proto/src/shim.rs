@@ -1,7 +1,7 @@
 //! The shim ⇄ starter wire: a Unix stream socket inside the sandbox.
 //!
-//! Each process of the job has its own connection (a forked child connects
-//! anew; an exec'd image keeps its connection through `ROOST_CHAN_FD`). The
+//! Each process image of the job has its own connection (`O_CLOEXEC`; a
+//! forked child and an exec'd image each connect anew and say `Hello`). The
 //! shim sends one [`ShimRequest`] frame and waits for one [`ShimReply`]
 //! frame. A reply to `Call(Open)` that succeeds carries one file descriptor
 //! (SCM_RIGHTS): the placeholder for the new remote fd. Data the job
@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 
 /// Environment variable: path of the starter's Unix socket.
 pub const ENV_SOCK: &str = "ROOST_SOCK";
-/// Environment variable: the channel fd an exec'd image inherits.
-pub const ENV_CHAN_FD: &str = "ROOST_CHAN_FD";
 /// Environment variable: the job's current directory (absolute, submit host).
 pub const ENV_CWD: &str = "ROOST_CWD";
 /// Environment variable: the job's initial directory on the submit host;
@@ -34,8 +32,9 @@ pub enum ShimRequest {
     /// Make the handle's placeholder a read stream: the starter pushes the
     /// file's bytes from the handle's offset into it (used for stdin).
     Stream { h: Handle },
-    /// The process is about to exit with this status (informational).
-    Exiting { status: i32 },
+    /// Apply every write the job made so far (to any placeholder) on the
+    /// shadow before replying (`close`/`fsync` of a written fd, `exit`).
+    Flush,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +43,7 @@ pub enum ShimReply {
     Welcome { remote: Vec<InheritedFd> },
     /// Answer to `Call`.
     Reply(FileReply),
-    /// Answer to `Stream` and `Exiting`.
+    /// Answer to `Stream` and `Flush`.
     Ok,
 }
 
