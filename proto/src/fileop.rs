@@ -67,8 +67,9 @@ pub enum FileOp {
     Symlink { target: Vec<u8>, at: Option<Handle>, path: Vec<u8> },
     /// `linkat`. Replies `Ok`.
     Link { from_at: Option<Handle>, from: Vec<u8>, to_at: Option<Handle>, to: Vec<u8> },
-    /// Duplicate a handle's reference (the job `dup`ed a remote fd). Replies `Ok`.
-    AddRef { h: Handle },
+    /// Does nothing; replies `Ok` once every earlier `Write` is applied
+    /// (the shadow executes a job's calls and writes in order).
+    Barrier,
 }
 
 impl FileOp {
@@ -78,7 +79,7 @@ impl FileOp {
         match self {
             Close { h } | Read { h, .. } | Pread { h, .. } | Write { h, .. } | Pwrite { h, .. }
             | Lseek { h, .. } | Fstat { h } | Getdents { h, .. } | Ftruncate { h, .. }
-            | Fsync { h, .. } | Lock { h, .. } | AddRef { h } => Some(*h),
+            | Fsync { h, .. } | Lock { h, .. } => Some(*h),
             _ => None,
         }
     }
