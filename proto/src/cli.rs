@@ -9,20 +9,41 @@ use serde::{Deserialize, Serialize};
 pub enum CliRequest {
     /// A job description file's text; `cwd` is where `roost submit` ran
     /// (the default `initialdir`), `file` its name for error messages.
-    Submit { file: String, text: String, cwd: String },
-    Queue { all: bool },
-    Remove { jobs: Vec<JobId> },
+    Submit {
+        file: String,
+        text: String,
+        cwd: String,
+    },
+    Queue {
+        all: bool,
+    },
+    Remove {
+        jobs: Vec<JobId>,
+    },
     /// The job's event log, JSON lines.
-    Log { job: JobId },
+    Log {
+        job: JobId,
+    },
     Ping,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CliReply {
-    Submitted { jobs: Vec<JobId> },
-    Queue { jobs: Vec<JobSummary> },
-    Removed { jobs: Vec<JobId>, not_found: Vec<JobId> },
-    Log { lines: Vec<String> },
+    Submitted {
+        jobs: Vec<JobId>,
+    },
+    Queue {
+        jobs: Vec<JobSummary>,
+    },
+    Removed {
+        jobs: Vec<JobId>,
+        not_found: Vec<JobId>,
+    },
+    Log {
+        lines: Vec<String>,
+    },
     Pong,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }

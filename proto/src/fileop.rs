@@ -15,7 +15,12 @@ pub type Errno = i32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileOp {
     /// `openat(at, path, flags, mode)`. Replies `Opened`.
-    Open { at: Option<Handle>, path: Vec<u8>, flags: i32, mode: u32 },
+    Open {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        flags: i32,
+        mode: u32,
+    },
     /// Drop one reference to a handle. Replies `Ok`.
     Close { h: Handle },
     /// `read` at the handle's offset. Replies `Data` (empty at end of file).
@@ -31,15 +36,38 @@ pub enum FileOp {
     /// `fstat`. Replies `Stat`.
     Fstat { h: Handle },
     /// `fstatat` (`nofollow` = `AT_SYMLINK_NOFOLLOW`). Replies `Stat`.
-    Stat { at: Option<Handle>, path: Vec<u8>, nofollow: bool },
+    Stat {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        nofollow: bool,
+    },
     /// `faccessat(at, path, mode, flags)`. Replies `Ok`.
-    Access { at: Option<Handle>, path: Vec<u8>, mode: i32, flags: i32 },
+    Access {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        mode: i32,
+        flags: i32,
+    },
     /// `unlinkat` (`dir` = `AT_REMOVEDIR`). Replies `Ok`.
-    Unlink { at: Option<Handle>, path: Vec<u8>, dir: bool },
+    Unlink {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        dir: bool,
+    },
     /// `renameat2`. Replies `Ok`.
-    Rename { from_at: Option<Handle>, from: Vec<u8>, to_at: Option<Handle>, to: Vec<u8>, flags: u32 },
+    Rename {
+        from_at: Option<Handle>,
+        from: Vec<u8>,
+        to_at: Option<Handle>,
+        to: Vec<u8>,
+        flags: u32,
+    },
     /// `mkdirat`. Replies `Ok`.
-    Mkdir { at: Option<Handle>, path: Vec<u8>, mode: u32 },
+    Mkdir {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        mode: u32,
+    },
     /// Next directory entries of a directory handle (`getdents64`).
     /// Replies `Dirents`; an empty list is the end.
     Getdents { h: Handle, max: u32 },
@@ -51,7 +79,11 @@ pub enum FileOp {
     /// `ftruncate`. Replies `Ok`.
     Ftruncate { h: Handle, len: i64 },
     /// `truncate`. Replies `Ok`.
-    Truncate { at: Option<Handle>, path: Vec<u8>, len: i64 },
+    Truncate {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        len: i64,
+    },
     /// `fsync`/`fdatasync`. Replies `Ok`.
     Fsync { h: Handle, data_only: bool },
     /// `fcntl(F_GETLK|F_SETLK|F_SETLKW|F_OFD_*)`. Replies `Lock` (for the
@@ -60,13 +92,31 @@ pub enum FileOp {
     /// `readlinkat`. Replies `Path`.
     Readlink { at: Option<Handle>, path: Vec<u8> },
     /// `fchmodat`/`fchmod` (`h` set: by handle). Replies `Ok`.
-    Chmod { at: Option<Handle>, path: Vec<u8>, mode: u32 },
+    Chmod {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        mode: u32,
+    },
     /// `utimensat` (times as (sec, nsec); `None` = now). Replies `Ok`.
-    Utimens { at: Option<Handle>, path: Vec<u8>, times: [Option<(i64, i64)>; 2], nofollow: bool },
+    Utimens {
+        at: Option<Handle>,
+        path: Vec<u8>,
+        times: [Option<(i64, i64)>; 2],
+        nofollow: bool,
+    },
     /// `symlinkat(target, at, path)`. Replies `Ok`.
-    Symlink { target: Vec<u8>, at: Option<Handle>, path: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+        at: Option<Handle>,
+        path: Vec<u8>,
+    },
     /// `linkat`. Replies `Ok`.
-    Link { from_at: Option<Handle>, from: Vec<u8>, to_at: Option<Handle>, to: Vec<u8> },
+    Link {
+        from_at: Option<Handle>,
+        from: Vec<u8>,
+        to_at: Option<Handle>,
+        to: Vec<u8>,
+    },
     /// Does nothing; replies `Ok` once every earlier `Write` is applied
     /// (the shadow executes a job's calls and writes in order).
     Barrier,
@@ -77,9 +127,17 @@ impl FileOp {
     pub fn handle(&self) -> Option<Handle> {
         use FileOp::*;
         match self {
-            Close { h } | Read { h, .. } | Pread { h, .. } | Write { h, .. } | Pwrite { h, .. }
-            | Lseek { h, .. } | Fstat { h } | Getdents { h, .. } | Ftruncate { h, .. }
-            | Fsync { h, .. } | Lock { h, .. } => Some(*h),
+            Close { h }
+            | Read { h, .. }
+            | Pread { h, .. }
+            | Write { h, .. }
+            | Pwrite { h, .. }
+            | Lseek { h, .. }
+            | Fstat { h }
+            | Getdents { h, .. }
+            | Ftruncate { h, .. }
+            | Fsync { h, .. }
+            | Lock { h, .. } => Some(*h),
             _ => None,
         }
     }

@@ -45,7 +45,11 @@ pub enum ToMatchmaker {
     /// From an ownerd.
     Machine(MachineAd),
     /// From a schedd: its idle jobs; `addr` is where starters reach its shadows.
-    Jobs { schedd: HostName, addr: String, jobs: Vec<JobAd> },
+    Jobs {
+        schedd: HostName,
+        addr: String,
+        jobs: Vec<JobAd>,
+    },
     /// From a schedd: the claim ended (job done, removed or starter failed).
     Release { claim: ClaimId },
     /// `roost status`.
@@ -57,12 +61,21 @@ pub enum FromMatchmaker {
     /// To a schedd: these jobs were matched; a starter will attach with the claim.
     Matches(Vec<Match>),
     /// To an ownerd: run this job for this schedd.
-    Claim { claim: ClaimId, job: JobId, schedd: HostName, addr: String },
+    Claim {
+        claim: ClaimId,
+        job: JobId,
+        schedd: HostName,
+        addr: String,
+    },
     /// To an ownerd: the claim ended on the schedd's side.
-    Release { claim: ClaimId },
+    Release {
+        claim: ClaimId,
+    },
     Machines(Vec<MachineAd>),
     Ack,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

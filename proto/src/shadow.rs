@@ -13,27 +13,57 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToShadow {
-    Attach { claim: ClaimId, job: JobId, host: HostName },
+    Attach {
+        claim: ClaimId,
+        job: JobId,
+        host: HostName,
+    },
     /// A call the starter waits for.
-    Call { id: u64, op: FileOp },
+    Call {
+        id: u64,
+        op: FileOp,
+    },
     /// Stream data the job wrote to a handle, applied at its offset, in order.
-    Write { h: Handle, data: Vec<u8> },
+    Write {
+        h: Handle,
+        data: Vec<u8>,
+    },
     /// Send the executable (`ExecChunk`s until `last`).
     FetchExecutable,
     /// The job's process started (pid in its namespace).
-    Started { pid: i32 },
-    Exited { status: ExitStatus, usage: Usage },
+    Started {
+        pid: i32,
+    },
+    Exited {
+        status: ExitStatus,
+        usage: Usage,
+    },
     /// The starter could not run the job (the reason is shown to the user).
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
+// Messages are short-lived and moved once; boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromShadow {
     Attached(Attached),
-    Refused { reason: String },
-    Reply { id: u64, reply: FileReply },
-    WriteFailed { h: Handle, errno: Errno },
-    ExecChunk { data: Vec<u8>, last: bool },
+    Refused {
+        reason: String,
+    },
+    Reply {
+        id: u64,
+        reply: FileReply,
+    },
+    WriteFailed {
+        h: Handle,
+        errno: Errno,
+    },
+    ExecChunk {
+        data: Vec<u8>,
+        last: bool,
+    },
     /// Acknowledges `Exited`/`Failed`: the result is committed to the queue.
     Done,
 }

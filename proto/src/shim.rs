@@ -26,7 +26,10 @@ pub const ENV_LOG: &str = "ROOST_SHIM_LOG";
 pub enum ShimRequest {
     /// First frame on a connection. `inherited` lists socket fds the process
     /// holds (fd number, inode) so the starter can say which are remote.
-    Hello { pid: i32, inherited: Vec<(i32, u64)> },
+    Hello {
+        pid: i32,
+        inherited: Vec<(i32, u64)>,
+    },
     /// A remote file call, forwarded to the shadow.
     Call(FileOp),
     /// Make the handle's placeholder a read stream: the starter pushes the

@@ -19,9 +19,17 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} holds no PEM certificate or key")]
     NoPem { path: PathBuf },
     #[error("certificate generation failed")]
@@ -53,23 +61,35 @@ fn write(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if private { 0o600 } else { 0o644 });
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|source| TlsError::Write { path: path.into(), source })?;
+    let mut f = opts.open(path).map_err(|source| TlsError::Write {
+        path: path.into(),
+        source,
+    })?;
     f.write_all(data.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|source| TlsError::Write { path: path.into(), source })
+        .map_err(|source| TlsError::Write {
+            path: path.into(),
+            source,
+        })
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Creates a new pool CA in `dir` (overwriting any there).
 pub fn init_ca(dir: &Path, pool_name: &str) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.into(),
+        source,
+    })?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, format!("roost pool CA {pool_name}"));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("roost pool CA {pool_name}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let key = KeyPair::generate()?;
@@ -89,11 +109,15 @@ pub fn issue(dir: &Path, name: &str, role: &str, extra_names: &[String]) -> Resu
     sans.extend(extra_names.iter().cloned());
     let mut params = CertificateParams::new(sans)?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.distinguished_name.push(DnType::OrganizationalUnitName, role);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role);
     params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca, &ca_key)?;
     write(&dir.join(format!("{name}.pem")), &cert.pem(), false)?;
@@ -105,7 +129,10 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let v: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read { path: path.into(), source })?;
+        .map_err(|source| TlsError::Read {
+            path: path.into(),
+            source,
+        })?;
     if v.is_empty() {
         return Err(TlsError::NoPem { path: path.into() });
     }
@@ -115,7 +142,10 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
     rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|source| TlsError::Read { path: path.into(), source })?
+        .map_err(|source| TlsError::Read {
+            path: path.into(),
+            source,
+        })?
         .ok_or_else(|| TlsError::NoPem { path: path.into() })
 }
 
@@ -151,7 +181,11 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
-        Ok(Identity { server: Arc::new(server), client: Arc::new(client), name: name.into() })
+        Ok(Identity {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            name: name.into(),
+        })
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -172,21 +206,35 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
 pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = x.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let role = subject.iter_organizational_unit().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let role = subject
+        .iter_organizational_unit()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     Some(PeerIdentity { name, role })
 }
 
 /// The peer identity of an accepted server-side stream.
 pub fn server_peer<IO>(s: &tokio_rustls::server::TlsStream<IO>) -> Option<PeerIdentity> {
     let (_, conn) = s.get_ref();
-    conn.peer_certificates().and_then(|c| c.first()).and_then(peer_identity)
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(peer_identity)
 }
 
 /// The peer identity of a client-side stream.
 pub fn client_peer<IO>(s: &tokio_rustls::client::TlsStream<IO>) -> Option<PeerIdentity> {
     let (_, conn) = s.get_ref();
-    conn.peer_certificates().and_then(|c| c.first()).and_then(peer_identity)
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(peer_identity)
 }
 
 #[cfg(test)]
@@ -216,14 +264,30 @@ mod tests {
             who
         });
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut t = cli.connector().connect(server_name("schedd-a").unwrap(), s).await.unwrap();
-        assert_eq!(client_peer(&t).unwrap(), PeerIdentity { name: "schedd-a".into(), role: "schedd".into() });
+        let mut t = cli
+            .connector()
+            .connect(server_name("schedd-a").unwrap(), s)
+            .await
+            .unwrap();
+        assert_eq!(
+            client_peer(&t).unwrap(),
+            PeerIdentity {
+                name: "schedd-a".into(),
+                role: "schedd".into()
+            }
+        );
         t.write_all(b"hello").await.unwrap();
         t.flush().await.unwrap();
         let mut b = [0u8; 5];
         t.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"world");
-        assert_eq!(server.await.unwrap(), PeerIdentity { name: "exec1".into(), role: "ownerd".into() });
+        assert_eq!(
+            server.await.unwrap(),
+            PeerIdentity {
+                name: "exec1".into(),
+                role: "ownerd".into()
+            }
+        );
 
         // A certificate from another CA is refused.
         let other = d.join("other");
@@ -238,7 +302,10 @@ mod tests {
             acc.accept(s).await.is_err()
         });
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let r = bad.connector().connect(server_name("schedd-a").unwrap(), s).await;
+        let r = bad
+            .connector()
+            .connect(server_name("schedd-a").unwrap(), s)
+            .await;
         // The client refuses the server (unknown CA) or the server the client.
         let refused_server_side = server.await.unwrap();
         assert!(r.is_err() || refused_server_side);

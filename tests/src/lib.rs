@@ -1,1 +1,618 @@
-//! The multi-host test harness.
+//! The multi-host test harness: a roost pool whose hosts are network
+//! namespaces on this machine.
+//!
+//! `Pool::start(n)` makes a hub namespace with a bridge and one namespace per
+//! host (`cm`, `submit`, `exec1..N`), each joined to the hub by a veth pair
+//! and addressed `10.99.0.X/24` (every pool has its own hub, so pools run in
+//! parallel). Each daemon is a real process started with `ip netns exec`.
+//! Execute hosts also get a private mount namespace in which the submit
+//! host's directory is hidden under an empty tmpfs, so a job can reach its
+//! files only through its shadow. Dropping the pool kills every daemon and
+//! deletes the namespaces; the pool directory is kept when the test failed
+//! and its logs are printed.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Port of the matchmaker and of the schedd's shadow server in a pool.
+pub const MATCHMAKER_PORT: u16 = 9618;
+pub const SHADOW_PORT: u16 = 9619;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Where cargo puts the binaries of this build.
+pub fn bin_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join("debug")
+}
+
+/// Builds every roost program (once per test process; cargo serialises
+/// concurrent builds itself).
+pub fn ensure_built() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .current_dir(workspace())
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "cli",
+                    "-p",
+                    "shadow",
+                    "-p",
+                    "starter",
+                    "-p",
+                    "matchmaker",
+                    "-p",
+                    "syscall-shim",
+                ])
+                .status()
+                .expect("cannot run cargo to build the roost programs");
+            assert!(st.success(), "building the roost programs failed");
+            bin_dir()
+        })
+        .clone()
+}
+
+/// Fails the test (never skips it) when a prerequisite is missing.
+pub fn require(what: &str, ok: bool) {
+    if !ok {
+        panic!(
+            "prerequisite missing: {what}{}",
+            if std::env::var("CI").as_deref() == Ok("true") {
+                " (CI=true: this is a failure)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Checks that we can make network namespaces (root, `ip`).
+pub fn require_netns() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    require("root (network namespaces)", root);
+    require(
+        "iproute2 `ip`",
+        Command::new("ip").arg("-V").output().is_ok(),
+    );
+    require(
+        "util-linux `unshare`",
+        Command::new("unshare").arg("--version").output().is_ok(),
+    );
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// One host of the pool.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+}
+
+/// A running pool.
+pub struct Pool {
+    pub id: String,
+    pub dir: PathBuf,
+    pub hosts: Vec<Host>,
+    hub: String,
+    bins: PathBuf,
+    daemons: Mutex<BTreeMap<String, Child>>,
+}
+
+impl Pool {
+    /// A pool with a matchmaker, a submit host and `n_exec` execute hosts,
+    /// every daemon up and every machine advertised.
+    pub fn start(n_exec: usize) -> Pool {
+        let pool = Self::create(n_exec).expect("setting up the pool's hosts");
+        pool.init_pki().expect("making the pool's certificates");
+        for h in pool.hosts.clone() {
+            pool.start_daemon(&h.name)
+                .unwrap_or_else(|e| panic!("starting {}: {e:#}", h.name));
+        }
+        pool.wait_ready(n_exec, Duration::from_secs(60))
+            .expect("pool did not come up");
+        pool
+    }
+
+    fn create(n_exec: usize) -> Result<Pool> {
+        require_netns();
+        let bins = ensure_built();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("roost-pool-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut names = vec!["cm".to_string(), "submit".to_string()];
+        names.extend((1..=n_exec).map(|i| format!("exec{i}")));
+        let hub = format!("rt{id}-hub");
+        let mut pool = Pool {
+            id: id.clone(),
+            dir,
+            hosts: vec![],
+            hub: hub.clone(),
+            bins,
+            daemons: Mutex::new(BTreeMap::new()),
+        };
+        ip(&["netns", "add", &hub])?;
+        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("rt{id}-{name}");
+            let host = Host {
+                name: name.clone(),
+                ns: ns.clone(),
+                ip: format!("10.99.0.{}", i + 1),
+            };
+            ip(&["netns", "add", &ns])?;
+            pool.hosts.push(host.clone());
+            let v = format!("v{i}");
+            ip(&[
+                "-n", &hub, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &v, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ip),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            std::fs::create_dir_all(pool.dir.join(name))?;
+        }
+        Ok(pool)
+    }
+
+    fn init_pki(&self) -> Result<()> {
+        let n = self
+            .hosts
+            .iter()
+            .filter(|h| h.name.starts_with("exec"))
+            .count();
+        let out = Command::new(self.bins.join("roost"))
+            .args(["pool", "init", "--dir"])
+            .arg(&self.dir)
+            .args(["--hosts", &n.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("roost pool init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Addresses as this pool's namespaces see them.
+        let mut toml = String::new();
+        for h in &self.hosts {
+            toml.push_str(&format!("# {} {} {}\n", h.name, h.ns, h.ip));
+        }
+        std::fs::write(self.dir.join("hosts.txt"), toml)?;
+        Ok(())
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    pub fn matchmaker_addr(&self) -> String {
+        format!("{}:{MATCHMAKER_PORT}", self.host("cm").ip)
+    }
+
+    pub fn shadow_addr(&self) -> String {
+        format!("{}:{SHADOW_PORT}", self.host("submit").ip)
+    }
+
+    /// The command line of the daemon that runs on `host`.
+    fn daemon_cmd(&self, host: &str) -> Vec<String> {
+        let pki = self.dir.join("pki").display().to_string();
+        let hdir = self.dir.join(host).display().to_string();
+        let b = |n: &str| self.bins.join(n).display().to_string();
+        let mm = self.matchmaker_addr();
+        let mut v: Vec<String> = match host {
+            "cm" => vec![
+                b("roost-matchmaker"),
+                "--pki".into(),
+                pki,
+                "--name".into(),
+                "cm".into(),
+                "--listen".into(),
+                mm,
+                "--cycle-secs".into(),
+                "1".into(),
+            ],
+            "submit" => vec![
+                b("roost-schedd"),
+                "--pki".into(),
+                pki,
+                "--name".into(),
+                "submit".into(),
+                "--dir".into(),
+                hdir,
+                "--listen".into(),
+                self.shadow_addr(),
+                "--matchmaker".into(),
+                mm,
+                "--matchmaker-name".into(),
+                "cm".into(),
+            ],
+            _ => vec![
+                b("roost-ownerd"),
+                "--pki".into(),
+                pki,
+                "--name".into(),
+                host.into(),
+                "--dir".into(),
+                hdir.clone(),
+                "--matchmaker".into(),
+                mm,
+                "--matchmaker-name".into(),
+                "cm".into(),
+                "--idle-secs".into(),
+                "1".into(),
+                "--activity-file".into(),
+                format!("{hdir}/activity"),
+            ],
+        };
+        if host.starts_with("exec") {
+            // A private mount namespace in which the submit host's files are gone.
+            let hide = self.dir.join("submit").display().to_string();
+            let mut w: Vec<String> = vec![
+                "unshare".into(),
+                "-m".into(),
+                "--propagation".into(),
+                "private".into(),
+                "sh".into(),
+                "-c".into(),
+                "mount -t tmpfs roost-hidden \"$0\" && exec \"$@\"".into(),
+                hide,
+            ];
+            w.append(&mut v);
+            v = w;
+        }
+        v
+    }
+
+    /// Starts (or restarts) the daemon of `host`, logging to `DIR/HOST/daemon.log`.
+    pub fn start_daemon(&self, host: &str) -> Result<()> {
+        if host.starts_with("exec") {
+            let act = self.dir.join(host).join("activity");
+            std::fs::write(&act, b"")?;
+            set_mtime_epoch(&act)?;
+        }
+        let h = self.host(host).clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(host).join("daemon.log"))?;
+        let argv = self.daemon_cmd(host);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &h.ns])
+            .args(&argv)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {argv:?}"))?;
+        self.daemons.lock().unwrap().insert(host.to_string(), child);
+        Ok(())
+    }
+
+    /// Sends `sig` to the daemon of `host` and reaps it.
+    pub fn kill_daemon(&self, host: &str, sig: i32) {
+        let mut d = self.daemons.lock().unwrap();
+        if let Some(mut c) = d.remove(host) {
+            // SAFETY: kill(2) on a child pid we own; no memory is involved.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `roost ARGS` on the submit host, in `cwd`.
+    pub fn roost_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.host("submit").ns])
+            .arg(self.bins.join("roost"))
+            .args(args)
+            .current_dir(cwd)
+            .env("ROOST_POOL", &self.dir)
+            .env("ROOST_MATCHMAKER", self.matchmaker_addr())
+            .output()
+            .expect("running roost")
+    }
+
+    pub fn roost(&self, args: &[&str]) -> Output {
+        self.roost_in(&self.dir, args)
+    }
+
+    /// A fresh job directory on the submit host (hidden from execute hosts).
+    pub fn job_dir(&self, name: &str) -> PathBuf {
+        let d = self.dir.join("submit").join("jobs").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Writes `job.toml` into `dir` and submits it; returns the job ids.
+    pub fn submit(&self, dir: &Path, job_toml: &str) -> Vec<String> {
+        std::fs::write(dir.join("job.toml"), job_toml).unwrap();
+        let out = self.roost_in(dir, &["submit", "job.toml"]);
+        assert!(
+            out.status.success(),
+            "roost submit failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `roost wait` for the jobs; returns its exit code.
+    pub fn wait(&self, ids: &[String], timeout: Duration) -> i32 {
+        let mut args = vec![
+            "wait".to_string(),
+            "--timeout".into(),
+            timeout.as_secs().to_string(),
+        ];
+        args.extend(ids.iter().cloned());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.roost(&a);
+        out.status.code().unwrap_or(-1)
+    }
+
+    /// `roost q --json --all`.
+    pub fn queue(&self) -> Vec<Value> {
+        let out = self.roost(&["q", "--json", "--all"]);
+        assert!(
+            out.status.success(),
+            "roost q failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "roost q --json is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A job's summary from `roost q --json --all`.
+    pub fn job(&self, id: &str) -> Option<Value> {
+        self.queue().into_iter().find(|j| job_id(j) == id)
+    }
+
+    /// `roost log JOB --json`, one value per event.
+    pub fn log(&self, id: &str) -> Vec<Value> {
+        let out = self.roost(&["log", id, "--json"]);
+        assert!(
+            out.status.success(),
+            "roost log failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the schedd answers and the matchmaker lists `n_exec` machines.
+    pub fn wait_ready(&self, n_exec: usize, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let q = self.roost(&["q", "--json"]);
+            let st = self.roost(&["status", "--json"]);
+            if q.status.success()
+                && st.status.success()
+                && let Ok(Value::Array(m)) = serde_json::from_slice::<Value>(&st.stdout)
+                && m.len() >= n_exec
+            {
+                return Ok(());
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "pool {} not ready after {:?}: q: {} status: {}\n{}",
+                    self.id,
+                    timeout,
+                    String::from_utf8_lossy(&q.stderr),
+                    String::from_utf8_lossy(&st.stderr),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for h in &self.hosts {
+            let p = self.dir.join(&h.name).join("daemon.log");
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            s.push_str(&format!(
+                "==== {} ({})\n{}\n",
+                h.name,
+                p.display(),
+                tail.join("\n")
+            ));
+        }
+        s
+    }
+
+    /// Runs a command inside a host's network namespace.
+    pub fn exec_in(&self, host: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.host(host).ns])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec")
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        let hosts: Vec<String> = self
+            .daemons
+            .lock()
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        for h in hosts {
+            self.kill_daemon(&h, libc::SIGKILL);
+        }
+        if failed {
+            eprintln!(
+                "pool {} kept at {}\n{}",
+                self.id,
+                self.dir.display(),
+                self.logs()
+            );
+        }
+        // Processes a daemon left behind in a namespace (starters, jobs).
+        for h in &self.hosts {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", &h.ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    if let Ok(p) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) with a pid; no memory is involved.
+                        unsafe { libc::kill(p, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub])
+            .status();
+        if !failed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `"12.0"` from a `JobSummary` in JSON (`{"id":{"cluster":12,"proc":0}}`).
+pub fn job_id(j: &Value) -> String {
+    format!("{}.{}", j["id"]["cluster"], j["id"]["proc"])
+}
+
+/// Sets a file's mtime and atime to the epoch (an owner idle for ages).
+pub fn set_mtime_epoch(p: &Path) -> Result<()> {
+    let st = Command::new("touch").arg("-d").arg("@0").arg(p).status()?;
+    if !st.success() {
+        bail!("touch -d @0 {} failed", p.display());
+    }
+    Ok(())
+}
+
+/// Compiles a test job from `tests/jobs/` once per test process, into a
+/// directory shared by the tests; returns the binary's path.
+pub fn build_job(source: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap();
+    if let Some(p) = built.get(source) {
+        return p.clone();
+    }
+    let src = workspace().join("tests/jobs").join(source);
+    let out_dir = std::env::temp_dir().join(format!("roost-jobs-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let stem = Path::new(source)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let out = out_dir.join(&stem);
+    let status = if source.ends_with(".c") {
+        require(
+            "a C compiler `cc`",
+            Command::new("cc").arg("--version").output().is_ok(),
+        );
+        Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+    } else if source.ends_with(".rs") {
+        Command::new("rustc")
+            .args(["-O", "--edition", "2021", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+    } else {
+        panic!("don't know how to build {source}");
+    }
+    .expect("running the compiler");
+    assert!(status.success(), "building test job {source} failed");
+    built.insert(source.to_string(), out.clone());
+    out
+}
+
+/// Runs a program locally (no roost) in `dir` and returns its stdout.
+pub fn run_local(dir: &Path, argv: &[&str], stdin: Option<&Path>) -> Output {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]).current_dir(dir);
+    if let Some(i) = stdin {
+        c.stdin(std::fs::File::open(i).unwrap());
+    }
+    c.output()
+        .unwrap_or_else(|e| panic!("running {argv:?} locally: {e}"))
+}
+
+/// Copies every regular file of `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
