@@ -1,2 +1,4 @@
 //! roost-schedd: the job queue and the shadows.
 #![forbid(unsafe_code)]
+
+pub mod fs;
