@@ -1,2 +1,44 @@
 //! The expression language, ads, owner policy and job description files.
+//!
+//! Every fallible entry point returns [`PolicyError`], whose `Display` names
+//! the file, the line and column, and the key that is wrong.
 #![forbid(unsafe_code)]
+
+pub mod jobfile;
+mod source;
+
+pub use source::Loc;
+
+/// Everything that can be wrong with a job file, a policy file or an
+/// expression.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// The file is not valid TOML (or not a valid submit file line).
+    #[error("{loc}: {message}")]
+    Syntax { loc: Loc, message: String },
+    /// A key this kind of file does not know.
+    #[error("{loc}: unknown key '{key}' (expected one of: {expected})")]
+    UnknownKey {
+        loc: Loc,
+        key: String,
+        expected: String,
+    },
+    /// A known key with a value of the wrong type or out of range.
+    #[error("{loc}: key '{key}': {message}")]
+    BadValue {
+        loc: Loc,
+        key: String,
+        message: String,
+    },
+    /// A key that must be present is not.
+    #[error("{file}: missing required key '{key}'")]
+    MissingKey { file: String, key: String },
+    /// A `$(name)` that nothing defines.
+    #[error("{loc}: key '{key}': unknown macro $({name}) (defined here: {known})")]
+    UnknownMacro {
+        loc: Loc,
+        key: String,
+        name: String,
+        known: String,
+    },
+}
