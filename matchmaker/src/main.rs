@@ -1,1 +1,66 @@
-fn main() {}
+//! `roost-matchmaker --pki DIR --name NAME --listen IP:PORT [--cycle-secs 2]`
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The roost matchmaker: pairs idle jobs with idle machines.
+#[derive(Parser, Debug)]
+#[command(name = "roost-matchmaker", version)]
+struct Args {
+    /// Directory with ca.pem, NAME.pem and NAME.key.
+    #[arg(long)]
+    pki: PathBuf,
+    /// This matchmaker's name (its certificate's name).
+    #[arg(long)]
+    name: String,
+    /// Address to listen on for ownerds, schedds and users.
+    #[arg(long)]
+    listen: String,
+    /// Seconds between negotiation cycles (cycles also run on new jobs and freed machines).
+    #[arg(long, default_value_t = 2.0)]
+    cycle_secs: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    if !(args.cycle_secs.is_finite() && args.cycle_secs > 0.0) {
+        anyhow::bail!(
+            "--cycle-secs must be a positive number of seconds, not {}",
+            args.cycle_secs
+        );
+    }
+    let identity = proto::tls::Identity::load(&args.pki, &args.name).with_context(|| {
+        format!(
+            "loading the certificate of `{}` from {}",
+            args.name,
+            args.pki.display()
+        )
+    })?;
+    let mm = matchmaker::Matchmaker::bind(
+        &identity,
+        &args.listen,
+        Duration::from_secs_f64(args.cycle_secs),
+    )
+    .await
+    .context("starting the matchmaker")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        }
+    };
+    mm.run(shutdown).await?;
+    Ok(())
+}

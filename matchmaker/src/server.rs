@@ -1,0 +1,936 @@
+//! The matchmaker's TLS server and pool state.
+//!
+//! Every connection is a task. An ownerd keeps one connection open and sends
+//! its [`MachineAd`] on change; the matchmaker keeps the latest ad per
+//! machine and forgets the machine when that connection closes. A schedd
+//! sends its idle jobs (the whole list, which replaces the previous one) and
+//! `Release`s. A negotiation cycle runs when a job or a free machine appears
+//! and on a timer; each pairing becomes a claim, pushed as `Claim` to the
+//! ownerd and as `Matches` to the schedd.
+//!
+//! A claim is *matched* until the machine's ad names the claimed job
+//! ([`ATTR_JOB_ID`], [`ATTR_CLIENT_MACHINE`]), then *taken* until an ad no
+//! longer names it or the schedd releases it. A claim not taken within
+//! [`CLAIM_ACK_TIMEOUT`] is withdrawn (`Release` to both sides).
+
+use crate::negotiate::{IdleJob, Negotiator, OldestFirst, Pairing, UNCLAIMED};
+use crate::{ATTR_CLIENT_MACHINE, ATTR_JOB_ID, MatchmakerError};
+use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
+use proto::pool::{AdValue, FromMatchmaker, JobAd, MachineAd, Match, ToMatchmaker};
+use proto::tls::{Identity, PeerIdentity};
+use proto::{ClaimId, HostName, JobId, ProtoError};
+use rand::RngCore;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// How long a machine may take to show a claim in its ad.
+pub const CLAIM_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A job whose claim ended is not matched again for this long, so that a
+/// job list the schedd sent before it heard of the match cannot start it twice.
+pub const REMATCH_DELAY: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for one peer; a peer that lets this many pile up is cut off.
+const OUTBOX: usize = 256;
+/// The machine state the matchmaker shows while a claim is not yet taken.
+const MATCHED: &str = "Matched";
+
+type Outbox = mpsc::Sender<FromMatchmaker>;
+
+/// `e` and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn new_claim() -> ClaimId {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    ClaimId(hex::encode(b))
+}
+
+struct MachineEntry {
+    ad: MachineAd,
+    conn: u64,
+    tx: Outbox,
+    claim: Option<ClaimId>,
+}
+
+struct ScheddEntry {
+    addr: String,
+    conn: u64,
+    tx: Outbox,
+    /// Idle jobs without a claim, with the counter value when first seen.
+    jobs: Vec<(JobAd, u64)>,
+}
+
+struct ClaimEntry {
+    job: JobId,
+    schedd: HostName,
+    machine: HostName,
+    /// The machine's ad has named the job.
+    taken: bool,
+    made: Instant,
+}
+
+/// Everything the matchmaker knows. Methods take `now` so tests can drive time.
+pub(crate) struct State {
+    machines: BTreeMap<HostName, MachineEntry>,
+    schedds: BTreeMap<HostName, ScheddEntry>,
+    claims: HashMap<ClaimId, ClaimEntry>,
+    /// Jobs whose claim ended recently: (schedd, job) → when.
+    recent: HashMap<(HostName, JobId), Instant>,
+    seq: u64,
+    negotiator: Box<dyn Negotiator>,
+}
+
+/// Does `ad` say its machine runs `job` for `schedd`?
+fn names_job(ad: &MachineAd, job: JobId, schedd: &HostName) -> bool {
+    let is = |k: &str, v: &str| matches!(ad.attrs.get(k), Some(AdValue::Str(s)) if s == v);
+    is(ATTR_JOB_ID, &job.to_string()) && is(ATTR_CLIENT_MACHINE, &schedd.0)
+}
+
+impl State {
+    pub(crate) fn new(negotiator: Box<dyn Negotiator>) -> State {
+        State {
+            machines: BTreeMap::new(),
+            schedds: BTreeMap::new(),
+            claims: HashMap::new(),
+            recent: HashMap::new(),
+            seq: 0,
+            negotiator,
+        }
+    }
+
+    /// Stores a machine's ad. Returns true when the machine may now take a job.
+    pub(crate) fn machine_ad(
+        &mut self,
+        conn: u64,
+        tx: &Outbox,
+        ad: MachineAd,
+        now: Instant,
+    ) -> bool {
+        let name = ad.name.clone();
+        let mut ended = None;
+        let was_free = self
+            .machines
+            .get(&name)
+            .is_some_and(|m| m.claim.is_none() && m.ad.state == UNCLAIMED);
+        let entry = self.machines.entry(name.clone()).or_insert_with(|| {
+            info!(machine = %name, state = %ad.state, "machine joined");
+            MachineEntry {
+                ad: ad.clone(),
+                conn,
+                tx: tx.clone(),
+                claim: None,
+            }
+        });
+        if entry.conn != conn {
+            info!(machine = %name, "machine reconnected");
+            entry.conn = conn;
+            entry.tx = tx.clone();
+        }
+        if entry.ad.state != ad.state || entry.ad.activity != ad.activity {
+            info!(machine = %name, state = %ad.state, activity = %ad.activity, "machine changed state");
+        }
+        if let Some(c) = entry.claim.clone()
+            && let Some(ce) = self.claims.get_mut(&c)
+        {
+            let named = names_job(&ad, ce.job, &ce.schedd);
+            if named && !ce.taken {
+                ce.taken = true;
+                info!(machine = %name, job = %ce.job, claim = %c, "claim taken");
+            } else if !named && ce.taken {
+                ended = Some(c);
+            }
+        }
+        entry.ad = ad;
+        if let Some(c) = ended {
+            self.end_claim(&c, "the machine no longer runs the job", false, false, now);
+        }
+        let free = self
+            .machines
+            .get(&name)
+            .is_some_and(|m| m.claim.is_none() && m.ad.state == UNCLAIMED);
+        free && !was_free
+    }
+
+    /// Replaces a schedd's idle jobs. Returns true when a job is new.
+    pub(crate) fn jobs(
+        &mut self,
+        conn: u64,
+        tx: &Outbox,
+        schedd: HostName,
+        addr: String,
+        jobs: Vec<JobAd>,
+    ) -> bool {
+        let entry = self.schedds.entry(schedd.clone()).or_insert_with(|| {
+            info!(schedd = %schedd, addr = %addr, "schedd joined");
+            ScheddEntry {
+                addr: addr.clone(),
+                conn,
+                tx: tx.clone(),
+                jobs: Vec::new(),
+            }
+        });
+        if entry.conn != conn {
+            info!(schedd = %schedd, "schedd reconnected");
+            entry.conn = conn;
+            entry.tx = tx.clone();
+        }
+        entry.addr = addr;
+        let old: HashMap<JobId, u64> = entry.jobs.iter().map(|(a, s)| (a.job, *s)).collect();
+        let mut fresh = false;
+        let mut seen = HashSet::new();
+        let mut list = Vec::with_capacity(jobs.len());
+        for ad in jobs {
+            if !seen.insert(ad.job) {
+                continue;
+            }
+            let s = match old.get(&ad.job) {
+                Some(&s) => s,
+                None => {
+                    fresh = true;
+                    self.seq += 1;
+                    self.seq
+                }
+            };
+            list.push((ad, s));
+        }
+        debug!(schedd = %schedd, idle = list.len(), "job list");
+        entry.jobs = list;
+        fresh
+    }
+
+    /// A schedd ends one of its claims. Returns true when a machine was freed.
+    pub(crate) fn release(&mut self, schedd: &HostName, claim: &ClaimId, now: Instant) -> bool {
+        match self.claims.get(claim) {
+            Some(c) if &c.schedd == schedd => {
+                self.end_claim(claim, "released by the schedd", true, false, now);
+                true
+            }
+            Some(_) => {
+                warn!(schedd = %schedd, claim = %claim, "schedd released a claim it does not hold; ignored");
+                false
+            }
+            None => {
+                debug!(schedd = %schedd, claim = %claim, "release of an unknown or ended claim");
+                false
+            }
+        }
+    }
+
+    /// Forgets what connection `conn` advertised.
+    pub(crate) fn disconnect(&mut self, conn: u64, now: Instant) {
+        let gone: Vec<HostName> = self
+            .machines
+            .iter()
+            .filter(|(_, m)| m.conn == conn)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some(c) = self.machines.get(&name).and_then(|m| m.claim.clone()) {
+                // A taken claim's starter talks to the schedd directly and
+                // may outlive this connection; only an untaken one is void.
+                let taken = self.claims.get(&c).is_some_and(|c| c.taken);
+                self.end_claim(&c, "the machine left the pool", false, !taken, now);
+            }
+            self.machines.remove(&name);
+            info!(machine = %name, "machine left");
+        }
+        self.schedds.retain(|name, s| {
+            if s.conn == conn {
+                info!(schedd = %name, "schedd left");
+            }
+            s.conn != conn
+        });
+    }
+
+    /// Ends a claim; tells the ownerd and/or the schedd with `Release`.
+    fn end_claim(
+        &mut self,
+        claim: &ClaimId,
+        why: &str,
+        tell_ownerd: bool,
+        tell_schedd: bool,
+        now: Instant,
+    ) {
+        let Some(c) = self.claims.remove(claim) else {
+            return;
+        };
+        info!(machine = %c.machine, job = %c.job, schedd = %c.schedd, claim = %claim, "claim ended: {why}");
+        self.recent.insert((c.schedd.clone(), c.job), now);
+        if let Some(m) = self.machines.get_mut(&c.machine)
+            && m.claim.as_ref() == Some(claim)
+        {
+            m.claim = None;
+            if tell_ownerd {
+                let _ = m.tx.try_send(FromMatchmaker::Release {
+                    claim: claim.clone(),
+                });
+            }
+        }
+        if tell_schedd && let Some(s) = self.schedds.get(&c.schedd) {
+            let _ = s.tx.try_send(FromMatchmaker::Release {
+                claim: claim.clone(),
+            });
+        }
+    }
+
+    /// The machines as `roost status` shows them.
+    pub(crate) fn status(&self) -> Vec<MachineAd> {
+        self.machines
+            .values()
+            .map(|m| {
+                let mut ad = m.ad.clone();
+                if m.claim
+                    .as_ref()
+                    .and_then(|c| self.claims.get(c))
+                    .is_some_and(|c| !c.taken)
+                {
+                    ad.state = MATCHED.into();
+                }
+                ad
+            })
+            .collect()
+    }
+
+    /// One negotiation cycle. Returns the claims made.
+    pub(crate) fn cycle(&mut self, now: Instant) -> Vec<Match> {
+        let expired: Vec<ClaimId> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| !c.taken && now.duration_since(c.made) >= CLAIM_ACK_TIMEOUT)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for c in expired {
+            self.end_claim(&c, "the machine did not take it in time", true, true, now);
+        }
+        self.recent
+            .retain(|_, t| now.duration_since(*t) < REMATCH_DELAY);
+
+        let machines: Vec<MachineAd> = self
+            .machines
+            .values()
+            .filter(|m| m.claim.is_none())
+            .map(|m| m.ad.clone())
+            .collect();
+        if !machines.iter().any(|m| m.state == UNCLAIMED) {
+            return Vec::new();
+        }
+        let claimed: HashSet<(&HostName, JobId)> =
+            self.claims.values().map(|c| (&c.schedd, c.job)).collect();
+        let mut jobs = Vec::new();
+        for (name, s) in &self.schedds {
+            for (ad, seen) in &s.jobs {
+                if claimed.contains(&(name, ad.job))
+                    || self.recent.contains_key(&(name.clone(), ad.job))
+                {
+                    continue;
+                }
+                jobs.push(IdleJob {
+                    schedd: name.clone(),
+                    addr: s.addr.clone(),
+                    ad: ad.clone(),
+                    seen: *seen,
+                });
+            }
+        }
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        let pairs = self.negotiator.negotiate(&machines, &jobs);
+
+        let mut used_m = HashSet::new();
+        let mut used_j = HashSet::new();
+        let mut made = Vec::new();
+        let mut per_schedd: BTreeMap<HostName, Vec<Match>> = BTreeMap::new();
+        for Pairing { machine, job } in pairs {
+            let (Some(m), Some(j)) = (machines.get(machine), jobs.get(job)) else {
+                warn!(
+                    machine,
+                    job, "negotiator returned an index out of range; ignored"
+                );
+                continue;
+            };
+            if m.state != UNCLAIMED || !used_m.insert(machine) || !used_j.insert(job) {
+                warn!(machine = %m.name, job = %j.ad.job, "negotiator paired a busy machine or a job twice; ignored");
+                continue;
+            }
+            let claim = new_claim();
+            let Some(entry) = self.machines.get_mut(&m.name) else {
+                continue;
+            };
+            let push = FromMatchmaker::Claim {
+                claim: claim.clone(),
+                job: j.ad.job,
+                schedd: j.schedd.clone(),
+                addr: j.addr.clone(),
+            };
+            if let Err(e) = entry.tx.try_send(push) {
+                warn!(machine = %m.name, "cannot push a claim to the machine ({e}); not matched");
+                continue;
+            }
+            entry.claim = Some(claim.clone());
+            info!(job = %j.ad.job, owner = %j.ad.owner, schedd = %j.schedd, machine = %m.name, claim = %claim, "matched");
+            self.claims.insert(
+                claim.clone(),
+                ClaimEntry {
+                    job: j.ad.job,
+                    schedd: j.schedd.clone(),
+                    machine: m.name.clone(),
+                    taken: false,
+                    made: now,
+                },
+            );
+            if let Some(s) = self.schedds.get_mut(&j.schedd) {
+                s.jobs.retain(|(a, _)| a.job != j.ad.job);
+            }
+            let mt = Match {
+                job: j.ad.job,
+                machine: m.name.clone(),
+                claim,
+            };
+            per_schedd
+                .entry(j.schedd.clone())
+                .or_default()
+                .push(mt.clone());
+            made.push(mt);
+        }
+        for (schedd, matches) in per_schedd {
+            if let Some(s) = self.schedds.get(&schedd)
+                && let Err(e) = s.tx.try_send(FromMatchmaker::Matches(matches))
+            {
+                warn!(schedd = %schedd, "cannot send matches to the schedd: {e}");
+            }
+        }
+        made
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough data: the
+        // maps are updated in single steps.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handles one message; `Err` is a refusal that closes the connection.
+    fn handle(
+        &self,
+        conn: u64,
+        peer: &PeerIdentity,
+        tx: &Outbox,
+        msg: ToMatchmaker,
+    ) -> Result<Option<FromMatchmaker>, String> {
+        let role = |want: &str, what: &str| {
+            if peer.role == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a certificate with role `{}` may not send {what} (only `{want}` may)",
+                    peer.role
+                ))
+            }
+        };
+        let now = Instant::now();
+        match msg {
+            ToMatchmaker::Machine(ad) => {
+                role("ownerd", "a machine ad")?;
+                if ad.name.0 != peer.name {
+                    return Err(format!(
+                        "`{}` may not advertise machine `{}`",
+                        peer.name, ad.name
+                    ));
+                }
+                if self.lock().machine_ad(conn, tx, ad, now) {
+                    self.wake.notify_one();
+                }
+                Ok(None)
+            }
+            ToMatchmaker::Jobs { schedd, addr, jobs } => {
+                role("schedd", "jobs")?;
+                if schedd.0 != peer.name {
+                    return Err(format!(
+                        "`{}` may not send jobs for schedd `{schedd}`",
+                        peer.name
+                    ));
+                }
+                if self.lock().jobs(conn, tx, schedd, addr, jobs) {
+                    self.wake.notify_one();
+                }
+                Ok(None)
+            }
+            ToMatchmaker::Release { claim } => {
+                role("schedd", "a release")?;
+                if self
+                    .lock()
+                    .release(&HostName(peer.name.clone()), &claim, now)
+                {
+                    self.wake.notify_one();
+                }
+                Ok(None)
+            }
+            ToMatchmaker::Status => Ok(Some(FromMatchmaker::Machines(self.lock().status()))),
+        }
+    }
+}
+
+/// A bound matchmaker, ready to [`run`](Matchmaker::run).
+pub struct Matchmaker {
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    cycle: Duration,
+}
+
+impl Matchmaker {
+    /// Binds `listen` with `identity`'s certificate; negotiates every `cycle`
+    /// and on events, with [`OldestFirst`] unless [`Matchmaker::negotiator`] says otherwise.
+    pub async fn bind(
+        identity: &Identity,
+        listen: &str,
+        cycle: Duration,
+    ) -> Result<Matchmaker, MatchmakerError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| MatchmakerError::Bind {
+                addr: listen.into(),
+                source,
+            })?;
+        Ok(Matchmaker {
+            listener,
+            acceptor: identity.acceptor(),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::new(Box::new(OldestFirst))),
+                wake: Notify::new(),
+            }),
+            cycle,
+        })
+    }
+
+    /// Replaces the negotiation policy.
+    pub fn negotiator(self, n: Box<dyn Negotiator>) -> Matchmaker {
+        self.shared.lock().negotiator = n;
+        self
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, MatchmakerError> {
+        self.listener
+            .local_addr()
+            .map_err(MatchmakerError::LocalAddr)
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), MatchmakerError> {
+        let Matchmaker {
+            listener,
+            acceptor,
+            shared,
+            cycle,
+        } = self;
+        info!(addr = %listener.local_addr().map_err(MatchmakerError::LocalAddr)?, "matchmaker listening");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cycler = tokio::spawn(cycle_loop(shared.clone(), cycle, stop_rx.clone()));
+        let next_conn = AtomicU64::new(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(serve(shared.clone(), acceptor.clone(), stream, peer, conn, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        info!("matchmaker shutting down");
+        let _ = stop_tx.send(true);
+        cycler.abort();
+        Ok(())
+    }
+}
+
+async fn cycle_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let started = std::time::Instant::now();
+        let made = shared.lock().cycle(Instant::now());
+        if !made.is_empty() {
+            debug!(
+                matches = made.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "negotiation cycle"
+            );
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+    conn: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            warn!(peer = %addr, "TLS handshake refused: {}", chain(&e));
+            return;
+        }
+        Err(_) => {
+            warn!(peer = %addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(peer) = proto::tls::server_peer(&tls) else {
+        warn!(peer = %addr, "certificate names no holder or role; closing");
+        return;
+    };
+    let span = info_span!("conn", peer = %peer.name, role = %peer.role, id = conn);
+    async move {
+        debug!(%addr, "connected");
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let (tx, mut rx) = mpsc::channel::<FromMatchmaker>(OUTBOX);
+        let mut writer = tokio::spawn(
+            async move {
+                while let Some(m) = rx.recv().await {
+                    if let Err(e) = write_frame_async(&mut wr, &m).await {
+                        debug!("write failed: {}", chain(&e));
+                        return;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            }
+            .in_current_span(),
+        );
+        loop {
+            let r: Result<ToMatchmaker, ProtoError> = tokio::select! {
+                r = read_frame_async(&mut rd, MAX_FRAME) => r,
+                _ = stop.changed() => break,
+            };
+            match r {
+                Ok(msg) => match shared.handle(conn, &peer, &tx, msg) {
+                    Ok(Some(reply)) => {
+                        if tx.try_send(reply).is_err() {
+                            warn!("peer does not read its replies; closing");
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        warn!("refused: {why}; closing");
+                        let _ = tx.try_send(FromMatchmaker::Error { message: why });
+                        break;
+                    }
+                },
+                Err(ProtoError::Closed) => {
+                    debug!("closed by peer");
+                    break;
+                }
+                Err(e) => {
+                    warn!("bad frame, closing: {}", chain(&e));
+                    break;
+                }
+            }
+        }
+        shared.lock().disconnect(conn, Instant::now());
+        shared.wake.notify_one();
+        drop(tx);
+        // Let queued messages (e.g. a refusal) go out, then close.
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::pool::Ad;
+
+    fn ad(name: &str, state: &str, running: Option<(&str, &str)>) -> MachineAd {
+        let mut attrs = Ad::new();
+        if let Some((job, schedd)) = running {
+            attrs.insert(ATTR_JOB_ID.into(), AdValue::Str(job.into()));
+            attrs.insert(ATTR_CLIENT_MACHINE.into(), AdValue::Str(schedd.into()));
+        }
+        MachineAd {
+            name: HostName(name.into()),
+            state: state.into(),
+            activity: "Idle".into(),
+            attrs,
+        }
+    }
+
+    fn job(cluster: u64) -> JobAd {
+        JobAd {
+            job: JobId { cluster, proc: 0 },
+            owner: "ann".into(),
+            attrs: Ad::new(),
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<FromMatchmaker>) -> Vec<FromMatchmaker> {
+        let mut v = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            v.push(m);
+        }
+        v
+    }
+
+    struct Pool {
+        st: State,
+        own_tx: Outbox,
+        own_rx: mpsc::Receiver<FromMatchmaker>,
+        sch_tx: Outbox,
+        sch_rx: mpsc::Receiver<FromMatchmaker>,
+        t0: Instant,
+    }
+
+    /// exec1 (conn 1, Unclaimed) and schedd `submit` (conn 2) with job 1.0, after one cycle.
+    fn matched_pool() -> (Pool, ClaimId) {
+        let (own_tx, own_rx) = mpsc::channel(16);
+        let (sch_tx, sch_rx) = mpsc::channel(16);
+        let mut p = Pool {
+            st: State::new(Box::new(OldestFirst)),
+            own_tx,
+            own_rx,
+            sch_tx,
+            sch_rx,
+            t0: Instant::now(),
+        };
+        assert!(p.st.machine_ad(1, &p.own_tx, ad("exec1", "Unclaimed", None), p.t0));
+        assert!(p.st.jobs(
+            2,
+            &p.sch_tx,
+            HostName("submit".into()),
+            "10.0.0.2:9618".into(),
+            vec![job(1)]
+        ));
+        let made = p.st.cycle(p.t0);
+        assert_eq!(made.len(), 1);
+        let claim = made[0].claim.clone();
+        assert_eq!(claim.0.len(), 64);
+        assert!(claim.0.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            drain(&mut p.own_rx),
+            vec![FromMatchmaker::Claim {
+                claim: claim.clone(),
+                job: JobId {
+                    cluster: 1,
+                    proc: 0
+                },
+                schedd: HostName("submit".into()),
+                addr: "10.0.0.2:9618".into(),
+            }]
+        );
+        assert_eq!(
+            drain(&mut p.sch_rx),
+            vec![FromMatchmaker::Matches(vec![Match {
+                job: JobId {
+                    cluster: 1,
+                    proc: 0
+                },
+                machine: HostName("exec1".into()),
+                claim: claim.clone()
+            }])]
+        );
+        assert_eq!(p.st.status()[0].state, "Matched");
+        (p, claim)
+    }
+
+    #[test]
+    fn matched_job_is_not_matched_twice_while_claimed() {
+        let (mut p, _) = matched_pool();
+        // A stale list from the schedd still names 1.0; a second machine appears.
+        p.st.jobs(
+            2,
+            &p.sch_tx,
+            HostName("submit".into()),
+            "10.0.0.2:9618".into(),
+            vec![job(1)],
+        );
+        let (tx2, mut rx2) = mpsc::channel(16);
+        p.st.machine_ad(3, &tx2, ad("exec2", "Unclaimed", None), p.t0);
+        assert!(p.st.cycle(p.t0).is_empty());
+        assert!(drain(&mut rx2).is_empty());
+        // An ad sent before the ownerd saw the claim does not free the machine.
+        p.st.machine_ad(1, &p.own_tx, ad("exec1", "Unclaimed", None), p.t0);
+        assert_eq!(p.st.status()[0].state, "Matched");
+    }
+
+    #[test]
+    fn claim_taken_then_finished_frees_the_machine_after_the_rematch_delay() {
+        let (mut p, _) = matched_pool();
+        p.st.machine_ad(
+            1,
+            &p.own_tx,
+            ad("exec1", "Claimed", Some(("1.0", "submit"))),
+            p.t0,
+        );
+        assert_eq!(p.st.status()[0].state, "Claimed");
+        // The job ends; the ownerd advertises Unclaimed without the job.
+        let t1 = p.t0 + Duration::from_secs(3);
+        assert!(p.st.machine_ad(1, &p.own_tx, ad("exec1", "Unclaimed", None), t1));
+        assert_eq!(p.st.status()[0].state, "Unclaimed");
+        // The schedd's stale list still shows 1.0 idle: not rematched yet.
+        p.st.jobs(
+            2,
+            &p.sch_tx,
+            HostName("submit".into()),
+            "10.0.0.2:9618".into(),
+            vec![job(1), job(2)],
+        );
+        let made = p.st.cycle(t1);
+        assert_eq!(
+            made.iter().map(|m| m.job.cluster).collect::<Vec<_>>(),
+            vec![2]
+        );
+        p.st.machine_ad(
+            1,
+            &p.own_tx,
+            ad("exec1", "Claimed", Some(("2.0", "submit"))),
+            t1,
+        );
+        p.st.machine_ad(1, &p.own_tx, ad("exec1", "Unclaimed", None), t1);
+        assert!(p.st.cycle(t1).is_empty());
+        let made = p.st.cycle(t1 + REMATCH_DELAY);
+        assert_eq!(
+            made.iter().map(|m| m.job.cluster).collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn owner_state_keeps_a_taken_claim_until_the_job_leaves() {
+        let (mut p, claim) = matched_pool();
+        p.st.machine_ad(
+            1,
+            &p.own_tx,
+            ad("exec1", "Claimed", Some(("1.0", "submit"))),
+            p.t0,
+        );
+        // The owner came back while the job runs: Owner, job still named.
+        p.st.machine_ad(
+            1,
+            &p.own_tx,
+            ad("exec1", "Owner", Some(("1.0", "submit"))),
+            p.t0,
+        );
+        assert!(p.st.claims.contains_key(&claim));
+        // The owner left again while the job still runs: not free for a new job.
+        assert!(!p.st.machine_ad(
+            1,
+            &p.own_tx,
+            ad("exec1", "Claimed", Some(("1.0", "submit"))),
+            p.t0
+        ));
+        p.st.jobs(
+            2,
+            &p.sch_tx,
+            HostName("submit".into()),
+            "a".into(),
+            vec![job(5)],
+        );
+        assert!(p.st.cycle(p.t0).is_empty());
+    }
+
+    #[test]
+    fn schedd_release_frees_the_machine_and_tells_the_ownerd() {
+        let (mut p, claim) = matched_pool();
+        // Another schedd cannot release it.
+        assert!(!p.st.release(&HostName("other".into()), &claim, p.t0));
+        assert!(drain(&mut p.own_rx).is_empty());
+        assert!(p.st.release(&HostName("submit".into()), &claim, p.t0));
+        assert_eq!(
+            drain(&mut p.own_rx),
+            vec![FromMatchmaker::Release { claim }]
+        );
+        assert_eq!(p.st.status()[0].state, "Unclaimed");
+    }
+
+    #[test]
+    fn untaken_claim_expires_and_both_sides_hear_of_it() {
+        let (mut p, claim) = matched_pool();
+        assert!(
+            p.st.cycle(p.t0 + CLAIM_ACK_TIMEOUT - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert!(p.st.claims.contains_key(&claim));
+        p.st.cycle(p.t0 + CLAIM_ACK_TIMEOUT);
+        assert!(!p.st.claims.contains_key(&claim));
+        assert_eq!(
+            drain(&mut p.own_rx),
+            vec![FromMatchmaker::Release {
+                claim: claim.clone()
+            }]
+        );
+        assert_eq!(
+            drain(&mut p.sch_rx),
+            vec![FromMatchmaker::Release { claim }]
+        );
+    }
+
+    #[test]
+    fn closed_connection_drops_its_machine_and_schedd() {
+        let (mut p, claim) = matched_pool();
+        p.st.disconnect(1, p.t0);
+        assert!(p.st.status().is_empty());
+        assert!(!p.st.claims.contains_key(&claim));
+        assert_eq!(
+            drain(&mut p.sch_rx),
+            vec![FromMatchmaker::Release { claim }]
+        );
+        p.st.disconnect(2, p.t0);
+        assert!(p.st.schedds.is_empty());
+    }
+
+    #[test]
+    fn reconnected_machine_survives_the_old_connection_closing() {
+        let (mut p, _) = matched_pool();
+        let (tx, _rx) = mpsc::channel(16);
+        p.st.machine_ad(
+            7,
+            &tx,
+            ad("exec1", "Claimed", Some(("1.0", "submit"))),
+            p.t0,
+        );
+        p.st.disconnect(1, p.t0);
+        assert_eq!(p.st.status().len(), 1);
+    }
+}
