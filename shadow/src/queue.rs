@@ -1,0 +1,584 @@
+//! The persistent job queue: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! Every state change and its event-log record are committed in one
+//! transaction before the caller acknowledges anything, so `kill -9` of the
+//! schedd loses no job. A job that was running when the schedd stopped goes
+//! back to idle when the queue is opened again.
+//!
+//! Event records are JSON lines:
+//! `{"time":UNIX_SECS,"job":"1.0","event":"submitted"|"matched"|"executing"|
+//! "completed"|"evicted"|"shadow_error"|"held"|"removed", ...}`.
+
+use proto::job::{ExitStatus, JobSpec, JobState, JobSummary, Usage};
+use proto::{ClaimId, HostName, JobId};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("queue database error")]
+    Db(#[from] rusqlite::Error),
+    #[error("job {job}: stored description does not decode")]
+    Spec {
+        job: JobId,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The submission was refused (the message names file, line and key).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One job as the queue stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: JobId,
+    pub owner: String,
+    pub state: JobState,
+    pub spec: JobSpec,
+    pub host: Option<HostName>,
+    pub claim: Option<ClaimId>,
+    /// When the claim was recorded (unix seconds).
+    pub claimed_at: Option<i64>,
+    pub exit: Option<ExitStatus>,
+    pub runs: u32,
+    pub failures: u32,
+    pub submitted: i64,
+}
+
+/// What a removal did to one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removed {
+    pub id: JobId,
+    /// The job was running (or about to): its shadow must end it.
+    pub was_running: bool,
+    pub claim: Option<ClaimId>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS clusters (
+    id INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    file TEXT NOT NULL,
+    submitted INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    cluster INTEGER NOT NULL,
+    proc INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    host TEXT,
+    claim TEXT,
+    claimed_at INTEGER,
+    exit_kind TEXT,
+    exit_value INTEGER,
+    runs INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    submitted INTEGER NOT NULL,
+    started INTEGER,
+    finished INTEGER,
+    PRIMARY KEY (cluster, proc)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    cluster INTEGER NOT NULL,
+    proc INTEGER NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(cluster, proc);
+";
+
+/// The queue database.
+pub struct Queue {
+    db: Connection,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").finish_non_exhaustive()
+    }
+}
+
+fn event(tx: &Transaction<'_>, job: JobId, name: &str, extra: Value) -> Result<()> {
+    let mut v = json!({ "time": now(), "job": job.to_string(), "event": name });
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    tx.execute(
+        "INSERT INTO events (cluster, proc, line) VALUES (?1, ?2, ?3)",
+        params![job.cluster as i64, job.proc, v.to_string()],
+    )?;
+    Ok(())
+}
+
+fn exit_cols(e: &ExitStatus) -> (&'static str, i32) {
+    match e {
+        ExitStatus::Code(c) => ("code", *c),
+        ExitStatus::Signal(s) => ("signal", *s),
+    }
+}
+
+/// A `jobs` row as selected by [`COLS`], before decoding.
+type RawRow = (
+    JobId,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i32>,
+    u32,
+    u32,
+    i64,
+);
+
+const COLS: &str = "cluster, proc, owner, state, spec, host, claim, claimed_at, exit_kind, exit_value, runs, failures, submitted";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        JobId {
+            cluster: r.get::<_, i64>(0)? as u64,
+            proc: r.get(1)?,
+        },
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+    ))
+}
+
+fn decode(raw: RawRow) -> Result<JobRow> {
+    let (
+        id,
+        owner,
+        state,
+        spec,
+        host,
+        claim,
+        claimed_at,
+        exit_kind,
+        exit_value,
+        runs,
+        failures,
+        submitted,
+    ) = raw;
+    let spec: JobSpec =
+        serde_json::from_str(&spec).map_err(|source| QueueError::Spec { job: id, source })?;
+    let exit = match (exit_kind.as_deref(), exit_value) {
+        (Some("code"), Some(v)) => Some(ExitStatus::Code(v)),
+        (Some("signal"), Some(v)) => Some(ExitStatus::Signal(v)),
+        _ => None,
+    };
+    Ok(JobRow {
+        id,
+        owner,
+        state: JobState::parse(&state).unwrap_or(JobState::Held),
+        spec,
+        host: host.map(HostName),
+        claim: claim.map(ClaimId),
+        claimed_at,
+        exit,
+        runs,
+        failures,
+        submitted,
+    })
+}
+
+impl Queue {
+    /// Opens (or creates) the queue. Jobs left `running` by a previous
+    /// schedd go back to idle with an `evicted` event.
+    pub fn open(path: &Path) -> Result<Queue> {
+        let open_err = |source| QueueError::Open {
+            path: path.into(),
+            source,
+        };
+        let db = Connection::open(path).map_err(open_err)?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        db.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        db.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        db.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        db.execute_batch(SCHEMA).map_err(open_err)?;
+        let mut q = Queue { db };
+        q.recover()?;
+        Ok(q)
+    }
+
+    fn recover(&mut self) -> Result<()> {
+        let tx = self.db.transaction()?;
+        let running: Vec<JobId> = {
+            let mut st = tx.prepare("SELECT cluster, proc FROM jobs WHERE state = 'running'")?;
+            st.query_map([], |r| {
+                Ok(JobId {
+                    cluster: r.get::<_, i64>(0)? as u64,
+                    proc: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        for id in running {
+            tx.execute(
+                "UPDATE jobs SET state = 'idle', host = NULL, claim = NULL, claimed_at = NULL WHERE cluster = ?1 AND proc = ?2",
+                params![id.cluster as i64, id.proc],
+            )?;
+            event(
+                &tx,
+                id,
+                "evicted",
+                json!({ "reason": "the schedd restarted while the job ran" }),
+            )?;
+            tracing::info!(job = %id, "running at start-up; back to idle");
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Queues a new cluster. `expand` gets the new cluster id and returns
+    /// its jobs; if it fails nothing is stored.
+    pub fn submit(
+        &mut self,
+        owner: &str,
+        file: &str,
+        expand: impl FnOnce(u64) -> std::result::Result<Vec<JobSpec>, String>,
+    ) -> Result<Vec<JobId>> {
+        let tx = self.db.transaction()?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'last_cluster'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let cluster = last.unwrap_or(0) as u64 + 1;
+        let specs = expand(cluster).map_err(QueueError::Rejected)?;
+        if specs.is_empty() {
+            return Err(QueueError::Rejected(format!(
+                "{file}: the description queues no job"
+            )));
+        }
+        let t = now();
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_cluster', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![cluster as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO clusters (id, owner, file, submitted) VALUES (?1, ?2, ?3, ?4)",
+            params![cluster as i64, owner, file, t],
+        )?;
+        let mut ids = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let id = JobId {
+                cluster,
+                proc: i as u32,
+            };
+            let text = serde_json::to_string(spec)
+                .map_err(|source| QueueError::Spec { job: id, source })?;
+            tx.execute(
+                "INSERT INTO jobs (cluster, proc, owner, state, spec, submitted) VALUES (?1, ?2, ?3, 'idle', ?4, ?5)",
+                params![cluster as i64, id.proc, owner, text, t],
+            )?;
+            event(
+                &tx,
+                id,
+                "submitted",
+                json!({ "owner": owner, "executable": spec.executable, "file": file }),
+            )?;
+            ids.push(id);
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// One job.
+    pub fn get(&self, id: JobId) -> Result<Option<JobRow>> {
+        let raw = self
+            .db
+            .query_row(
+                &format!("SELECT {COLS} FROM jobs WHERE cluster = ?1 AND proc = ?2"),
+                params![id.cluster as i64, id.proc],
+                row,
+            )
+            .optional()?;
+        raw.map(decode).transpose()
+    }
+
+    fn select(&self, filter: &str) -> Result<Vec<JobRow>> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT {COLS} FROM jobs {filter} ORDER BY cluster, proc"
+        ))?;
+        let raws: Vec<RawRow> = st.query_map([], row)?.collect::<rusqlite::Result<_>>()?;
+        raws.into_iter().map(decode).collect()
+    }
+
+    /// Idle jobs that hold no claim: what the matchmaker should see.
+    pub fn unclaimed_idle(&self) -> Result<Vec<JobRow>> {
+        self.select("WHERE state = 'idle' AND claim IS NULL")
+    }
+
+    /// Jobs for `roost q`: not finished ones, or all with `all`.
+    pub fn list(&self, all: bool) -> Result<Vec<JobSummary>> {
+        let rows = if all {
+            self.select("")?
+        } else {
+            self.select("WHERE state NOT IN ('completed', 'removed')")?
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| JobSummary {
+                id: r.id,
+                owner: r.owner,
+                state: r.state,
+                executable: r.spec.executable,
+                arguments: r.spec.arguments,
+                host: r.host,
+                submitted: r.submitted,
+                exit: r.exit,
+                runs: r.runs,
+            })
+            .collect())
+    }
+
+    /// The job's event log, JSON lines in order; `None` for an unknown job.
+    pub fn log(&self, id: JobId) -> Result<Option<Vec<String>>> {
+        if self.get(id)?.is_none() {
+            return Ok(None);
+        }
+        let mut st = self
+            .db
+            .prepare("SELECT line FROM events WHERE cluster = ?1 AND proc = ?2 ORDER BY seq")?;
+        let lines = st
+            .query_map(params![id.cluster as i64, id.proc], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(lines))
+    }
+
+    /// Records a match for an idle job. Returns false (and stores nothing)
+    /// when the job is not idle or already holds a claim.
+    pub fn set_claim(&mut self, id: JobId, claim: &ClaimId, machine: &HostName) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let n = tx.execute(
+            "UPDATE jobs SET claim = ?3, claimed_at = ?4 WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim IS NULL",
+            params![id.cluster as i64, id.proc, claim.0, now()],
+        )?;
+        if n == 1 {
+            event(&tx, id, "matched", json!({ "host": machine.0 }))?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Drops the claim of an idle job (unused or withdrawn). Returns whether
+    /// it was dropped.
+    pub fn drop_claim(&mut self, id: JobId, claim: &ClaimId) -> Result<bool> {
+        let n = self.db.execute(
+            "UPDATE jobs SET claim = NULL, claimed_at = NULL WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim = ?3",
+            params![id.cluster as i64, id.proc, claim.0],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Idle jobs whose claim was recorded before `before` (unix seconds).
+    pub fn stale_claims(&self, before: i64) -> Result<Vec<(JobId, ClaimId)>> {
+        let mut st = self.db.prepare(
+            "SELECT cluster, proc, claim FROM jobs WHERE state = 'idle' AND claim IS NOT NULL AND claimed_at < ?1",
+        )?;
+        let v = st
+            .query_map(params![before], |r| {
+                Ok((
+                    JobId {
+                        cluster: r.get::<_, i64>(0)? as u64,
+                        proc: r.get(1)?,
+                    },
+                    ClaimId(r.get(2)?),
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// An idle job whose claim is `claim`: the one a starter may attach to.
+    pub fn claimed(&self, id: JobId, claim: &ClaimId) -> Result<Option<JobRow>> {
+        Ok(self
+            .get(id)?
+            .filter(|r| r.state == JobState::Idle && r.claim.as_ref() == Some(claim)))
+    }
+
+    /// The job started on `host`. Returns false when it is no longer idle
+    /// with this claim.
+    pub fn mark_running(&mut self, id: JobId, claim: &ClaimId, host: &HostName) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let n = tx.execute(
+            "UPDATE jobs SET state = 'running', host = ?4, runs = runs + 1, started = ?5
+             WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim = ?3",
+            params![id.cluster as i64, id.proc, claim.0, host.0, now()],
+        )?;
+        if n == 1 {
+            event(&tx, id, "executing", json!({ "host": host.0 }))?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// The job's process ended. Returns false when the job was not running
+    /// (e.g. removed meanwhile).
+    pub fn complete(&mut self, id: JobId, status: ExitStatus, usage: &Usage) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let (kind, value) = exit_cols(&status);
+        let n = tx.execute(
+            "UPDATE jobs SET state = 'completed', exit_kind = ?3, exit_value = ?4, finished = ?5, claim = NULL, claimed_at = NULL
+             WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
+            params![id.cluster as i64, id.proc, kind, value, now()],
+        )?;
+        if n == 1 {
+            let mut e = json!({
+                "wall_secs": usage.wall_secs,
+                "cpu_secs": usage.user_cpu_secs + usage.sys_cpu_secs,
+                "user_cpu_secs": usage.user_cpu_secs,
+                "sys_cpu_secs": usage.sys_cpu_secs,
+                "bytes_read": usage.bytes_read,
+                "bytes_written": usage.bytes_written,
+            });
+            match status {
+                ExitStatus::Code(c) => e["exit_code"] = json!(c),
+                ExitStatus::Signal(s) => e["signal"] = json!(s),
+            }
+            event(&tx, id, "completed", e)?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// A running job goes back to idle to be matched again (`event` is
+    /// `evicted` or `shadow_error`). Returns false when it was not running.
+    pub fn requeue(&mut self, id: JobId, event_name: &str, reason: &str) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let n = tx.execute(
+            "UPDATE jobs SET state = 'idle', host = NULL, claim = NULL, claimed_at = NULL
+             WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
+            params![id.cluster as i64, id.proc],
+        )?;
+        if n == 1 {
+            event(&tx, id, event_name, json!({ "reason": reason }))?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// The job could not run. It goes back to idle, or is held once it has
+    /// failed more than `max(max_retries, 2)` times. Returns the new state,
+    /// or `None` when the job was neither idle nor running.
+    pub fn failed(&mut self, id: JobId, reason: &str) -> Result<Option<JobState>> {
+        let Some(row) = self.get(id)? else {
+            return Ok(None);
+        };
+        if !matches!(row.state, JobState::Idle | JobState::Running) {
+            return Ok(None);
+        }
+        let failures = row.failures + 1;
+        let limit = row.spec.max_retries.max(2);
+        let state = if failures > limit {
+            JobState::Held
+        } else {
+            JobState::Idle
+        };
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "UPDATE jobs SET state = ?3, failures = ?4, host = NULL, claim = NULL, claimed_at = NULL
+             WHERE cluster = ?1 AND proc = ?2",
+            params![id.cluster as i64, id.proc, state.as_str(), failures],
+        )?;
+        event(&tx, id, "shadow_error", json!({ "reason": reason }))?;
+        if state == JobState::Held {
+            event(
+                &tx,
+                id,
+                "held",
+                json!({ "reason": format!("failed {failures} times; last: {reason}") }),
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(state))
+    }
+
+    /// Removes jobs that have not finished. Returns what was removed and
+    /// the ids that name no removable job.
+    pub fn remove(&mut self, ids: &[JobId], by: &str) -> Result<(Vec<Removed>, Vec<JobId>)> {
+        let tx = self.db.transaction()?;
+        let mut removed = Vec::new();
+        let mut not_found = Vec::new();
+        for &id in ids {
+            let cur: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT state, claim FROM jobs WHERE cluster = ?1 AND proc = ?2",
+                    params![id.cluster as i64, id.proc],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((state, claim)) = cur else {
+                not_found.push(id);
+                continue;
+            };
+            let state = JobState::parse(&state).unwrap_or(JobState::Held);
+            if state.is_final() {
+                not_found.push(id);
+                continue;
+            }
+            tx.execute(
+                "UPDATE jobs SET state = 'removed', claim = NULL, claimed_at = NULL, finished = ?3 WHERE cluster = ?1 AND proc = ?2",
+                params![id.cluster as i64, id.proc, now()],
+            )?;
+            event(
+                &tx,
+                id,
+                "removed",
+                json!({ "by": by, "was": state.as_str() }),
+            )?;
+            removed.push(Removed {
+                id,
+                was_running: state == JobState::Running,
+                claim: claim.map(ClaimId),
+            });
+        }
+        tx.commit()?;
+        Ok((removed, not_found))
+    }
+}
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;
