@@ -1,1 +1,3 @@
 //! The execute host: the owner's daemon and the per-job starter.
+pub mod job;
+pub mod relay;
