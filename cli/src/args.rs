@@ -1,0 +1,424 @@
+//! The command line of `roost`: every subcommand, flag and help text.
+
+use clap::{Args, Parser, Subcommand};
+use proto::ids::{BadJobId, JobId};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+const AFTER_HELP: &str = "\
+Start here:
+  roost demo                               the one-command demo
+  eval \"$(roost pool up --dir ~/roost-pool)\" start a personal pool, point this shell at it
+  roost submit job.toml                    queue the jobs a job file describes
+  roost q                                  see them
+  roost wait 1.0                           wait for one; exit with its exit code
+  roost pool down --dir ~/roost-pool       stop the pool
+
+Environment:
+  ROOST_POOL         the pool directory (same as --pool)
+  ROOST_SCHEDD_SOCK  the schedd's socket (default: $ROOST_POOL/submit/schedd.sock)
+  ROOST_MATCHMAKER   the matchmaker's IP:PORT (default: from $ROOST_POOL/pool.toml)
+  ROOST_BIN_DIR      where roost-schedd, roost-matchmaker, roost-ownerd,
+                     roost-starter and libroost_shim.so are (default: next to roost)";
+
+/// Run batch jobs on idle workstations; every file a job touches stays on
+/// the submit host.
+#[derive(Debug, Parser)]
+#[command(name = "roost", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// The pool to talk to: the directory `roost pool up --dir DIR` made.
+    #[arg(long, global = true, env = "ROOST_POOL", value_name = "DIR")]
+    pub pool: Option<PathBuf>,
+
+    /// The schedd's Unix socket, if not DIR/submit/schedd.sock of the pool.
+    #[arg(long, global = true, env = "ROOST_SCHEDD_SOCK", value_name = "PATH")]
+    pub schedd_sock: Option<PathBuf>,
+
+    /// The matchmaker's address, if not the one in DIR/pool.toml.
+    #[arg(long, global = true, env = "ROOST_MATCHMAKER", value_name = "IP:PORT")]
+    pub matchmaker: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make, start, stop and inspect a personal pool.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Queue the jobs a job description file describes; print their ids.
+    Submit(SubmitArgs),
+    /// List the jobs in the queue.
+    Q(QArgs),
+    /// List the pool's machines as the matchmaker sees them.
+    Status(StatusArgs),
+    /// Remove jobs from the queue; running ones are stopped.
+    Rm(RmArgs),
+    /// Show a job's event log.
+    Log(LogArgs),
+    /// Wait until jobs end, then exit with the last one's exit code.
+    Wait(WaitArgs),
+    /// Run the demo: a personal pool, a job on an execute host, its files on
+    /// the submit host.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Make a pool directory: a pool CA, certificates and pool.toml.
+    #[command(
+        after_help = "Creates DIR/pki/ (ca, cm, submit, exec1..N, user) and DIR/pool.toml \
+(host names and 127.0.0.1 addresses on free ports). `roost pool up` does this itself."
+    )]
+    Init(PoolInitArgs),
+    /// Start a personal pool in the background (making it first if needed).
+    #[command(
+        after_help = "Starts roost-matchmaker (host cm), roost-schedd (host submit) and one \
+roost-ownerd per execute host (exec1..N), each logging to DIR/HOST/*.log, and waits until \
+the schedd answers and every execute host has reported to the matchmaker. Execute hosts \
+start idle. Progress goes to stderr; stdout gets one line for your shell:\n\n  \
+eval \"$(roost pool up --dir DIR)\""
+    )]
+    Up(PoolUpArgs),
+    /// Stop the pool's daemons (SIGTERM, then SIGKILL after --grace seconds).
+    Down(PoolDownArgs),
+    /// Make an execute host's owner look active (touch DIR/HOST/activity).
+    Touch(PoolTouchArgs),
+    /// List the pool's machines (same as `roost status`).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolInitArgs {
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Number of execute hosts (exec1..N).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hosts: u32,
+    /// Make a new CA and certificates even if DIR already holds a pool.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolUpArgs {
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Number of execute hosts [default: 2, or as many as DIR/pool.toml has].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hosts: Option<u32>,
+    /// An execute host's owner counts as active for this many seconds after
+    /// its activity file was touched.
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    pub idle_secs: u64,
+    /// The matchmaker's negotiation cycle [default: the matchmaker's own].
+    #[arg(long, value_name = "SECS")]
+    pub cycle_secs: Option<u64>,
+    /// Give up if the pool is not ready after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolDownArgs {
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolTouchArgs {
+    /// The execute host, e.g. exec1.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the machine ads as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "A job file is TOML, e.g.:\n\n  \
+executable = \"analyse.sh\"\n  arguments = [\"in.$(Process).csv\"]\n  \
+output = \"out.$(Process)\"\n  queue = 3\n\nRelative paths are relative to the directory \
+you submit from (or `initialdir`); the job reads and writes them there, wherever it runs.")]
+pub struct SubmitArgs {
+    /// The job description file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Check the file and print the jobs it describes, without submitting.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QArgs {
+    /// Print the job summaries as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Include completed and removed jobs.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Jobs to remove: CLUSTER.PROC, or CLUSTER for all of its jobs.
+    #[arg(value_name = "JOB", required = true)]
+    pub jobs: Vec<JobSel>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The job, CLUSTER.PROC (CLUSTER means CLUSTER.0).
+    #[arg(value_name = "JOB")]
+    pub job: JobSel,
+    /// Print the log's JSON lines as they are.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: the last job's exit code; 128+N if it was killed by \
+signal N; 1 if it was removed; 124 on --timeout."
+)]
+pub struct WaitArgs {
+    /// Jobs to wait for: CLUSTER.PROC, or CLUSTER for all of its jobs.
+    #[arg(value_name = "JOB", required = true)]
+    pub jobs: Vec<JobSel>,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to put the pool and the job [default: a new temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Number of execute hosts.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hosts: u32,
+    /// Leave the pool running afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// A job on the command line: one job, or every job of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSel {
+    Cluster(u64),
+    Job(JobId),
+}
+
+impl JobSel {
+    /// The job this names: `CLUSTER` alone means `CLUSTER.0`.
+    pub fn first(self) -> JobId {
+        match self {
+            JobSel::Cluster(cluster) => JobId { cluster, proc: 0 },
+            JobSel::Job(id) => id,
+        }
+    }
+
+    pub fn matches(self, id: JobId) -> bool {
+        match self {
+            JobSel::Cluster(c) => id.cluster == c,
+            JobSel::Job(j) => id == j,
+        }
+    }
+}
+
+impl std::fmt::Display for JobSel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobSel::Cluster(c) => write!(f, "{c}"),
+            JobSel::Job(j) => write!(f, "{j}"),
+        }
+    }
+}
+
+impl FromStr for JobSel {
+    type Err = BadJobId;
+    fn from_str(s: &str) -> Result<Self, BadJobId> {
+        if s.contains('.') {
+            s.parse().map(JobSel::Job)
+        } else {
+            s.parse()
+                .map(JobSel::Cluster)
+                .map_err(|_| BadJobId(s.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("roost").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pool_up_flags_and_defaults() {
+        let cli = parse(&["pool", "up", "--dir", "/tmp/p", "--hosts", "3"]).unwrap();
+        let Command::Pool(PoolCommand::Up(a)) = cli.command else {
+            panic!("not pool up: {cli:?}")
+        };
+        assert_eq!(a.dir, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(a.hosts, Some(3));
+        assert_eq!(a.idle_secs, 2);
+        assert_eq!(a.timeout, 30);
+
+        let cli = parse(&["pool", "up", "--dir", "/tmp/p"]).unwrap();
+        let Command::Pool(PoolCommand::Up(a)) = cli.command else {
+            panic!("not pool up")
+        };
+        assert_eq!(a.hosts, None);
+        assert!(parse(&["pool", "up", "--hosts", "0"]).is_err());
+    }
+
+    #[test]
+    fn pool_init_defaults_to_two_hosts() {
+        let cli = parse(&["pool", "init", "--dir", "d"]).unwrap();
+        let Command::Pool(PoolCommand::Init(a)) = cli.command else {
+            panic!("not pool init")
+        };
+        assert_eq!((a.hosts, a.force), (2, false));
+    }
+
+    #[test]
+    fn global_pool_flag_goes_anywhere() {
+        let cli = parse(&["q", "--pool", "/p", "--json"]).unwrap();
+        assert_eq!(cli.pool, Some(PathBuf::from("/p")));
+        let Command::Q(q) = cli.command else {
+            panic!("not q")
+        };
+        assert!(q.json && !q.all);
+        let cli = parse(&["--pool", "/p", "pool", "touch", "exec2"]).unwrap();
+        assert_eq!(cli.pool, Some(PathBuf::from("/p")));
+        let Command::Pool(PoolCommand::Touch(t)) = cli.command else {
+            panic!("not touch")
+        };
+        assert_eq!((t.host.as_str(), t.dir), ("exec2", None));
+    }
+
+    #[test]
+    fn job_selectors() {
+        assert_eq!("12".parse::<JobSel>().unwrap(), JobSel::Cluster(12));
+        assert_eq!(
+            "12.3".parse::<JobSel>().unwrap(),
+            JobSel::Job(JobId {
+                cluster: 12,
+                proc: 3
+            })
+        );
+        assert_eq!(
+            "x".parse::<JobSel>().unwrap_err().to_string(),
+            "`x` is not a job id (expected CLUSTER or CLUSTER.PROC, e.g. 12.0)"
+        );
+        assert!("1.x".parse::<JobSel>().is_err());
+        assert!(JobSel::Cluster(4).matches(JobId {
+            cluster: 4,
+            proc: 9
+        }));
+        assert!(
+            !JobSel::Job(JobId {
+                cluster: 4,
+                proc: 0
+            })
+            .matches(JobId {
+                cluster: 4,
+                proc: 1
+            })
+        );
+        assert_eq!(
+            JobSel::Cluster(4).first(),
+            JobId {
+                cluster: 4,
+                proc: 0
+            }
+        );
+    }
+
+    #[test]
+    fn wait_rm_need_jobs_and_parse_them() {
+        assert!(parse(&["wait"]).is_err());
+        assert!(parse(&["rm"]).is_err());
+        let err = parse(&["rm", "banana"]).unwrap_err().to_string();
+        assert!(err.contains("`banana` is not a job id"), "{err}");
+        let cli = parse(&["wait", "1.0", "2", "--timeout", "1.5"]).unwrap();
+        let Command::Wait(w) = cli.command else {
+            panic!("not wait")
+        };
+        assert_eq!(
+            w.jobs,
+            vec![
+                JobSel::Job(JobId {
+                    cluster: 1,
+                    proc: 0
+                }),
+                JobSel::Cluster(2)
+            ]
+        );
+        assert_eq!(w.timeout, Some(1.5));
+    }
+
+    #[test]
+    fn submit_log_demo() {
+        let cli = parse(&["submit", "job.toml", "--dry-run"]).unwrap();
+        let Command::Submit(s) = cli.command else {
+            panic!("not submit")
+        };
+        assert_eq!((s.file, s.dry_run), (PathBuf::from("job.toml"), true));
+        let cli = parse(&["log", "7", "--json"]).unwrap();
+        let Command::Log(l) = cli.command else {
+            panic!("not log")
+        };
+        assert_eq!((l.job, l.json), (JobSel::Cluster(7), true));
+        let cli = parse(&["demo"]).unwrap();
+        let Command::Demo(d) = cli.command else {
+            panic!("not demo")
+        };
+        assert_eq!((d.dir, d.hosts, d.keep), (None, 2, false));
+    }
+
+    #[test]
+    fn every_subcommand_has_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        fn walk(c: &clap::Command, path: &str) {
+            for s in c.get_subcommands() {
+                let p = format!("{path} {}", s.get_name());
+                assert!(s.get_about().is_some(), "`{p}` has no help text");
+                for a in s.get_arguments() {
+                    assert!(
+                        a.get_help().is_some() || a.is_hide_set(),
+                        "`{p}` argument {} has no help text",
+                        a.get_id()
+                    );
+                }
+                walk(s, &p);
+            }
+        }
+        walk(&cmd, "roost");
+    }
+}

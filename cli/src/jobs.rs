@@ -1,0 +1,276 @@
+//! The job commands, each one or a few schedd requests: `submit`, `q`,
+//! `rm`, `log`, `wait`.
+
+use crate::args::JobSel;
+use crate::client::Schedd;
+use crate::render;
+use anyhow::{Context, Result, bail};
+use proto::cli::{CliReply, CliRequest};
+use proto::ids::JobId;
+use proto::job::{ExitStatus, JobState, JobSummary};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Exit status of `roost wait` when `--timeout` ran out (as timeout(1)).
+pub const WAIT_TIMED_OUT: i32 = 124;
+
+fn unexpected(what: &str, reply: CliReply) -> anyhow::Error {
+    match reply {
+        CliReply::Error { message } => anyhow::anyhow!("{message}"),
+        other => anyhow::anyhow!("the schedd answered {what} with {other:?}"),
+    }
+}
+
+/// What `roost submit` learnt from the schedd.
+#[derive(Debug, PartialEq)]
+pub enum SubmitOutcome {
+    Queued(Vec<JobId>),
+    /// The schedd refused the file; the message names file, line and key.
+    Refused(String),
+}
+
+/// Sends `file`'s text (a relative `file` is read from `cwd`); `cwd` is the
+/// default `initialdir`.
+pub fn submit(schedd: &Schedd, file: &Path, cwd: &Path) -> Result<SubmitOutcome> {
+    let text = std::fs::read_to_string(cwd.join(file))
+        .with_context(|| format!("cannot read the job file {}", file.display()))?;
+    let req = CliRequest::Submit {
+        file: file.display().to_string(),
+        text,
+        cwd: cwd.display().to_string(),
+    };
+    match schedd.request(&req)? {
+        CliReply::Submitted { jobs } => Ok(SubmitOutcome::Queued(jobs)),
+        CliReply::Error { message } => Ok(SubmitOutcome::Refused(message)),
+        other => Err(unexpected("Submit", other)),
+    }
+}
+
+pub fn queue(schedd: &Schedd, all: bool) -> Result<Vec<JobSummary>> {
+    match schedd.request(&CliRequest::Queue { all })? {
+        CliReply::Queue { jobs } => Ok(jobs),
+        other => Err(unexpected("Queue", other)),
+    }
+}
+
+/// The jobs `sels` name, in the order given; a cluster stands for each of
+/// its jobs in `jobs`.
+pub fn select<'a>(sels: &[JobSel], jobs: &'a [JobSummary]) -> Result<Vec<&'a JobSummary>> {
+    let mut out: Vec<&JobSummary> = Vec::new();
+    for s in sels {
+        let mut found: Vec<&JobSummary> = jobs.iter().filter(|j| s.matches(j.id)).collect();
+        if found.is_empty() {
+            bail!("no job {s} in the queue (`roost q --all` lists every job)");
+        }
+        found.sort_by_key(|j| j.id);
+        for j in found {
+            if !out.iter().any(|o| o.id == j.id) {
+                out.push(j);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `roost rm`: returns the jobs removed and those the schedd did not know.
+pub fn remove(schedd: &Schedd, sels: &[JobSel]) -> Result<(Vec<JobId>, Vec<JobId>)> {
+    let mut ids: Vec<JobId> = Vec::new();
+    if sels.iter().any(|s| matches!(s, JobSel::Cluster(_))) {
+        let jobs = queue(schedd, false)?;
+        for s in sels {
+            let mut of_sel: Vec<JobId> = jobs
+                .iter()
+                .map(|j| j.id)
+                .filter(|&id| s.matches(id))
+                .collect();
+            if of_sel.is_empty() {
+                // Let the schedd say it does not know it.
+                of_sel.push(s.first());
+            }
+            ids.extend(of_sel);
+        }
+    } else {
+        ids.extend(sels.iter().map(|s| s.first()));
+    }
+    ids.dedup();
+    match schedd.request(&CliRequest::Remove { jobs: ids })? {
+        CliReply::Removed { jobs, not_found } => Ok((jobs, not_found)),
+        other => Err(unexpected("Remove", other)),
+    }
+}
+
+/// `roost log`: the job's event log, one JSON object per line.
+pub fn log(schedd: &Schedd, job: JobId) -> Result<Vec<String>> {
+    match schedd.request(&CliRequest::Log { job })? {
+        CliReply::Log { lines } => Ok(lines),
+        other => {
+            Err(unexpected("Log", other)).with_context(|| format!("no event log for job {job}"))
+        }
+    }
+}
+
+/// The exit status `roost wait` gives for a job that has ended, and a
+/// message for stderr when it did not end normally.
+pub fn exit_code(j: &JobSummary) -> (i32, Option<String>) {
+    match (j.state, j.exit) {
+        (JobState::Removed, _) => (1, Some(format!("job {} was removed", j.id))),
+        (_, Some(ExitStatus::Code(c))) => (c & 0xff, None),
+        (_, Some(ExitStatus::Signal(s))) => (
+            128 + s,
+            Some(format!("job {} was killed by signal {s}", j.id)),
+        ),
+        (_, None) => (
+            1,
+            Some(format!("job {} ended without an exit status", j.id)),
+        ),
+    }
+}
+
+fn progress_text(jobs: &[&JobSummary], elapsed: Duration) -> String {
+    let one = |j: &JobSummary| match (&j.host, j.state) {
+        (Some(h), JobState::Running) => format!("{} running on {h}", j.id),
+        _ => format!("{} {}", j.id, j.state.as_str()),
+    };
+    let open: Vec<&&JobSummary> = jobs.iter().filter(|j| !j.state.is_final()).collect();
+    let what = if open.len() <= 3 {
+        open.iter().map(|j| one(j)).collect::<Vec<_>>().join(", ")
+    } else {
+        let count = |s: JobState| open.iter().filter(|j| j.state == s).count();
+        let parts: Vec<String> = [JobState::Running, JobState::Idle, JobState::Held]
+            .into_iter()
+            .filter(|&s| count(s) > 0)
+            .map(|s| format!("{} {}", count(s), s.as_str()))
+            .collect();
+        format!("{} jobs: {}", open.len(), parts.join(", "))
+    };
+    format!(
+        "waiting for {what} ({})",
+        render::duration(elapsed.as_secs_f64())
+    )
+}
+
+/// `roost wait`: polls the queue every 200 ms until every job named is
+/// completed or removed. Returns the exit status for the process.
+pub fn wait(
+    schedd: &Schedd,
+    sels: &[JobSel],
+    timeout: Option<Duration>,
+    mut progress: Option<&mut dyn Write>,
+) -> Result<i32> {
+    let start = Instant::now();
+    let mut shown = false;
+    loop {
+        let all = queue(schedd, true)?;
+        let jobs = select(sels, &all)?;
+        if jobs.iter().all(|j| j.state.is_final()) {
+            if let (Some(p), true) = (progress.as_mut(), shown) {
+                let _ = write!(p, "\r\x1b[K");
+            }
+            let mut code = 0;
+            for j in &jobs {
+                let (c, msg) = exit_code(j);
+                if let Some(m) = msg {
+                    eprintln!("roost: {m}");
+                }
+                code = c;
+            }
+            return Ok(code);
+        }
+        if let Some(t) = timeout
+            && start.elapsed() >= t
+        {
+            if let (Some(p), true) = (progress.as_mut(), shown) {
+                let _ = write!(p, "\r\x1b[K");
+            }
+            eprintln!(
+                "roost: gave up after {} s: {}",
+                t.as_secs_f64(),
+                progress_text(&jobs, start.elapsed()).trim_start_matches("waiting for ")
+            );
+            return Ok(WAIT_TIMED_OUT);
+        }
+        if let Some(p) = progress.as_mut() {
+            let _ = write!(p, "\r\x1b[K{}", progress_text(&jobs, start.elapsed()));
+            let _ = p.flush();
+            shown = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::ids::HostName;
+
+    fn job(c: u64, p: u32, state: JobState, exit: Option<ExitStatus>) -> JobSummary {
+        JobSummary {
+            id: JobId {
+                cluster: c,
+                proc: p,
+            },
+            owner: "ann".into(),
+            state,
+            executable: "x".into(),
+            arguments: vec![],
+            host: (state == JobState::Running).then(|| HostName("exec2".into())),
+            submitted: 0,
+            exit,
+            runs: 1,
+        }
+    }
+
+    #[test]
+    fn exit_codes_like_a_shell() {
+        let c = |s, e| exit_code(&job(1, 0, s, e));
+        assert_eq!(c(JobState::Completed, Some(ExitStatus::Code(0))), (0, None));
+        assert_eq!(c(JobState::Completed, Some(ExitStatus::Code(3))), (3, None));
+        assert_eq!(
+            c(JobState::Completed, Some(ExitStatus::Signal(9))),
+            (137, Some("job 1.0 was killed by signal 9".into()))
+        );
+        assert_eq!(
+            c(JobState::Removed, None),
+            (1, Some("job 1.0 was removed".into()))
+        );
+    }
+
+    #[test]
+    fn selection_expands_clusters_in_order() {
+        let all = vec![
+            job(2, 1, JobState::Idle, None),
+            job(2, 0, JobState::Idle, None),
+            job(3, 0, JobState::Idle, None),
+        ];
+        let ids = |v: Vec<&JobSummary>| v.iter().map(|j| j.id.to_string()).collect::<Vec<_>>();
+        let sel = |s: &str| s.parse::<JobSel>().unwrap();
+        assert_eq!(
+            ids(select(&[sel("3.0"), sel("2")], &all).unwrap()),
+            ["3.0", "2.0", "2.1"]
+        );
+        assert_eq!(
+            ids(select(&[sel("2.1"), sel("2")], &all).unwrap()),
+            ["2.1", "2.0"]
+        );
+        assert_eq!(
+            select(&[sel("4")], &all).unwrap_err().to_string(),
+            "no job 4 in the queue (`roost q --all` lists every job)"
+        );
+    }
+
+    #[test]
+    fn progress_names_few_jobs_and_counts_many() {
+        let a = job(1, 0, JobState::Running, None);
+        let b = job(1, 1, JobState::Idle, None);
+        let done = job(1, 2, JobState::Completed, Some(ExitStatus::Code(0)));
+        assert_eq!(
+            progress_text(&[&a, &b, &done], Duration::from_secs(3)),
+            "waiting for 1.0 running on exec2, 1.1 idle (3s)"
+        );
+        assert_eq!(
+            progress_text(&[&a, &b, &b, &b], Duration::from_secs(70)),
+            "waiting for 4 jobs: 1 running, 3 idle (1m10s)"
+        );
+    }
+}

@@ -1,0 +1,558 @@
+//! What the CLI prints: aligned tables that fit the terminal, the job and
+//! machine tables, readable event logs, times and durations.
+
+use proto::job::{ExitStatus, JobState, JobSummary};
+use proto::pool::{AdValue, MachineAd};
+use serde_json::Value;
+use std::io::IsTerminal;
+
+/// Columns of the terminal on stdout, or `None` when stdout is not a
+/// terminal (then nothing is cut).
+pub fn terminal_width() -> Option<usize> {
+    let out = std::io::stdout();
+    if !out.is_terminal() {
+        return None;
+    }
+    match rustix::termios::tcgetwinsize(&out) {
+        Ok(w) if w.ws_col > 0 => Some(w.ws_col.into()),
+        _ => std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()),
+    }
+}
+
+/// Renders rows under headers, columns two spaces apart. With `width`, the
+/// last column is cut (ending in `…`) so that lines fit.
+pub fn table(headers: &[&str], rows: &[Vec<String>], width: Option<usize>) -> String {
+    let n = headers.len();
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate().take(n) {
+            if i + 1 == n {
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.extend(std::iter::repeat_n(' ', w[i] - c.chars().count() + 2));
+            }
+        }
+        let line = line.trim_end();
+        match width {
+            Some(max) if line.chars().count() > max => {
+                let keep = max.saturating_sub(1);
+                out.extend(line.chars().take(keep));
+                out.push('…');
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A command line as a shell would take it back.
+pub fn shell_words(words: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let quote = |w: &str| {
+        let plain = !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        if plain {
+            w.to_string()
+        } else {
+            format!("'{}'", w.replace('\'', r"'\''"))
+        }
+    };
+    words
+        .into_iter()
+        .map(|w| quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn exit_text(e: Option<ExitStatus>) -> String {
+    match e {
+        Some(ExitStatus::Code(c)) => c.to_string(),
+        Some(ExitStatus::Signal(s)) => format!("signal {s}"),
+        None => "-".into(),
+    }
+}
+
+/// `roost q`: ID OWNER STATE HOST RUNS [EXIT] CMD, then a count by state.
+pub fn queue(jobs: &[JobSummary], with_exit: bool, width: Option<usize>) -> String {
+    let mut headers = vec!["ID", "OWNER", "STATE", "HOST", "RUNS"];
+    if with_exit {
+        headers.push("EXIT");
+    }
+    headers.push("CMD");
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let mut r = vec![
+                j.id.to_string(),
+                j.owner.clone(),
+                j.state.as_str().to_string(),
+                j.host
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |h| h.to_string()),
+                j.runs.to_string(),
+            ];
+            if with_exit {
+                r.push(exit_text(j.exit));
+            }
+            r.push(shell_words(
+                std::iter::once(&j.executable).chain(&j.arguments),
+            ));
+            r
+        })
+        .collect();
+    let mut out = table(&headers, &rows, width);
+    out.push_str(&queue_totals(jobs));
+    out.push('\n');
+    out
+}
+
+fn queue_totals(jobs: &[JobSummary]) -> String {
+    if jobs.is_empty() {
+        return "no jobs".into();
+    }
+    let states = [
+        JobState::Idle,
+        JobState::Running,
+        JobState::Held,
+        JobState::Completed,
+        JobState::Removed,
+    ];
+    let parts: Vec<String> = states
+        .iter()
+        .filter_map(|&s| {
+            let n = jobs.iter().filter(|j| j.state == s).count();
+            (n > 0).then(|| format!("{n} {}", s.as_str()))
+        })
+        .collect();
+    let noun = if jobs.len() == 1 { "job" } else { "jobs" };
+    format!("{} {noun}: {}", jobs.len(), parts.join(", "))
+}
+
+/// One expanded job for `roost submit --dry-run`: only what is set.
+pub fn job_spec(id: &str, s: &proto::job::JobSpec) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut row = |k: &str, v: String| rows.push(vec![format!("  {k}"), v]);
+    let shipped = if s.transfer_executable {
+        "shipped from here"
+    } else {
+        "on the execute host"
+    };
+    row("executable", format!("{} ({shipped})", s.executable));
+    if !s.arguments.is_empty() {
+        row("arguments", shell_words(&s.arguments));
+    }
+    for (k, v) in [
+        ("input", &s.input),
+        ("output", &s.output),
+        ("error", &s.error),
+    ] {
+        if let Some(v) = v {
+            row(k, v.clone());
+        }
+    }
+    row("initialdir", s.initialdir.clone());
+    if !s.environment.is_empty() {
+        row(
+            "environment",
+            shell_words(s.environment.iter().map(|(k, v)| format!("{k}={v}"))),
+        );
+    }
+    if let Some(r) = &s.requirements {
+        row("requirements", r.clone());
+    }
+    if let Some(r) = &s.rank {
+        row("rank", r.clone());
+    }
+    row(
+        "request",
+        format!(
+            "{} cpus, {} MB memory, {} MB disk",
+            s.request_cpus, s.request_memory_mb, s.request_disk_mb
+        ),
+    );
+    if s.max_retries > 0 {
+        row("max_retries", s.max_retries.to_string());
+    }
+    for (k, v) in &s.attributes {
+        row(&format!("+{k}"), v.clone());
+    }
+    let t = table(&["", ""], &rows, None);
+    // The header row of `table` is empty here; the job id takes its place.
+    format!(
+        "job {id}\n{}",
+        t.split_once('\n').map_or("", |(_, rest)| rest)
+    )
+}
+
+/// An ad attribute by name, case-insensitively (as the expression language
+/// compares names).
+pub fn attr<'a>(m: &'a MachineAd, name: &str) -> Option<&'a AdValue> {
+    m.attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn num(v: Option<&AdValue>) -> Option<f64> {
+    match v? {
+        AdValue::Int(i) => Some(*i as f64),
+        AdValue::Real(r) => Some(*r),
+        _ => None,
+    }
+}
+
+fn value_text(v: &AdValue) -> String {
+    match v {
+        AdValue::Int(i) => i.to_string(),
+        AdValue::Real(r) => r.to_string(),
+        AdValue::Str(s) | AdValue::Expr(s) => s.clone(),
+        AdValue::Bool(b) => b.to_string(),
+    }
+}
+
+/// `roost status`: NAME STATE ACTIVITY KBDIDLE LOADAVG MEMORY.
+pub fn machines(ms: &[MachineAd], width: Option<usize>) -> String {
+    let rows: Vec<Vec<String>> = ms
+        .iter()
+        .map(|m| {
+            let idle = match num(attr(m, "KeyboardIdle")) {
+                Some(s) => duration(s),
+                None => attr(m, "KeyboardIdle").map_or_else(|| "-".into(), value_text),
+            };
+            let load = num(attr(m, "LoadAvg")).map_or_else(|| "-".into(), |l| format!("{l:.2}"));
+            let mem = num(attr(m, "Memory")).map_or_else(|| "-".into(), |mb| format!("{mb:.0} MB"));
+            vec![
+                m.name.to_string(),
+                m.state.clone(),
+                m.activity.clone(),
+                idle,
+                load,
+                mem,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["NAME", "STATE", "ACTIVITY", "KBDIDLE", "LOADAVG", "MEMORY"],
+        &rows,
+        width,
+    );
+    if ms.is_empty() {
+        out.push_str("no machines have reported to the matchmaker\n");
+    } else {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for m in ms {
+            match counts.iter_mut().find(|(s, _)| *s == m.state) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((m.state.clone(), 1)),
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let noun = if ms.len() == 1 { "machine" } else { "machines" };
+        out.push_str(&format!("{} {noun}: {}\n", ms.len(), parts.join(", ")));
+    }
+    out
+}
+
+/// Machine ads as plain JSON: attributes as JSON values, expressions as strings.
+pub fn machines_json(ms: &[MachineAd]) -> Value {
+    let ad = |m: &MachineAd| {
+        let attrs: serde_json::Map<String, Value> = m
+            .attrs
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    AdValue::Int(i) => Value::from(*i),
+                    AdValue::Real(r) => Value::from(*r),
+                    AdValue::Bool(b) => Value::from(*b),
+                    AdValue::Str(s) | AdValue::Expr(s) => Value::from(s.clone()),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        serde_json::json!({
+            "name": m.name.0, "state": m.state, "activity": m.activity, "attrs": attrs,
+        })
+    };
+    Value::Array(ms.iter().map(ad).collect())
+}
+
+/// Seconds as `45s`, `12m05s`, `3h07m`, `2d04h`.
+pub fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".into();
+    }
+    let s = secs as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+const TIME_KEYS: &[&str] = &["time", "ts", "timestamp", "at"];
+const EVENT_KEYS: &[&str] = &["event", "type", "kind"];
+
+fn time_text(v: &Value) -> String {
+    match v {
+        Value::Number(n) => {
+            let s = n.as_f64().unwrap_or(0.0);
+            // Milliseconds if it is too large to be seconds of this era.
+            let s = if s > 1e11 { s / 1000.0 } else { s };
+            utc(s.floor() as i64)
+        }
+        Value::String(s) => s.replace('T', " ").trim_end_matches('Z').to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn field_text(v: &Value) -> String {
+    match v {
+        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One event-log line (a JSON object) as `TIME  EVENT  key=value ...`.
+/// Lines that are not JSON objects are shown as they are.
+pub fn log_line(line: &str) -> String {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
+        return line.to_string();
+    };
+    let pick = |keys: &[&str]| keys.iter().find_map(|k| map.get_key_value(*k));
+    let time = pick(TIME_KEYS);
+    let event = pick(EVENT_KEYS);
+    let mut details = Vec::new();
+    for (k, v) in &map {
+        if time.is_some_and(|(tk, _)| tk == k) || event.is_some_and(|(ek, _)| ek == k) {
+            continue;
+        }
+        match v {
+            Value::Null => {}
+            Value::Object(inner) => {
+                for (ik, iv) in inner {
+                    if !iv.is_null() {
+                        details.push(format!("{k}.{ik}={}", field_text(iv)));
+                    }
+                }
+            }
+            _ => details.push(format!("{k}={}", field_text(v))),
+        }
+    }
+    let time = time.map_or_else(|| "-".into(), |(_, v)| time_text(v));
+    let event = event.map_or_else(|| "-".into(), |(_, v)| field_text(v));
+    format!("{time}  {event:<12} {}", details.join(" "))
+        .trim_end()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::ids::{HostName, JobId};
+
+    fn job(c: u64, p: u32, state: JobState, host: Option<&str>, args: &[&str]) -> JobSummary {
+        JobSummary {
+            id: JobId {
+                cluster: c,
+                proc: p,
+            },
+            owner: "ann".into(),
+            state,
+            executable: "/home/ann/upper.sh".into(),
+            arguments: args.iter().map(|s| s.to_string()).collect(),
+            host: host.map(|h| HostName(h.into())),
+            submitted: 0,
+            exit: (state == JobState::Completed).then_some(ExitStatus::Code(0)),
+            runs: u32::from(host.is_some()),
+        }
+    }
+
+    #[test]
+    fn queue_table_is_aligned_and_counts_states() {
+        let jobs = vec![
+            job(
+                1,
+                0,
+                JobState::Running,
+                Some("exec1"),
+                &["in.txt", "out put.txt"],
+            ),
+            job(12, 3, JobState::Idle, None, &[]),
+        ];
+        assert_eq!(
+            queue(&jobs, false, None),
+            "\
+ID    OWNER  STATE    HOST   RUNS  CMD
+1.0   ann    running  exec1  1     /home/ann/upper.sh in.txt 'out put.txt'
+12.3  ann    idle     -      0     /home/ann/upper.sh
+2 jobs: 1 idle, 1 running
+"
+        );
+    }
+
+    #[test]
+    fn queue_table_with_exit_and_empty() {
+        let mut j = job(3, 0, JobState::Completed, Some("exec2"), &[]);
+        j.exit = Some(ExitStatus::Signal(9));
+        assert_eq!(
+            queue(&[j], true, None),
+            "\
+ID   OWNER  STATE      HOST   RUNS  EXIT      CMD
+3.0  ann    completed  exec2  1     signal 9  /home/ann/upper.sh
+1 job: 1 completed
+"
+        );
+        assert_eq!(
+            queue(&[], false, None),
+            "ID  OWNER  STATE  HOST  RUNS  CMD\nno jobs\n"
+        );
+    }
+
+    #[test]
+    fn table_cuts_the_last_column_to_the_width() {
+        let rows = vec![vec![
+            "1".to_string(),
+            "a long command line here".to_string(),
+        ]];
+        let t = table(&["ID", "CMD"], &rows, Some(12));
+        assert_eq!(t, "ID  CMD\n1   a long …\n");
+        assert!(t.lines().all(|l| l.chars().count() <= 12));
+    }
+
+    #[test]
+    fn machine_table_reads_attributes_case_insensitively() {
+        let mut attrs = proto::pool::Ad::new();
+        attrs.insert("KeyboardIdle".into(), AdValue::Int(754));
+        attrs.insert("loadavg".into(), AdValue::Real(0.3));
+        attrs.insert("Memory".into(), AdValue::Int(2048));
+        let a = MachineAd {
+            name: HostName("exec1".into()),
+            state: "Unclaimed".into(),
+            activity: "Idle".into(),
+            attrs,
+        };
+        let b = MachineAd {
+            name: HostName("exec2".into()),
+            state: "Owner".into(),
+            activity: "Idle".into(),
+            attrs: Default::default(),
+        };
+        assert_eq!(
+            machines(&[a.clone(), b], None),
+            "\
+NAME   STATE      ACTIVITY  KBDIDLE  LOADAVG  MEMORY
+exec1  Unclaimed  Idle      12m34s   0.30     2048 MB
+exec2  Owner      Idle      -        -        -
+2 machines: 1 Unclaimed, 1 Owner
+"
+        );
+        assert_eq!(
+            machines_json(&[a]).to_string(),
+            r#"[{"activity":"Idle","attrs":{"KeyboardIdle":754,"Memory":2048,"loadavg":0.3},"name":"exec1","state":"Unclaimed"}]"#
+        );
+    }
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_464_062), "2026-11-23 20:01:02");
+        assert_eq!(duration(5.9), "5s");
+        assert_eq!(duration(3725.0), "1h02m");
+        assert_eq!(duration(90061.0), "1d01h");
+        assert_eq!(duration(-1.0), "-");
+    }
+
+    #[test]
+    fn log_lines_read_well() {
+        assert_eq!(
+            log_line(r#"{"time":1795464062,"event":"executing","host":"exec1"}"#),
+            "2026-11-23 20:01:02  executing    host=exec1"
+        );
+        assert_eq!(
+            log_line(
+                r#"{"event":"completed","time":1795464062000,"exit":{"Code":0},"usage":{"wall_secs":1.5},"note":"two words"}"#
+            ),
+            r#"2026-11-23 20:01:02  completed    exit.Code=0 note="two words" usage.wall_secs=1.5"#
+        );
+        assert_eq!(log_line("not json"), "not json");
+        assert_eq!(
+            log_line(r#"{"ts":"2026-11-23T20:01:02Z","type":"submitted"}"#),
+            "2026-11-23 20:01:02  submitted"
+        );
+    }
+
+    #[test]
+    fn dry_run_shows_what_is_set() {
+        let spec = proto::job::JobSpec {
+            executable: "upper.sh".into(),
+            transfer_executable: true,
+            arguments: vec!["in put".into()],
+            input: None,
+            output: Some("out.0".into()),
+            error: None,
+            initialdir: "/home/ann/j".into(),
+            environment: vec![("A".into(), "1".into())],
+            requirements: None,
+            rank: None,
+            request_cpus: 1,
+            request_memory_mb: 128,
+            request_disk_mb: 128,
+            max_retries: 0,
+            attributes: Default::default(),
+        };
+        assert_eq!(
+            job_spec("0.0", &spec),
+            "\
+job 0.0
+  executable   upper.sh (shipped from here)
+  arguments    'in put'
+  output       out.0
+  initialdir   /home/ann/j
+  environment  A=1
+  request      1 cpus, 128 MB memory, 128 MB disk
+"
+        );
+    }
+
+    #[test]
+    fn shell_words_quote_what_needs_it() {
+        assert_eq!(
+            shell_words(["a", "b c", "", "it's"]),
+            r#"a 'b c' '' 'it'\''s'"#
+        );
+    }
+}
