@@ -6,10 +6,13 @@
 //! - [`shim`]: the shim ⇄ starter wire (a Unix socket inside the sandbox).
 //! - [`shadow`]: the starter ⇄ shadow wire (TLS).
 //! - [`pool`]: ownerd/schedd ⇄ matchmaker (TLS).
+//! - [`ckpt`]: the checkpoint image format (fixed-layout records).
 //! - [`cli`]: roost CLI ⇄ schedd (a 0600 Unix socket).
 //! - [`tls`]: the pool CA, certificates and rustls configurations.
-#![forbid(unsafe_code)]
+// Only `ckpt` views its fixed-layout records as bytes.
+#![deny(unsafe_code)]
 
+pub mod ckpt;
 pub mod cli;
 pub mod fileop;
 pub mod frame;
