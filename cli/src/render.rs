@@ -341,9 +341,26 @@ fn time_text(v: &Value) -> String {
 fn field_text(v: &Value) -> String {
     match v {
         Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => s.clone(),
+        Value::Number(n) if n.is_f64() => {
+            let t = format!("{:.3}", n.as_f64().unwrap_or(0.0));
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
         other => other.to_string(),
     }
 }
+
+/// Details shown first, in this order; the rest follow by name. `job` is
+/// left out: a log belongs to one job.
+const FIRST_KEYS: &[&str] = &[
+    "host",
+    "exit_code",
+    "signal",
+    "reason",
+    "wall_secs",
+    "cpu_secs",
+    "bytes_read",
+    "bytes_written",
+];
 
 /// One event-log line (a JSON object) as `TIME  EVENT  key=value ...`.
 /// Lines that are not JSON objects are shown as they are.
@@ -354,12 +371,24 @@ pub fn log_line(line: &str) -> String {
     let pick = |keys: &[&str]| keys.iter().find_map(|k| map.get_key_value(*k));
     let time = pick(TIME_KEYS);
     let event = pick(EVENT_KEYS);
+    let mut keys: Vec<&String> = map
+        .keys()
+        .filter(|k| {
+            k.as_str() != "job"
+                && !time.is_some_and(|(tk, _)| tk == *k)
+                && !event.is_some_and(|(ek, _)| ek == *k)
+        })
+        .collect();
+    let rank = |k: &str| {
+        FIRST_KEYS
+            .iter()
+            .position(|f| *f == k)
+            .unwrap_or(FIRST_KEYS.len())
+    };
+    keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
     let mut details = Vec::new();
-    for (k, v) in &map {
-        if time.is_some_and(|(tk, _)| tk == k) || event.is_some_and(|(ek, _)| ek == k) {
-            continue;
-        }
-        match v {
+    for k in keys {
+        match &map[k] {
             Value::Null => {}
             Value::Object(inner) => {
                 for (ik, iv) in inner {
@@ -368,7 +397,7 @@ pub fn log_line(line: &str) -> String {
                     }
                 }
             }
-            _ => details.push(format!("{k}={}", field_text(v))),
+            v => details.push(format!("{k}={}", field_text(v))),
         }
     }
     let time = time.map_or_else(|| "-".into(), |(_, v)| time_text(v));
@@ -507,6 +536,13 @@ exec2  Owner      Idle      -        -        -
                 r#"{"event":"completed","time":1795464062000,"exit":{"Code":0},"usage":{"wall_secs":1.5},"note":"two words"}"#
             ),
             r#"2026-11-23 20:01:02  completed    exit.Code=0 note="two words" usage.wall_secs=1.5"#
+        );
+        assert_eq!(
+            log_line(
+                r#"{"time":1795464062,"job":"1.0","event":"completed","bytes_read":130,"bytes_written":130,"cpu_secs":0.0123,"exit_code":0,"sys_cpu_secs":0.01,"user_cpu_secs":0.0023,"wall_secs":1.25}"#
+            ),
+            "2026-11-23 20:01:02  completed    exit_code=0 wall_secs=1.25 cpu_secs=0.012 bytes_read=130 \
+             bytes_written=130 sys_cpu_secs=0.01 user_cpu_secs=0.002"
         );
         assert_eq!(log_line("not json"), "not json");
         assert_eq!(
