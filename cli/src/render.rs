@@ -375,8 +375,8 @@ pub fn log_line(line: &str) -> String {
         .keys()
         .filter(|k| {
             k.as_str() != "job"
-                && !time.is_some_and(|(tk, _)| tk == *k)
-                && !event.is_some_and(|(ek, _)| ek == *k)
+                && time.is_none_or(|(tk, _)| tk != *k)
+                && event.is_none_or(|(ek, _)| ek != *k)
         })
         .collect();
     let rank = |k: &str| {
