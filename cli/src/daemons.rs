@@ -428,6 +428,10 @@ fn start(
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
+    // The log is a file: no colour escapes in it (tracing-subscriber honours NO_COLOR).
+    if std::env::var_os("NO_COLOR").is_none() {
+        cmd.env("NO_COLOR", "1");
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;

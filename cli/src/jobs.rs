@@ -115,7 +115,11 @@ pub fn log(schedd: &Schedd, job: JobId) -> Result<Vec<String>> {
 pub fn exit_code(j: &JobSummary) -> (i32, Option<String>) {
     match (j.state, j.exit) {
         (JobState::Removed, _) => (1, Some(format!("job {} was removed", j.id))),
-        (_, Some(ExitStatus::Code(c))) => (c & 0xff, None),
+        (_, Some(ExitStatus::Code(0))) => (0, None),
+        (_, Some(ExitStatus::Code(c))) => (
+            c & 0xff,
+            Some(format!("job {} exited with status {c}", j.id)),
+        ),
         (_, Some(ExitStatus::Signal(s))) => (
             128 + s,
             Some(format!("job {} was killed by signal {s}", j.id)),
@@ -225,7 +229,10 @@ mod tests {
     fn exit_codes_like_a_shell() {
         let c = |s, e| exit_code(&job(1, 0, s, e));
         assert_eq!(c(JobState::Completed, Some(ExitStatus::Code(0))), (0, None));
-        assert_eq!(c(JobState::Completed, Some(ExitStatus::Code(3))), (3, None));
+        assert_eq!(
+            c(JobState::Completed, Some(ExitStatus::Code(3))),
+            (3, Some("job 1.0 exited with status 3".into()))
+        );
         assert_eq!(
             c(JobState::Completed, Some(ExitStatus::Signal(9))),
             (137, Some("job 1.0 was killed by signal 9".into()))

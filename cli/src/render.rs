@@ -241,14 +241,15 @@ pub fn machines(ms: &[MachineAd], width: Option<usize>) -> String {
             ]
         })
         .collect();
+    if ms.is_empty() {
+        return "no machines have reported to the matchmaker\n".into();
+    }
     let mut out = table(
         &["NAME", "STATE", "ACTIVITY", "KBDIDLE", "LOADAVG", "MEMORY"],
         &rows,
         width,
     );
-    if ms.is_empty() {
-        out.push_str("no machines have reported to the matchmaker\n");
-    } else {
+    {
         let mut counts: Vec<(String, usize)> = Vec::new();
         for m in ms {
             match counts.iter_mut().find(|(s, _)| *s == m.state) {
@@ -286,7 +287,7 @@ pub fn machines_json(ms: &[MachineAd]) -> Value {
     Value::Array(ms.iter().map(ad).collect())
 }
 
-/// Seconds as `45s`, `12m05s`, `3h07m`, `2d04h`.
+/// Seconds as `45s`, `12m05s`, `3h07m`, `2d04h`, `3y`.
 pub fn duration(secs: f64) -> String {
     if !secs.is_finite() || secs < 0.0 {
         return "-".into();
@@ -296,7 +297,8 @@ pub fn duration(secs: f64) -> String {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+        86400..31_536_000 => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+        _ => format!("{}y", s / 31_536_000),
     }
 }
 
@@ -523,6 +525,7 @@ exec2  Owner      Idle      -        -        -
         assert_eq!(duration(3725.0), "1h02m");
         assert_eq!(duration(90061.0), "1d01h");
         assert_eq!(duration(-1.0), "-");
+        assert_eq!(duration(1_795_464_062.0), "56y");
     }
 
     #[test]
