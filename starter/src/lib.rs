@@ -1,3 +1,5 @@
 //! The execute host: the owner's daemon and the per-job starter.
 pub mod job;
+pub mod ownerd;
 pub mod relay;
+pub mod shadow_link;

@@ -1,1 +1,92 @@
-fn main() {}
+//! `roost-ownerd --pki DIR --name NAME --dir STATEDIR --matchmaker IP:PORT
+//! --matchmaker-name NAME [--activity-file FILE] [--idle-secs N]
+//! [--starter PATH] [--shim PATH]`
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The roost owner daemon: offers this machine to the pool while its owner is away.
+#[derive(Parser, Debug)]
+#[command(name = "roost-ownerd", version)]
+struct Args {
+    /// Directory with ca.pem, NAME.pem and NAME.key.
+    #[arg(long)]
+    pki: PathBuf,
+    /// This host's name (its certificate's name).
+    #[arg(long)]
+    name: String,
+    /// State directory; scratch directories go under DIR/scratch.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The matchmaker's address.
+    #[arg(long)]
+    matchmaker: String,
+    /// The matchmaker's certificate name.
+    #[arg(long)]
+    matchmaker_name: String,
+    /// The owner is active while this file was modified less than --idle-secs ago
+    /// [default: DIR/activity].
+    #[arg(long)]
+    activity_file: Option<PathBuf>,
+    /// Seconds without activity after which the machine takes jobs.
+    #[arg(long, default_value_t = 900)]
+    idle_secs: u64,
+    /// The starter program [default: roost-starter next to this program].
+    #[arg(long)]
+    starter: Option<PathBuf>,
+    /// The shim library [default: libroost_shim.so next to this program].
+    #[arg(long)]
+    shim: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let here = || -> anyhow::Result<PathBuf> {
+        let exe = std::env::current_exe().context("finding this program's path")?;
+        Ok(exe.parent().map(PathBuf::from).unwrap_or_default())
+    };
+    let starter = match args.starter {
+        Some(p) => p,
+        None => here()?.join("roost-starter"),
+    };
+    let shim = match args.shim {
+        Some(p) => p,
+        None => here()?.join("libroost_shim.so"),
+    };
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("resolving {}", args.dir.display()))?;
+    let cfg = starter::ownerd::Config {
+        pki: std::path::absolute(&args.pki)
+            .with_context(|| format!("resolving {}", args.pki.display()))?,
+        name: args.name,
+        activity_file: args.activity_file.unwrap_or_else(|| dir.join("activity")),
+        dir,
+        matchmaker: args.matchmaker,
+        matchmaker_name: args.matchmaker_name,
+        idle: Duration::from_secs(args.idle_secs),
+        starter,
+        shim,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        }
+    };
+    starter::ownerd::run(cfg, shutdown)
+        .await
+        .context("roost-ownerd")?;
+    Ok(())
+}

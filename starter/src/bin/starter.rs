@@ -1,1 +1,405 @@
-fn main() {}
+//! `roost-starter --pki DIR --name HOST --schedd-name NAME --schedd-addr IP:PORT
+//! --claim TOKEN --job C.P --scratch DIR --shim PATH`
+//!
+//! Runs one claimed job: attaches to its shadow, creates the scratch
+//! directory, fetches the executable, runs the job under the shim with the
+//! shadow as its file system, reports how it ended, and removes the scratch
+//! directory. The claim may come in `ROOST_CLAIM` instead of `--claim`.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use proto::shadow::Attached;
+use proto::{ClaimId, HostName, JobId};
+use starter::job::{JobLaunch, run_job};
+use starter::shadow_link::ShadowLink;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// Runs one claimed job on this host for its shadow on the submit host.
+#[derive(Parser, Debug)]
+#[command(name = "roost-starter", version)]
+struct Args {
+    /// Directory with ca.pem, HOST.pem and HOST.key.
+    #[arg(long)]
+    pki: PathBuf,
+    /// This host's name (the ownerd's certificate).
+    #[arg(long)]
+    name: String,
+    /// The schedd's certificate name.
+    #[arg(long)]
+    schedd_name: String,
+    /// The schedd's shadow address.
+    #[arg(long)]
+    schedd_addr: String,
+    /// The claim token from the matchmaker.
+    #[arg(long, env = "ROOST_CLAIM", hide_env_values = true)]
+    claim: String,
+    /// The job, CLUSTER.PROC.
+    #[arg(long)]
+    job: JobId,
+    /// Scratch directory to create (it must not exist); removed at the end.
+    #[arg(long)]
+    scratch: PathBuf,
+    /// libroost_shim.so.
+    #[arg(long)]
+    shim: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let span = info_span!("starter", job = %args.job);
+    match rt.block_on(run(args).instrument(span.clone())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            span.in_scope(|| error!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let id = proto::tls::Identity::load(&args.pki, &args.name).with_context(|| {
+        format!(
+            "loading the certificate of `{}` from {}",
+            args.name,
+            args.pki.display()
+        )
+    })?;
+    let mut link = ShadowLink::connect(&id, &args.schedd_name, &args.schedd_addr).await?;
+    let attached = link
+        .attach(
+            ClaimId(args.claim.clone()),
+            args.job,
+            HostName(args.name.clone()),
+        )
+        .await
+        .context("attaching to the shadow")?;
+    info!(executable = %attached.spec.executable, owner = %attached.owner, "attached");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut made_scratch = false;
+    let outcome = tokio::select! {
+        r = execute(&args, &mut link, attached, &mut made_scratch) => r,
+        _ = term.recv() => Err(anyhow::anyhow!("the execute host stopped the job (SIGTERM)")),
+    };
+    // The job's processes are gone here: `run_job` returned, or its future
+    // was dropped, which kills the job's process group.
+    if made_scratch {
+        match std::fs::remove_dir_all(&args.scratch) {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(scratch = %args.scratch.display(), "cannot remove the scratch directory: {e}")
+            }
+        }
+    }
+    match outcome {
+        Ok((status, usage)) => {
+            link.finish(status, usage)
+                .await
+                .context("reporting the job's exit to the shadow")?;
+            info!(?status, wall = usage.wall_secs, "job done");
+            link.close().await;
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            if let Err(le) = link.fail(reason).await {
+                warn!("cannot report the failure to the shadow: {le:#}");
+            }
+            link.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Everything between `Attached` and the job's end.
+async fn execute(
+    args: &Args,
+    link: &mut ShadowLink,
+    attached: Attached,
+    made_scratch: &mut bool,
+) -> anyhow::Result<(proto::job::ExitStatus, proto::job::Usage)> {
+    let spec = attached.spec;
+    if let Some(parent) = args.scratch.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&args.scratch)
+            .with_context(|| {
+                format!(
+                    "creating the scratch directory {} (it must not exist)",
+                    args.scratch.display()
+                )
+            })?;
+    }
+    *made_scratch = true;
+
+    let name = exec_name(&spec.executable)?;
+    let program = if spec.transfer_executable {
+        let dest = args.scratch.join(&name);
+        let size = link
+            .fetch_executable(&dest)
+            .await
+            .with_context(|| format!("fetching the executable {}", spec.executable))?;
+        info!(size, "executable fetched");
+        dest
+    } else {
+        let p = PathBuf::from(&spec.executable);
+        if !p.is_absolute() {
+            bail!(
+                "the executable {} is not shipped and not an absolute path on this host",
+                spec.executable
+            );
+        }
+        p
+    };
+    let mut argv = vec![name];
+    argv.extend(spec.arguments.iter().cloned());
+    let launch = JobLaunch {
+        program,
+        argv,
+        env: spec.environment.clone(),
+        scratch: args.scratch.clone(),
+        root: spec.initialdir.clone(),
+        stdin: attached.stdin,
+        stdout: attached.stdout,
+        stderr: attached.stderr,
+        shim: args.shim.clone(),
+    };
+    let (status, usage) = run_job(launch, link.backend())
+        .await
+        .context("running the job")?;
+    Ok((status, usage))
+}
+
+/// The executable's file name: `argv[0]`, and its name in the scratch directory.
+fn exec_name(executable: &str) -> anyhow::Result<String> {
+    match Path::new(executable).file_name().and_then(|n| n.to_str()) {
+        Some(n) if n != starter::job::SOCK_NAME => Ok(n.to_string()),
+        _ => bail!("the executable `{executable}` has no usable file name"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::Handle;
+    use proto::fileop::FileReply;
+    use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
+    use proto::job::{ExitStatus, JobSpec};
+    use proto::shadow::{FromShadow, ToShadow};
+    use proto::tls::{Identity, init_ca, issue};
+    use std::collections::BTreeMap;
+    use tokio::net::TcpListener;
+
+    fn spec(executable: &str, transfer: bool, arguments: &[&str]) -> JobSpec {
+        JobSpec {
+            executable: executable.into(),
+            transfer_executable: transfer,
+            arguments: arguments.iter().map(|s| s.to_string()).collect(),
+            input: None,
+            output: Some("out".into()),
+            error: Some("err".into()),
+            initialdir: "/home/ann/run".into(),
+            environment: vec![("GREETING".into(), "hello".into())],
+            requirements: None,
+            rank: None,
+            request_cpus: 1,
+            request_memory_mb: 0,
+            request_disk_mb: 0,
+            max_retries: 0,
+            attributes: Default::default(),
+        }
+    }
+
+    /// What the fake shadow saw: bytes written per handle and the last message.
+    #[derive(Debug, Default)]
+    struct Seen {
+        written: BTreeMap<u64, Vec<u8>>,
+        end: Option<ToShadow>,
+        scratch_existed_at_end: bool,
+    }
+
+    /// Runs the starter against a fake shadow that attaches `spec` (stdout
+    /// handle 1, stderr handle 2) and ships `exe` if asked.
+    async fn run_against(spec: JobSpec, exe: &'static [u8]) -> (anyhow::Result<()>, Seen, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "submit", "schedd", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let acc = Identity::load(&pki, "submit").unwrap().acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let scratch = d.path().join("scratch").join("4.2-c0ffee00");
+        let scratch2 = scratch.clone();
+        let shadow = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = acc.accept(s).await.unwrap();
+            let mut seen = Seen::default();
+            let ToShadow::Attach { job, .. } = read_frame_async(&mut s, MAX_FRAME).await.unwrap()
+            else {
+                panic!()
+            };
+            let a = Attached {
+                job,
+                spec,
+                owner: "ann".into(),
+                stdin: None,
+                stdout: Some(Handle(1)),
+                stderr: Some(Handle(2)),
+            };
+            write_frame_async(&mut s, &FromShadow::Attached(a))
+                .await
+                .unwrap();
+            loop {
+                let m: ToShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+                let reply = match m {
+                    ToShadow::FetchExecutable => FromShadow::ExecChunk {
+                        data: exe.to_vec(),
+                        last: true,
+                    },
+                    ToShadow::Write { h, data } => {
+                        seen.written.entry(h.0).or_default().extend(data);
+                        continue;
+                    }
+                    ToShadow::Call { id, .. } => FromShadow::Reply {
+                        id,
+                        reply: FileReply::Ok,
+                    },
+                    ToShadow::Started { .. } => continue,
+                    end @ (ToShadow::Exited { .. } | ToShadow::Failed { .. }) => {
+                        seen.scratch_existed_at_end = scratch2.exists();
+                        seen.end = Some(end);
+                        write_frame_async(&mut s, &FromShadow::Done).await.unwrap();
+                        return seen;
+                    }
+                    ToShadow::Attach { .. } => panic!("second attach"),
+                };
+                write_frame_async(&mut s, &reply).await.unwrap();
+            }
+        });
+        let args = Args {
+            pki,
+            name: "exec1".into(),
+            schedd_name: "submit".into(),
+            schedd_addr: addr,
+            claim: "c0ffee00".into(),
+            job: JobId {
+                cluster: 4,
+                proc: 2,
+            },
+            scratch: scratch.clone(),
+            shim: PathBuf::new(),
+        };
+        let r = run(args).await;
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), shadow)
+            .await
+            .unwrap()
+            .unwrap();
+        (r, seen, scratch)
+    }
+
+    fn text(seen: &Seen, h: u64) -> String {
+        String::from_utf8_lossy(seen.written.get(&h).map_or(&[][..], |v| v)).into_owned()
+    }
+
+    #[tokio::test]
+    async fn runs_a_local_program_with_remote_stdout_and_stderr() {
+        let s = spec(
+            "/bin/sh",
+            false,
+            &[
+                "-c",
+                "echo $GREETING from $0 in $(basename $PWD); echo oops >&2; exit 7",
+            ],
+        );
+        let (r, seen, scratch) = run_against(s, b"").await;
+        r.unwrap();
+        assert_eq!(text(&seen, 1), "hello from sh in 4.2-c0ffee00\n");
+        assert_eq!(text(&seen, 2), "oops\n");
+        assert!(
+            matches!(
+                seen.end,
+                Some(ToShadow::Exited {
+                    status: ExitStatus::Code(7),
+                    ..
+                })
+            ),
+            "{:?}",
+            seen.end
+        );
+        assert!(!scratch.exists(), "scratch directory left behind");
+        assert!(
+            !seen.scratch_existed_at_end,
+            "scratch directory removed before the exit is reported"
+        );
+    }
+
+    #[tokio::test]
+    async fn runs_a_shipped_executable_from_the_scratch_directory() {
+        let s = spec("bin/greet.sh", true, &["world"]);
+        let (r, seen, scratch) = run_against(
+            s,
+            b"#!/bin/sh\necho \"$(basename \"$0\") $1\"; ls -l \"$0\" | cut -c1-10\n",
+        )
+        .await;
+        r.unwrap();
+        assert_eq!(text(&seen, 1), "greet.sh world\n-rwxr-xr-x\n");
+        assert!(
+            matches!(
+                seen.end,
+                Some(ToShadow::Exited {
+                    status: ExitStatus::Code(0),
+                    ..
+                })
+            ),
+            "{:?}",
+            seen.end
+        );
+        assert!(!scratch.exists());
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_reported_as_failed() {
+        let (r, seen, scratch) = run_against(spec("/nonexistent/prog", false, &[]), b"").await;
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("/nonexistent/prog"), "{e}");
+        match seen.end {
+            Some(ToShadow::Failed { reason }) => {
+                assert!(reason.contains("/nonexistent/prog"), "{reason}")
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        assert!(!scratch.exists());
+    }
+
+    #[test]
+    fn exec_name_is_the_file_name() {
+        assert_eq!(exec_name("/usr/bin/sort").unwrap(), "sort");
+        assert_eq!(exec_name("prog").unwrap(), "prog");
+        assert!(exec_name("/").is_err());
+        assert!(exec_name("..").is_err());
+        assert!(exec_name(".roost.sock").is_err());
+    }
+}

@@ -1,0 +1,632 @@
+//! The starter's TLS link to its job's shadow in the schedd.
+//!
+//! [`ShadowLink`] dials the schedd's shadow port, attaches with the claim,
+//! fetches the executable and reports the end of the job. Its
+//! [`LinkBackend`] is the [`relay::Backend`] the job's remote calls go
+//! through: a call writes `ToShadow::Call` and waits for the `Reply` with
+//! its id (the shadow answers in order); a write is sent and not waited
+//! for. One reader task takes every frame off the connection, so the
+//! shadow is never stuck sending while the starter is busy sending: replies
+//! go to their waiting calls, `WriteFailed` notices to the log, and the
+//! rest to the `ShadowLink`.
+
+use crate::relay;
+use proto::fileop::{FileOp, FileReply};
+use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
+use proto::job::{ExitStatus, Usage};
+use proto::shadow::{Attached, FromShadow, ToShadow};
+use proto::tls::{Identity, TlsError};
+use proto::{ClaimId, Handle, HostName, JobId, ProtoError};
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+/// Time to connect and finish the TLS handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time the shadow may take to answer `Attach`, one executable chunk, or
+/// to commit `Exited`/`Failed`.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to the schedd at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{0}` is not a valid schedd name")]
+    Name(#[source] TlsError),
+    #[error("TLS handshake with the schedd `{name}` at {addr} failed")]
+    Tls {
+        name: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the peer at {addr} is not a schedd (its certificate says {peer})")]
+    NotSchedd { addr: String, peer: String },
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("the shadow refused the job: {0}")]
+    Refused(String),
+    #[error("the connection to the shadow is closed ({0})")]
+    Closed(String),
+    #[error("sending to the shadow failed")]
+    Send(#[source] ProtoError),
+    #[error("unexpected message from the shadow while {doing}: {got}")]
+    Unexpected { doing: &'static str, got: String },
+    #[error("cannot write the executable to {path}")]
+    Executable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Calls waiting for their reply, oldest first; `None` once the link is down.
+type Pending = Option<VecDeque<(u64, oneshot::Sender<FileReply>)>>;
+
+struct Shared {
+    wr: tokio::sync::Mutex<WriteHalf<Stream>>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    /// Why the link went down.
+    down: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the link down: waiting and later calls fail with `EIO`.
+    fn fail(&self, why: String) {
+        let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            warn!("link to the shadow down: {why}");
+            *d = Some(why);
+        }
+        drop(d);
+        self.pending().take();
+    }
+
+    fn why_down(&self) -> String {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "closed".into())
+    }
+
+    async fn send(&self, msg: &ToShadow) -> Result<(), LinkError> {
+        let mut wr = self.wr.lock().await;
+        write_frame_async(&mut *wr, msg).await.map_err(|e| {
+            self.fail(format!("send failed: {e}"));
+            LinkError::Send(e)
+        })
+    }
+}
+
+/// The starter's side of one shadow connection.
+pub struct ShadowLink {
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedReceiver<FromShadow>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ShadowLink {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The job's calls and writes, over a [`ShadowLink`].
+pub struct LinkBackend {
+    shared: Arc<Shared>,
+}
+
+impl ShadowLink {
+    /// Dials the schedd `schedd_name` at `addr` with `id`'s certificate.
+    pub async fn connect(
+        id: &Identity,
+        schedd_name: &str,
+        addr: &str,
+    ) -> Result<ShadowLink, LinkError> {
+        let sn = proto::tls::server_name(schedd_name).map_err(LinkError::Name)?;
+        let dial = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|source| LinkError::Connect {
+                    addr: addr.into(),
+                    source,
+                })?;
+            let _ = tcp.set_nodelay(true);
+            id.connector()
+                .connect(sn, tcp)
+                .await
+                .map_err(|source| LinkError::Tls {
+                    name: schedd_name.into(),
+                    addr: addr.into(),
+                    source,
+                })
+        };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, dial)
+            .await
+            .map_err(|_| LinkError::Timeout("connecting to the schedd"))??;
+        match proto::tls::client_peer(&tls) {
+            Some(p) if p.role == "schedd" => {}
+            p => {
+                let peer = p.map_or("nothing".to_string(), |p| {
+                    format!("`{}` with role `{}`", p.name, p.role)
+                });
+                return Err(LinkError::NotSchedd {
+                    addr: addr.into(),
+                    peer,
+                });
+            }
+        }
+        let (rd, wr) = tokio::io::split(tls);
+        let shared = Arc::new(Shared {
+            wr: tokio::sync::Mutex::new(wr),
+            pending: Mutex::new(Some(VecDeque::new())),
+            next_id: AtomicU64::new(1),
+            down: Mutex::new(None),
+        });
+        let (tx, control) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(rd, shared.clone(), tx));
+        Ok(ShadowLink {
+            shared,
+            control,
+            reader,
+        })
+    }
+
+    /// The backend for [`crate::job::run_job`]; it shares this connection.
+    pub fn backend(&self) -> LinkBackend {
+        LinkBackend {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn recv(&mut self, doing: &'static str) -> Result<FromShadow, LinkError> {
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.control.recv()).await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(LinkError::Closed(self.shared.why_down())),
+            Err(_) => Err(LinkError::Timeout(doing)),
+        }
+    }
+
+    /// Sends `Attach`; returns the job's spec and std handles.
+    pub async fn attach(
+        &mut self,
+        claim: ClaimId,
+        job: JobId,
+        host: HostName,
+    ) -> Result<Attached, LinkError> {
+        self.shared
+            .send(&ToShadow::Attach { claim, job, host })
+            .await?;
+        match self.recv("attaching").await? {
+            FromShadow::Attached(a) if a.job == job => Ok(a),
+            FromShadow::Attached(a) => Err(LinkError::Unexpected {
+                doing: "attaching",
+                got: format!("attached to job {} instead of {job}", a.job),
+            }),
+            FromShadow::Refused { reason } => Err(LinkError::Refused(reason)),
+            other => Err(LinkError::Unexpected {
+                doing: "attaching",
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Fetches the executable into a new file `dest` (mode 0755); returns its size.
+    pub async fn fetch_executable(&mut self, dest: &Path) -> Result<u64, LinkError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |source| LinkError::Executable {
+            path: dest.into(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(dest)
+            .map_err(err)?;
+        self.shared.send(&ToShadow::FetchExecutable).await?;
+        let mut size = 0u64;
+        loop {
+            match self.recv("fetching the executable").await? {
+                FromShadow::ExecChunk { data, last } => {
+                    f.write_all(&data).map_err(err)?;
+                    size += data.len() as u64;
+                    if last {
+                        break;
+                    }
+                }
+                FromShadow::Refused { reason } => return Err(LinkError::Refused(reason)),
+                other => {
+                    return Err(LinkError::Unexpected {
+                        doing: "fetching the executable",
+                        got: format!("{other:?}"),
+                    });
+                }
+            }
+        }
+        f.sync_all().map_err(err)?;
+        debug!(size, path = %dest.display(), "executable fetched");
+        Ok(size)
+    }
+
+    async fn until_done(&mut self, doing: &'static str) -> Result<(), LinkError> {
+        match self.recv(doing).await? {
+            FromShadow::Done => Ok(()),
+            other => Err(LinkError::Unexpected {
+                doing,
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Reports the job's end and waits until the shadow has committed it.
+    pub async fn finish(&mut self, status: ExitStatus, usage: Usage) -> Result<(), LinkError> {
+        self.shared
+            .send(&ToShadow::Exited { status, usage })
+            .await?;
+        self.until_done("reporting the exit").await
+    }
+
+    /// Reports that the job could not run and waits until that is committed.
+    pub async fn fail(&mut self, reason: String) -> Result<(), LinkError> {
+        self.shared.send(&ToShadow::Failed { reason }).await?;
+        self.until_done("reporting the failure").await
+    }
+
+    /// Closes the connection cleanly (TLS close_notify).
+    pub async fn close(self) {
+        let mut wr = self.shared.wr.lock().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), wr.shutdown()).await;
+    }
+}
+
+async fn read_loop(
+    mut rd: tokio::io::ReadHalf<Stream>,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<FromShadow>,
+) {
+    let why = loop {
+        let msg = match read_frame_async::<_, FromShadow>(&mut rd, MAX_FRAME).await {
+            Ok(m) => m,
+            Err(ProtoError::Closed) => break "the shadow closed the connection".to_string(),
+            Err(e) => break format!("bad frame from the shadow: {e}"),
+        };
+        match msg {
+            FromShadow::Reply { id, reply } => {
+                let next = shared.pending().as_mut().and_then(|q| q.pop_front());
+                match next {
+                    Some((want, tx)) if want == id => {
+                        let _ = tx.send(reply);
+                    }
+                    Some((want, _)) => {
+                        break format!("reply {id} from the shadow, expected {want}");
+                    }
+                    None => break format!("reply {id} from the shadow to no call"),
+                }
+            }
+            FromShadow::WriteFailed { h, errno } => {
+                warn!(
+                    handle = h.0,
+                    errno, "the shadow could not apply the job's write"
+                )
+            }
+            other => {
+                let _ = control.send(other);
+            }
+        }
+    };
+    shared.fail(why);
+}
+
+impl relay::Backend for LinkBackend {
+    async fn call(&mut self, op: FileOp) -> FileReply {
+        let (tx, rx) = oneshot::channel();
+        {
+            // Queue the waiter and send under the writer lock, so that the
+            // queue's order is the wire's order.
+            let mut wr = self.shared.wr.lock().await;
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            match self.shared.pending().as_mut() {
+                Some(q) => q.push_back((id, tx)),
+                None => return FileReply::Err(libc::EIO),
+            }
+            if let Err(e) = write_frame_async(&mut *wr, &ToShadow::Call { id, op }).await {
+                self.shared.fail(format!("send failed: {e}"));
+                return FileReply::Err(libc::EIO);
+            }
+        }
+        rx.await.unwrap_or(FileReply::Err(libc::EIO))
+    }
+
+    async fn write(&mut self, h: Handle, data: Vec<u8>) {
+        if self.shared.pending().is_none() {
+            return;
+        }
+        // A failure marks the link down; the job's next call reports EIO.
+        let _ = self.shared.send(&ToShadow::Write { h, data }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Backend;
+    use proto::job::JobSpec;
+    use proto::tls::{init_ca, issue};
+    use tokio::net::TcpListener;
+
+    type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            executable: "prog".into(),
+            transfer_executable: true,
+            arguments: vec![],
+            input: None,
+            output: None,
+            error: None,
+            initialdir: "/home/ann/run".into(),
+            environment: vec![],
+            requirements: None,
+            rank: None,
+            request_cpus: 1,
+            request_memory_mb: 0,
+            request_disk_mb: 0,
+            max_retries: 0,
+            attributes: Default::default(),
+        }
+    }
+
+    /// A PKI with a schedd `submit` and an ownerd `exec1`; a listener that
+    /// runs `shadow` on the first connection.
+    async fn fake_shadow<F, Fut>(
+        dir: &Path,
+        shadow: F,
+    ) -> (String, tokio::task::JoinHandle<Vec<ToShadow>>)
+    where
+        F: FnOnce(ServerStream) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<ToShadow>> + Send,
+    {
+        init_ca(dir, "t").unwrap();
+        issue(dir, "submit", "schedd", &[]).unwrap();
+        issue(dir, "exec1", "ownerd", &[]).unwrap();
+        let acc = Identity::load(dir, "submit").unwrap().acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let h = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            shadow(acc.accept(s).await.unwrap()).await
+        });
+        (addr, h)
+    }
+
+    async fn get(s: &mut ServerStream) -> ToShadow {
+        read_frame_async(s, MAX_FRAME).await.unwrap()
+    }
+
+    async fn put(s: &mut ServerStream, m: FromShadow) {
+        write_frame_async(s, &m).await.unwrap();
+    }
+
+    fn job() -> JobId {
+        JobId {
+            cluster: 4,
+            proc: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_fetch_calls_writes_and_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let (addr, shadow) = fake_shadow(d.path(), |mut s| async move {
+            let mut seen = vec![get(&mut s).await];
+            let a = Attached {
+                job: job(),
+                spec: spec(),
+                owner: "ann".into(),
+                stdin: None,
+                stdout: Some(Handle(1)),
+                stderr: None,
+            };
+            put(&mut s, FromShadow::Attached(a)).await;
+            seen.push(get(&mut s).await);
+            put(
+                &mut s,
+                FromShadow::ExecChunk {
+                    data: b"#!/bin/sh\n".to_vec(),
+                    last: false,
+                },
+            )
+            .await;
+            put(
+                &mut s,
+                FromShadow::ExecChunk {
+                    data: b"exit 0\n".to_vec(),
+                    last: true,
+                },
+            )
+            .await;
+            // A write, then two calls; the write fails, which the starter only logs.
+            for _ in 0..3 {
+                let m = get(&mut s).await;
+                match &m {
+                    ToShadow::Write { h, .. } => {
+                        put(
+                            &mut s,
+                            FromShadow::WriteFailed {
+                                h: *h,
+                                errno: libc::ENOSPC,
+                            },
+                        )
+                        .await
+                    }
+                    ToShadow::Call { id, .. } => {
+                        put(
+                            &mut s,
+                            FromShadow::Reply {
+                                id: *id,
+                                reply: FileReply::Count(*id),
+                            },
+                        )
+                        .await
+                    }
+                    _ => {}
+                }
+                seen.push(m);
+            }
+            seen.push(get(&mut s).await);
+            put(&mut s, FromShadow::Done).await;
+            seen
+        })
+        .await;
+        let id = Identity::load(d.path(), "exec1").unwrap();
+        let mut link = ShadowLink::connect(&id, "submit", &addr).await.unwrap();
+        let a = link
+            .attach(ClaimId("c1".into()), job(), HostName("exec1".into()))
+            .await
+            .unwrap();
+        assert_eq!((a.owner.as_str(), a.stdout), ("ann", Some(Handle(1))));
+        let exe = d.path().join("prog");
+        assert_eq!(link.fetch_executable(&exe).await.unwrap(), 17);
+        assert_eq!(std::fs::read(&exe).unwrap(), b"#!/bin/sh\nexit 0\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&exe).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+
+        let mut b = link.backend();
+        b.write(Handle(1), b"out".to_vec()).await;
+        let r1 = b.call(FileOp::Fstat { h: Handle(1) }).await;
+        let r2 = b.call(FileOp::Barrier).await;
+        assert_eq!((r1, r2), (FileReply::Count(1), FileReply::Count(2)));
+        let usage = Usage {
+            wall_secs: 1.5,
+            ..Usage::default()
+        };
+        link.finish(ExitStatus::Code(3), usage).await.unwrap();
+
+        let seen = shadow.await.unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                ToShadow::Attach {
+                    claim: ClaimId("c1".into()),
+                    job: job(),
+                    host: HostName("exec1".into())
+                },
+                ToShadow::FetchExecutable,
+                ToShadow::Write {
+                    h: Handle(1),
+                    data: b"out".to_vec()
+                },
+                ToShadow::Call {
+                    id: 1,
+                    op: FileOp::Fstat { h: Handle(1) }
+                },
+                ToShadow::Call {
+                    id: 2,
+                    op: FileOp::Barrier
+                },
+                ToShadow::Exited {
+                    status: ExitStatus::Code(3),
+                    usage
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn refusal_is_an_error_with_the_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let (addr, shadow) = fake_shadow(d.path(), |mut s| async move {
+            let m = get(&mut s).await;
+            put(
+                &mut s,
+                FromShadow::Refused {
+                    reason: "claim does not match job 4.2".into(),
+                },
+            )
+            .await;
+            vec![m]
+        })
+        .await;
+        let id = Identity::load(d.path(), "exec1").unwrap();
+        let mut link = ShadowLink::connect(&id, "submit", &addr).await.unwrap();
+        let e = link
+            .attach(ClaimId("bad".into()), job(), HostName("exec1".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the shadow refused the job: claim does not match job 4.2"
+        );
+        shadow.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn calls_fail_with_eio_when_the_shadow_goes_away() {
+        let d = tempfile::tempdir().unwrap();
+        let (addr, shadow) = fake_shadow(d.path(), |mut s| async move {
+            // Takes one call and hangs up without answering.
+            vec![get(&mut s).await]
+        })
+        .await;
+        let id = Identity::load(d.path(), "exec1").unwrap();
+        let mut link = ShadowLink::connect(&id, "submit", &addr).await.unwrap();
+        let mut b = link.backend();
+        assert_eq!(b.call(FileOp::Getcwd).await, FileReply::Err(libc::EIO));
+        assert_eq!(b.call(FileOp::Getcwd).await, FileReply::Err(libc::EIO));
+        assert!(matches!(
+            link.finish(ExitStatus::Code(0), Usage::default()).await,
+            Err(LinkError::Send(_) | LinkError::Closed(_))
+        ));
+        assert_eq!(
+            shadow.await.unwrap(),
+            vec![ToShadow::Call {
+                id: 1,
+                op: FileOp::Getcwd
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_a_schedd_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), "t").unwrap();
+        issue(d.path(), "submit", "ownerd", &[]).unwrap();
+        let acc = Identity::load(d.path(), "submit").unwrap().acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let _t = acc.accept(s).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let id = Identity::load(d.path(), "submit").unwrap();
+        let e = ShadowLink::connect(&id, "submit", &addr)
+            .await
+            .err()
+            .expect("connected to an ownerd as if a schedd");
+        assert!(matches!(e, LinkError::NotSchedd { .. }), "{e}");
+    }
+}
