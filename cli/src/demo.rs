@@ -95,7 +95,12 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<i32> {
         demo.started.reap();
         r
     };
-    let ok = result?;
+    let ok = result.with_context(|| {
+        format!(
+            "the demo failed; the daemons' logs and the job's files are in {}",
+            demo.pool.root().display()
+        )
+    })?;
     stop?;
     if ok {
         if made_here && !opts.keep {
@@ -126,8 +131,12 @@ impl Demo<'_> {
         self.write_job()?;
         let schedd = Schedd::at(&self.pool.schedd_sock(), self.pool.root());
         let job = self.submit(&schedd)?;
-        self.wait(&schedd, job, opts.timeout)?;
+        let waited = self.wait(&schedd, job, opts.timeout);
+        // What there is to see helps most when the job failed.
         self.show_queue_and_log(&schedd, job)?;
+        let files = self.show_files();
+        waited?;
+        files?;
         self.check_output()
     }
 
@@ -190,11 +199,8 @@ impl Demo<'_> {
         } else {
             None
         };
-        let code = jobs::wait(schedd, &[JobSel::Job(job)], Some(timeout), progress)?;
-        if code == jobs::WAIT_TIMED_OUT {
-            bail!("job {job} did not finish within {} s", timeout.as_secs());
-        }
-        ensure!(code == 0, "job {job} exited with status {code}");
+        let outcome = jobs::wait(schedd, &[JobSel::Job(job)], Some(timeout), progress)?;
+        ensure!(outcome.code == 0, "{}", outcome.notes.join("; "));
         writeln!(self.out, "job {job} exited with status 0")?;
         Ok(())
     }
@@ -218,19 +224,29 @@ impl Demo<'_> {
         Ok(())
     }
 
-    fn check_output(&mut self) -> Result<bool> {
+    /// The job's own output files, as they are on the submit host.
+    fn show_files(&mut self) -> Result<()> {
         let d = self.job_dir.clone();
         self.section(&format!(
-            "what the job wrote in {} (it saw the execute host's disk only as scratch)",
+            "what the job wrote, in {} on the submit host",
             d.display()
         ))?;
         for f in ["upper.out", "upper.err", "output.txt"] {
-            let text = std::fs::read(d.join(f))
-                .with_context(|| format!("the job wrote no {}", d.join(f).display()))?;
-            writeln!(self.out, "--- {f}")?;
-            self.out.write_all(&text)?;
+            match std::fs::read(d.join(f)) {
+                Ok(text) => {
+                    writeln!(self.out, "--- {f}")?;
+                    self.out.write_all(&text)?;
+                }
+                Err(e) => writeln!(self.out, "--- {f}: {e}")?,
+            }
         }
-        let got = std::fs::read(d.join("output.txt"))?;
+        Ok(())
+    }
+
+    fn check_output(&mut self) -> Result<bool> {
+        let path = self.job_dir.join("output.txt");
+        let got =
+            std::fs::read(&path).with_context(|| format!("the job wrote no {}", path.display()))?;
         let want = INPUT.to_uppercase();
         let same = got == want.as_bytes();
         writeln!(

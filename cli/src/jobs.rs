@@ -154,45 +154,61 @@ fn progress_text(jobs: &[&JobSummary], elapsed: Duration) -> String {
     )
 }
 
+/// How `roost wait` ended.
+#[derive(Debug, PartialEq)]
+pub struct WaitOutcome {
+    /// The exit status for the process.
+    pub code: i32,
+    /// What the user should be told (non-zero exits, removals, the timeout).
+    pub notes: Vec<String>,
+}
+
 /// `roost wait`: polls the queue every 200 ms until every job named is
-/// completed or removed. Returns the exit status for the process.
+/// completed or removed, drawing a progress line on `progress` if given.
 pub fn wait(
     schedd: &Schedd,
     sels: &[JobSel],
     timeout: Option<Duration>,
     mut progress: Option<&mut dyn Write>,
-) -> Result<i32> {
+) -> Result<WaitOutcome> {
     let start = Instant::now();
     let mut shown = false;
+    let clear = |p: &mut Option<&mut dyn Write>, shown: bool| {
+        if let (Some(p), true) = (p.as_mut(), shown) {
+            let _ = write!(p, "\r\x1b[K");
+            let _ = p.flush();
+        }
+    };
     loop {
         let all = queue(schedd, true)?;
         let jobs = select(sels, &all)?;
         if jobs.iter().all(|j| j.state.is_final()) {
-            if let (Some(p), true) = (progress.as_mut(), shown) {
-                let _ = write!(p, "\r\x1b[K");
-            }
-            let mut code = 0;
+            clear(&mut progress, shown);
+            let mut out = WaitOutcome {
+                code: 0,
+                notes: Vec::new(),
+            };
             for j in &jobs {
                 let (c, msg) = exit_code(j);
-                if let Some(m) = msg {
-                    eprintln!("roost: {m}");
-                }
-                code = c;
+                out.notes.extend(msg);
+                out.code = c;
             }
-            return Ok(code);
+            return Ok(out);
         }
         if let Some(t) = timeout
             && start.elapsed() >= t
         {
-            if let (Some(p), true) = (progress.as_mut(), shown) {
-                let _ = write!(p, "\r\x1b[K");
-            }
-            eprintln!(
-                "roost: gave up after {} s: {}",
+            clear(&mut progress, shown);
+            let left = progress_text(&jobs, start.elapsed());
+            let note = format!(
+                "gave up after {} s: {}",
                 t.as_secs_f64(),
-                progress_text(&jobs, start.elapsed()).trim_start_matches("waiting for ")
+                left.trim_start_matches("waiting for ")
             );
-            return Ok(WAIT_TIMED_OUT);
+            return Ok(WaitOutcome {
+                code: WAIT_TIMED_OUT,
+                notes: vec![note],
+            });
         }
         if let Some(p) = progress.as_mut() {
             let _ = write!(p, "\r\x1b[K{}", progress_text(&jobs, start.elapsed()));

@@ -103,7 +103,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             } else {
                 None
             };
-            jobs::wait(&schedd()?, &a.jobs, timeout, progress)
+            let outcome = jobs::wait(&schedd()?, &a.jobs, timeout, progress)?;
+            for n in &outcome.notes {
+                eprintln!("roost: {n}");
+            }
+            Ok(outcome.code)
         }
         Command::Demo(a) => {
             let opts = demo::DemoOptions {
