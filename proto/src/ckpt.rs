@@ -108,28 +108,64 @@ pub struct FdRecord {
 }
 
 impl FdRecord {
-    pub const EMPTY: FdRecord =
-        FdRecord { fd: -1, fd_flags: 0, kind: 0, open_flags: 0, handle: 0, unread: 0, offset: 0, path: [0; 256] };
+    pub const EMPTY: FdRecord = FdRecord {
+        fd: -1,
+        fd_flags: 0,
+        kind: 0,
+        open_flags: 0,
+        handle: 0,
+        unread: 0,
+        offset: 0,
+        path: [0; 256],
+    };
 }
 
 impl Region {
-    pub const EMPTY: Region = Region { start: 0, end: 0, prot: 0, flags: 0, offset: 0, path: [0; 256] };
+    pub const EMPTY: Region = Region {
+        start: 0,
+        end: 0,
+        prot: 0,
+        flags: 0,
+        offset: 0,
+        path: [0; 256],
+    };
 }
 
 /// A fast 64-bit checksum (not cryptographic) over `data`.
 pub fn checksum(data: &[u8]) -> u64 {
-    let mut h: u64 = 0x9E37_79B9_7F4A_7C15 ^ data.len() as u64;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h ^ w).wrapping_mul(0xFF51_AFD7_ED55_8CCD).rotate_left(29);
+    let mut c = Checksum::new(data.len() as u64);
+    c.update(data);
+    c.finish()
+}
+
+/// [`checksum`] computed piece by piece: every piece but the last must be a
+/// multiple of 8 bytes long, and `total` is the length of all of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum(u64);
+
+impl Checksum {
+    pub fn new(total: u64) -> Checksum {
+        Checksum(0x9E37_79B9_7F4A_7C15 ^ total)
     }
-    for &b in chunks.remainder() {
-        h = (h ^ b as u64)
-            .wrapping_mul(0xC4CE_B9FE_1A85_EC53)
-            .rotate_left(17);
+
+    pub fn update(&mut self, data: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h ^ w).wrapping_mul(0xFF51_AFD7_ED55_8CCD).rotate_left(29);
+        }
+        for &b in chunks.remainder() {
+            h = (h ^ b as u64)
+                .wrapping_mul(0xC4CE_B9FE_1A85_EC53)
+                .rotate_left(17);
+        }
+        self.0 = h;
     }
-    h ^ (h >> 31)
+
+    pub fn finish(self) -> u64 {
+        self.0 ^ (self.0 >> 31)
+    }
 }
 
 /// Why an image cannot be used.
@@ -247,6 +283,16 @@ mod tests {
         let mut bad = h;
         bad.version = 2;
         assert_eq!(bad.verify(4096, 10), Err(ImageError::Version(2)));
+    }
+
+    #[test]
+    fn checksum_in_pieces_is_the_same() {
+        let d: Vec<u8> = (0..10_003u32).map(|i| (i * 7 % 253) as u8).collect();
+        let mut c = Checksum::new(d.len() as u64);
+        for piece in d.chunks(1024) {
+            c.update(piece);
+        }
+        assert_eq!(c.finish(), checksum(&d));
     }
 
     #[test]
