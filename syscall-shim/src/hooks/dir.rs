@@ -1,0 +1,197 @@
+//! Hooks on directory streams: remote directories get the shim's own `DIR`
+//! objects; glibc's are passed through untouched.
+
+use std::ffi::{c_char, c_int, c_long};
+
+use libc::{DIR, size_t, ssize_t};
+
+use super::arg;
+use crate::ops::{dir, run};
+use crate::{real, sys};
+
+/// # Safety
+/// libc's contract for `opendir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut DIR {
+    run(
+        std::ptr::null_mut(),
+        || {
+            // SAFETY: path is the caller's C string.
+            match unsafe { arg(path) } {
+                Ok(p) => dir::opendir(p),
+                Err(e) => Some(Err(e)),
+            }
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(opendir: fn(*const c_char) -> *mut DIR)(path) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `fdopendir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fdopendir(fd: c_int) -> *mut DIR {
+    run(
+        std::ptr::null_mut(),
+        || dir::fdopendir(fd),
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(fdopendir: fn(c_int) -> *mut DIR)(fd) }
+        },
+    )
+}
+
+unsafe fn readdir_impl(d: *mut DIR, is64: bool) -> *mut libc::dirent64 {
+    run(
+        std::ptr::null_mut(),
+        || {
+            let r = dir::ours(d)?;
+            // SAFETY: r is a live registered stream.
+            Some(unsafe { dir::readdir(r) })
+        },
+        || {
+            // SAFETY: passed on unchanged (glibc's stream).
+            unsafe {
+                if is64 {
+                    real!(readdir64: fn(*mut DIR) -> *mut libc::dirent64)(d)
+                } else {
+                    real!(readdir: fn(*mut DIR) -> *mut libc::dirent64)(d)
+                }
+            }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `readdir` (x86-64: `dirent` and `dirent64` agree).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir(d: *mut DIR) -> *mut libc::dirent64 {
+    // SAFETY: same contract.
+    unsafe { readdir_impl(d, false) }
+}
+
+/// # Safety
+/// libc's contract for `readdir64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir64(d: *mut DIR) -> *mut libc::dirent64 {
+    // SAFETY: same contract.
+    unsafe { readdir_impl(d, true) }
+}
+
+/// # Safety
+/// libc's contract for `closedir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closedir(d: *mut DIR) -> c_int {
+    run(
+        -1,
+        || dir::ours(d).map(dir::closedir),
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(closedir: fn(*mut DIR) -> c_int)(d) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `rewinddir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rewinddir(d: *mut DIR) {
+    run(
+        (),
+        || {
+            let r = dir::ours(d)?;
+            // SAFETY: r is a live registered stream.
+            unsafe { dir::rewind(r) };
+            Some(Ok(()))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(rewinddir: fn(*mut DIR) -> ())(d) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `dirfd`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dirfd(d: *mut DIR) -> c_int {
+    run(
+        -1,
+        || {
+            let r = dir::ours(d)?;
+            // SAFETY: r is a live registered stream.
+            Some(Ok(unsafe { dir::dirfd(r) }))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(dirfd: fn(*mut DIR) -> c_int)(d) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `telldir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn telldir(d: *mut DIR) -> c_long {
+    run(
+        -1,
+        || {
+            let r = dir::ours(d)?;
+            // SAFETY: r is a live registered stream.
+            Some(Ok(unsafe { dir::tell(r) }))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(telldir: fn(*mut DIR) -> c_long)(d) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `seekdir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn seekdir(d: *mut DIR, loc: c_long) {
+    run(
+        (),
+        || {
+            let r = dir::ours(d)?;
+            // SAFETY: r is a live registered stream.
+            unsafe { dir::seek(r, loc) };
+            Some(Ok(()))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(seekdir: fn(*mut DIR, c_long) -> ())(d, loc) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `getdents64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getdents64(fd: c_int, buf: *mut libc::c_void, count: size_t) -> ssize_t {
+    run(
+        -1,
+        || {
+            // SAFETY: buf is writable for count bytes (getdents64's contract).
+            unsafe { dir::getdents64(fd, buf.cast(), count) }
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            match unsafe {
+                sys::sc(
+                    libc::SYS_getdents64,
+                    [fd as usize, buf as usize, count, 0, 0, 0],
+                )
+            } {
+                Ok(n) => n as ssize_t,
+                Err(e) => {
+                    sys::set_errno(e);
+                    -1
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,217 @@
+//! Hooks on processes: `fork`/`vfork` (settle and flush first; the child
+//! reconnects lazily), the `exec` family and `posix_spawn` (settle, flush,
+//! and an environment that keeps the shim and the job's variables).
+
+use std::ffi::{c_char, c_int};
+
+use libc::pid_t;
+
+use crate::ops::process::{EnvBuf, build_env, exec_cwd, prepare};
+use crate::ops::run;
+use crate::{real, sys};
+
+unsafe extern "C" {
+    static environ: *const *const c_char;
+}
+
+fn fork_impl() -> pid_t {
+    run(
+        -1,
+        || {
+            prepare();
+            None
+        },
+        || {
+            // SAFETY: fork takes no arguments.
+            unsafe { real!(fork: fn() -> pid_t)() }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `fork`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fork() -> pid_t {
+    fork_impl()
+}
+
+/// `vfork` is a `fork` here: a child sharing the parent's memory must not
+/// run the shim's connection logic.
+///
+/// # Safety
+/// libc's contract for `vfork` (which `fork` satisfies).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vfork() -> pid_t {
+    fork_impl()
+}
+
+/// Runs `f` with the rewritten environment after settling and flushing;
+/// `f` only returns on failure.
+fn with_env(
+    envp: *const *const c_char,
+    f: impl FnOnce(*const *const c_char) -> c_int,
+) -> Option<Result<c_int, i32>> {
+    prepare();
+    let cwd = exec_cwd();
+    let mut buf = EnvBuf::new();
+    // SAFETY: envp is the caller's NULL-terminated environment (or NULL).
+    let env = unsafe { build_env(envp, &cwd, &mut buf) };
+    let r = f(env);
+    Some(if r == -1 { Err(sys::errno()) } else { Ok(r) })
+}
+
+/// # Safety
+/// libc's contract for `execve`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    type F =
+        unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+    run(
+        -1,
+        || {
+            // SAFETY: the caller's arguments with a valid environment.
+            with_env(envp, |env| unsafe { real!(execve as F)(path, argv, env) })
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(execve as F)(path, argv, envp) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `execv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: environ is libc's current environment.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// # Safety
+/// libc's contract for `execvpe`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    type F =
+        unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+    run(
+        -1,
+        || {
+            // SAFETY: the caller's arguments with a valid environment.
+            with_env(envp, |env| unsafe { real!(execvpe as F)(file, argv, env) })
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(execvpe as F)(file, argv, envp) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `execvp`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: environ is libc's current environment.
+    unsafe { execvpe(file, argv, environ) }
+}
+
+/// # Safety
+/// libc's contract for `fexecve`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+    run(
+        -1,
+        || {
+            // SAFETY: the caller's arguments with a valid environment.
+            with_env(envp, |env| unsafe { real!(fexecve as F)(fd, argv, env) })
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(fexecve as F)(fd, argv, envp) }
+        },
+    )
+}
+
+type Spawn = unsafe extern "C" fn(
+    *mut pid_t,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+
+/// `posix_spawn` returns an error number rather than setting errno.
+fn spawn_result(r: c_int) -> Option<Result<c_int, i32>> {
+    Some(Ok(r))
+}
+
+/// # Safety
+/// libc's contract for `posix_spawn`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    fa: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    run(
+        libc::EIO,
+        || {
+            prepare();
+            let cwd = exec_cwd();
+            let mut buf = EnvBuf::new();
+            // SAFETY: envp is the caller's environment (or NULL).
+            let env = unsafe { build_env(envp, &cwd, &mut buf) };
+            // SAFETY: the caller's arguments with a valid environment.
+            spawn_result(unsafe { real!(posix_spawn as Spawn)(pid, path, fa, attr, argv, env) })
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(posix_spawn as Spawn)(pid, path, fa, attr, argv, envp) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `posix_spawnp`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    fa: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    run(
+        libc::EIO,
+        || {
+            prepare();
+            let cwd = exec_cwd();
+            let mut buf = EnvBuf::new();
+            // SAFETY: envp is the caller's environment (or NULL).
+            let env = unsafe { build_env(envp, &cwd, &mut buf) };
+            // SAFETY: the caller's arguments with a valid environment.
+            spawn_result(unsafe { real!(posix_spawnp as Spawn)(pid, file, fa, attr, argv, env) })
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(posix_spawnp as Spawn)(pid, file, fa, attr, argv, envp) }
+        },
+    )
+}

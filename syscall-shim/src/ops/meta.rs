@@ -1,0 +1,370 @@
+//! Path and metadata ops: the stat family, access, unlink, rename, mkdir,
+//! readlink, chmod, utimens, links, truncate, and the virtual current
+//! directory (chdir, fchdir, getcwd).
+
+use proto::fileop::{Errno, FileOp, FileReply, Stat};
+
+use super::{Route, SHIM, Shim, conf, unexpected};
+use crate::path;
+use crate::sys;
+
+type Op<T> = Option<Result<T, Errno>>;
+
+/// Fills a `struct stat` from a remote [`Stat`].
+pub fn to_stat(st: &Stat) -> libc::stat {
+    // SAFETY: an all-zero struct stat is valid.
+    let mut o: libc::stat = unsafe { std::mem::zeroed() };
+    o.st_dev = st.dev;
+    o.st_ino = st.ino;
+    o.st_mode = st.mode;
+    o.st_nlink = st.nlink;
+    o.st_uid = st.uid;
+    o.st_gid = st.gid;
+    o.st_rdev = st.rdev;
+    o.st_size = st.size;
+    o.st_blksize = st.blksize;
+    o.st_blocks = st.blocks;
+    o.st_atime = st.atime.0;
+    o.st_atime_nsec = st.atime.1;
+    o.st_mtime = st.mtime.0;
+    o.st_mtime_nsec = st.mtime.1;
+    o.st_ctime = st.ctime.0;
+    o.st_ctime_nsec = st.ctime.1;
+    o
+}
+
+fn major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)) as u32
+}
+
+fn minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0xff)) as u32
+}
+
+fn ts(t: (i64, i64)) -> libc::statx_timestamp {
+    // SAFETY: an all-zero statx_timestamp is valid.
+    let mut o: libc::statx_timestamp = unsafe { std::mem::zeroed() };
+    o.tv_sec = t.0;
+    o.tv_nsec = t.1 as u32;
+    o
+}
+
+/// Fills a `struct statx` from a remote [`Stat`].
+pub fn to_statx(st: &Stat) -> libc::statx {
+    // SAFETY: an all-zero struct statx is valid.
+    let mut o: libc::statx = unsafe { std::mem::zeroed() };
+    o.stx_mask = libc::STATX_BASIC_STATS;
+    o.stx_blksize = st.blksize as u32;
+    o.stx_nlink = st.nlink as u32;
+    o.stx_uid = st.uid;
+    o.stx_gid = st.gid;
+    o.stx_mode = st.mode as u16;
+    o.stx_ino = st.ino;
+    o.stx_size = st.size as u64;
+    o.stx_blocks = st.blocks as u64;
+    o.stx_atime = ts(st.atime);
+    o.stx_mtime = ts(st.mtime);
+    o.stx_ctime = ts(st.ctime);
+    o.stx_rdev_major = major(st.rdev);
+    o.stx_rdev_minor = minor(st.rdev);
+    o.stx_dev_major = major(st.dev);
+    o.stx_dev_minor = minor(st.dev);
+    o
+}
+
+fn want_stat(r: Result<FileReply, Errno>) -> Result<Stat, Errno> {
+    match r? {
+        FileReply::Stat(s) | FileReply::Opened { stat: s, .. } => Ok(s),
+        r => unexpected(r),
+    }
+}
+
+fn fstat_locked(s: &mut Shim, fd: i32) -> Op<Stat> {
+    if s.ensure().is_err() {
+        return None;
+    }
+    let v = s.vfd(fd)?;
+    let (h, stream) = (v.h, v.stream);
+    let r = want_stat(s.call(FileOp::Fstat { h }));
+    Some(r.map(|mut st| {
+        if stream {
+            // A read stream behaves like a pipe.
+            st.mode = libc::S_IFIFO | (st.mode & 0o777);
+            st.size = 0;
+        }
+        st
+    }))
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: i32) -> Op<Stat> {
+    fstat_locked(&mut SHIM.lock(), fd)
+}
+
+/// `fstatat(dirfd, path, flags)` (also `stat`, `lstat`, `statx`).
+pub fn stat_at(dirfd: i32, path: &[u8], flags: i32) -> Op<Stat> {
+    let mut s = SHIM.lock();
+    if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+        if dirfd == libc::AT_FDCWD {
+            let cwd = s.cwd.clone()?;
+            return Some(want_stat(s.call(FileOp::Stat {
+                at: None,
+                path: cwd,
+                nofollow: false,
+            })));
+        }
+        return fstat_locked(&mut s, dirfd);
+    }
+    if let Some(n) = path::fd_alias(path)
+        && let Some(r) = fstat_locked(&mut s, n)
+    {
+        return Some(r);
+    }
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    let nofollow = flags & libc::AT_SYMLINK_NOFOLLOW != 0;
+    Some(want_stat(s.call(FileOp::Stat { at, path, nofollow })))
+}
+
+/// `faccessat(dirfd, path, mode, flags)`.
+pub fn access(dirfd: i32, path: &[u8], mode: i32, flags: i32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    Some(
+        s.call_ok(FileOp::Access {
+            at,
+            path,
+            mode,
+            flags,
+        })
+        .map(|_| 0),
+    )
+}
+
+/// `unlinkat(dirfd, path, flags)`.
+pub fn unlink(dirfd: i32, path: &[u8], flags: i32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    let dir = flags & libc::AT_REMOVEDIR != 0;
+    Some(s.call_ok(FileOp::Unlink { at, path, dir }).map(|_| 0))
+}
+
+/// `renameat2(fd1, from, fd2, to, flags)`.
+pub fn rename(fd1: i32, from: &[u8], fd2: i32, to: &[u8], flags: u32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    match (s.route(fd1, from), s.route(fd2, to)) {
+        (Route::Local, Route::Local) => None,
+        (
+            Route::Remote {
+                at: from_at,
+                path: from,
+            },
+            Route::Remote {
+                at: to_at,
+                path: to,
+            },
+        ) => Some(
+            s.call_ok(FileOp::Rename {
+                from_at,
+                from,
+                to_at,
+                to,
+                flags,
+            })
+            .map(|_| 0),
+        ),
+        _ => Some(Err(libc::EXDEV)),
+    }
+}
+
+/// `linkat(fd1, from, fd2, to, flags)`.
+pub fn link(fd1: i32, from: &[u8], fd2: i32, to: &[u8]) -> Op<i32> {
+    let mut s = SHIM.lock();
+    match (s.route(fd1, from), s.route(fd2, to)) {
+        (Route::Local, Route::Local) => None,
+        (
+            Route::Remote {
+                at: from_at,
+                path: from,
+            },
+            Route::Remote {
+                at: to_at,
+                path: to,
+            },
+        ) => Some(
+            s.call_ok(FileOp::Link {
+                from_at,
+                from,
+                to_at,
+                to,
+            })
+            .map(|_| 0),
+        ),
+        _ => Some(Err(libc::EXDEV)),
+    }
+}
+
+/// `symlinkat(target, dirfd, path)`.
+pub fn symlink(target: &[u8], dirfd: i32, path: &[u8]) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    Some(
+        s.call_ok(FileOp::Symlink {
+            target: target.to_vec(),
+            at,
+            path,
+        })
+        .map(|_| 0),
+    )
+}
+
+/// `mkdirat(dirfd, path, mode)`.
+pub fn mkdir(dirfd: i32, path: &[u8], mode: u32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    Some(s.call_ok(FileOp::Mkdir { at, path, mode }).map(|_| 0))
+}
+
+/// `readlinkat(dirfd, path, buf, size)`.
+///
+/// # Safety
+/// `buf` must be writable for `size` bytes.
+pub unsafe fn readlink(dirfd: i32, path: &[u8], buf: *mut u8, size: usize) -> Op<isize> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    Some(match s.call(FileOp::Readlink { at, path }) {
+        Ok(FileReply::Path(p)) => {
+            let k = p.len().min(size);
+            // SAFETY: buf is writable for size bytes and k <= size.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), buf, k) };
+            Ok(k as isize)
+        }
+        Ok(r) => unexpected(r),
+        Err(e) => Err(e),
+    })
+}
+
+/// `fchmodat(dirfd, path, mode)`; `fchmod` is `path` empty with a remote fd.
+pub fn chmod(dirfd: i32, path: &[u8], mode: u32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    Some(s.call_ok(FileOp::Chmod { at, path, mode }).map(|_| 0))
+}
+
+/// `utimensat(dirfd, path, times, flags)`; `UTIME_NOW` is `None`.
+pub fn utimens(dirfd: i32, path: &[u8], times: Option<[(i64, i64); 2]>, flags: i32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(dirfd, path) else {
+        return None;
+    };
+    let conv = |t: (i64, i64)| {
+        if t.1 == libc::UTIME_NOW {
+            None
+        } else {
+            Some(t)
+        }
+    };
+    let times = match times {
+        None => [None, None],
+        Some([a, m]) => [conv(a), conv(m)],
+    };
+    let nofollow = flags & libc::AT_SYMLINK_NOFOLLOW != 0;
+    Some(
+        s.call_ok(FileOp::Utimens {
+            at,
+            path,
+            times,
+            nofollow,
+        })
+        .map(|_| 0),
+    )
+}
+
+/// `truncate(path, len)`.
+pub fn truncate(path: &[u8], len: i64) -> Op<i32> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at, path } = s.route(libc::AT_FDCWD, path) else {
+        return None;
+    };
+    Some(s.call_ok(FileOp::Truncate { at, path, len }).map(|_| 0))
+}
+
+fn set_cwd_env(value: &[u8]) {
+    let mut v = value.to_vec();
+    v.push(0);
+    // SAFETY: both strings are NUL-terminated; setenv copies them.
+    unsafe { libc::setenv(c"ROOST_CWD".as_ptr(), v.as_ptr().cast(), 1) };
+}
+
+fn enter_remote(s: &mut Shim, at: Option<proto::Handle>, path: Vec<u8>) -> Result<i32, Errno> {
+    match s.call(FileOp::Chdir { at, path })? {
+        FileReply::Path(p) => {
+            if s.cwd.is_none() && !conf().scratch.is_empty() {
+                let mut sc = conf().scratch.clone();
+                sc.push(0);
+                // SAFETY: sc is NUL-terminated.
+                let _ = unsafe { sys::sc(libc::SYS_chdir, [sc.as_ptr() as usize, 0, 0, 0, 0, 0]) };
+            }
+            set_cwd_env(&p);
+            s.cwd = Some(p);
+            Ok(0)
+        }
+        r => unexpected(r),
+    }
+}
+
+fn entered_local(s: &mut Shim) {
+    s.cwd = None;
+    set_cwd_env(&sys::real_cwd());
+}
+
+/// `chdir(path)`.
+pub fn chdir(path: &[u8]) -> Op<i32> {
+    let mut s = SHIM.lock();
+    if let Route::Remote { at, path } = s.route(libc::AT_FDCWD, path) {
+        return Some(enter_remote(&mut s, at, path));
+    }
+    let mut p = path.to_vec();
+    p.push(0);
+    // SAFETY: p is NUL-terminated.
+    Some(
+        unsafe { sys::sc(libc::SYS_chdir, [p.as_ptr() as usize, 0, 0, 0, 0, 0]) }.map(|_| {
+            entered_local(&mut s);
+            0
+        }),
+    )
+}
+
+/// `fchdir(fd)`.
+pub fn fchdir(fd: i32) -> Op<i32> {
+    let mut s = SHIM.lock();
+    if s.remote(fd) {
+        let h = s.vfds.get(fd)?.h;
+        return Some(enter_remote(&mut s, Some(h), b".".to_vec()));
+    }
+    // SAFETY: fchdir takes an integer.
+    Some(
+        unsafe { sys::sc(libc::SYS_fchdir, [fd as usize, 0, 0, 0, 0, 0]) }.map(|_| {
+            entered_local(&mut s);
+            0
+        }),
+    )
+}
+
+/// The virtual current directory, when it is remote.
+pub fn remote_cwd() -> Option<Vec<u8>> {
+    SHIM.lock().cwd.clone()
+}
