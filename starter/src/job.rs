@@ -168,6 +168,7 @@ pub async fn run_job<B: Backend>(
 
     let mut main_exited = false;
     let mut killed = false;
+    let mut io_first = false;
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         if main_exited && relay.is_idle() {
@@ -177,10 +178,16 @@ pub async fn run_job<B: Backend>(
             if !main_exited && let Poll::Ready(r) = Pin::new(&mut exit.0).poll(cx) {
                 return Poll::Ready(Ev::Exited(r));
             }
+            // Shim requests and placeholder I/O take turns going first, so
+            // that neither a busy caller nor a busy writer starves the other.
+            io_first = !io_first;
+            if io_first && let Poll::Ready(io) = relay.poll_io(cx) {
+                return Poll::Ready(Ev::Io(io));
+            }
             if let Poll::Ready(Some(call)) = rx.poll_recv(cx) {
                 return Poll::Ready(Ev::Shim(call));
             }
-            if let Poll::Ready(io) = relay.poll_io(cx) {
+            if !io_first && let Poll::Ready(io) = relay.poll_io(cx) {
                 return Poll::Ready(Ev::Io(io));
             }
             if let Some(d) = deadline.as_mut()

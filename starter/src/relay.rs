@@ -335,7 +335,7 @@ impl<B: Backend> Relay<B> {
                 return;
             }
             let want = left.min(self.buf.len());
-            match p.sock.try_read(&mut self.buf[..want]) {
+            match read_now(&p.sock, &mut self.buf[..want]) {
                 Ok(0) => p.eof = true,
                 Ok(n) => {
                     left -= n;
@@ -440,6 +440,20 @@ impl<B: Backend> Relay<B> {
                 }
             }
         }
+    }
+}
+
+/// Reads what is in the socket now. The runtime's readiness flag may lag
+/// behind the socket (the reactor has not yet seen the job's write), so a
+/// `WouldBlock` from it is checked with a read of our own; only a read
+/// made under the flag clears it, so no wake-up is lost.
+fn read_now(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    let raw = |buf: &mut [u8]| {
+        rustix::net::recv(sock, buf, rustix::net::RecvFlags::DONTWAIT).map_err(io::Error::from)
+    };
+    match sock.try_io(Interest::READABLE, || raw(&mut *buf)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => raw(buf),
+        r => r,
     }
 }
 
