@@ -7,12 +7,12 @@ use std::str::FromStr;
 
 const AFTER_HELP: &str = "\
 Start here:
-  roost demo                               the one-command demo
-  eval \"$(roost pool up --dir ~/roost-pool)\" start a personal pool, point this shell at it
-  roost submit job.toml                    queue the jobs a job file describes
-  roost q                                  see them
-  roost wait 1.0                           wait for one; exit with its exit code
-  roost pool down --dir ~/roost-pool       stop the pool
+  roost demo                                   the one-command demo
+  eval \"$(roost pool up --dir ~/roost-pool)\"   start a personal pool, point this shell at it
+  roost submit job.toml                        queue the jobs a job file describes
+  roost q                                      see them
+  roost wait 1.0                               wait for one; exit with its exit code
+  roost pool down --dir ~/roost-pool           stop the pool
 
 Environment:
   ROOST_POOL         the pool directory (same as --pool)
@@ -27,15 +27,33 @@ Environment:
 #[command(name = "roost", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
     /// The pool to talk to: the directory `roost pool up --dir DIR` made.
-    #[arg(long, global = true, env = "ROOST_POOL", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROOST_POOL",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub pool: Option<PathBuf>,
 
     /// The schedd's Unix socket, if not DIR/submit/schedd.sock of the pool.
-    #[arg(long, global = true, env = "ROOST_SCHEDD_SOCK", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROOST_SCHEDD_SOCK",
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     pub schedd_sock: Option<PathBuf>,
 
     /// The matchmaker's address, if not the one in DIR/pool.toml.
-    #[arg(long, global = true, env = "ROOST_MATCHMAKER", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROOST_MATCHMAKER",
+        value_name = "IP:PORT",
+        help_heading = "Global options"
+    )]
     pub matchmaker: Option<String>,
 
     #[command(subcommand)]
@@ -67,19 +85,18 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
     /// Make a pool directory: a pool CA, certificates and pool.toml.
-    #[command(
-        after_help = "Creates DIR/pki/ (ca, cm, submit, exec1..N, user) and DIR/pool.toml \
-(host names and 127.0.0.1 addresses on free ports). `roost pool up` does this itself."
-    )]
+    #[command(after_help = "\
+Creates DIR/pki/ (ca, cm, submit, exec1..N, user) and DIR/pool.toml (host names and
+127.0.0.1 addresses on free ports). `roost pool up` does this by itself.")]
     Init(PoolInitArgs),
     /// Start a personal pool in the background (making it first if needed).
-    #[command(
-        after_help = "Starts roost-matchmaker (host cm), roost-schedd (host submit) and one \
-roost-ownerd per execute host (exec1..N), each logging to DIR/HOST/*.log, and waits until \
-the schedd answers and every execute host has reported to the matchmaker. Execute hosts \
-start idle. Progress goes to stderr; stdout gets one line for your shell:\n\n  \
-eval \"$(roost pool up --dir DIR)\""
-    )]
+    #[command(after_help = "\
+Starts roost-matchmaker (host cm), roost-schedd (host submit) and one roost-ownerd
+per execute host (exec1..N) in the background, each logging to DIR/HOST/*.log, and
+waits until the schedd answers and every execute host has reported to the matchmaker.
+Execute hosts start idle. Progress goes to stderr; stdout gets one line for your shell:
+
+  eval \"$(roost pool up --dir DIR)\"")]
     Up(PoolUpArgs),
     /// Stop the pool's daemons (SIGTERM, then SIGKILL after --grace seconds).
     Down(PoolDownArgs),
@@ -150,10 +167,16 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "A job file is TOML, e.g.:\n\n  \
-executable = \"analyse.sh\"\n  arguments = [\"in.$(Process).csv\"]\n  \
-output = \"out.$(Process)\"\n  queue = 3\n\nRelative paths are relative to the directory \
-you submit from (or `initialdir`); the job reads and writes them there, wherever it runs.")]
+#[command(after_help = "\
+A job file is TOML, e.g.:
+
+  executable = \"analyse.sh\"
+  arguments = [\"in.$(Process).csv\"]
+  output = \"out.$(Process)\"
+  queue = 3
+
+Relative paths are relative to the directory you submit from (or `initialdir`); the
+job reads and writes them there, on this host, wherever it runs.")]
 pub struct SubmitArgs {
     /// The job description file.
     #[arg(value_name = "FILE")]
@@ -191,10 +214,9 @@ pub struct LogArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Exit status: the last job's exit code; 128+N if it was killed by \
-signal N; 1 if it was removed; 124 on --timeout."
-)]
+#[command(after_help = "\
+Exit status: the last job's exit code; 128+N if it was killed by signal N; 1 if it
+was removed; 124 on --timeout.")]
 pub struct WaitArgs {
     /// Jobs to wait for: CLUSTER.PROC, or CLUSTER for all of its jobs.
     #[arg(value_name = "JOB", required = true)]
