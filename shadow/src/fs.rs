@@ -405,10 +405,9 @@ impl JobFs {
         Ok(self.insert(fd, flags))
     }
 
-    /// Reads the job's executable (relative to the initialdir or absolute
-    /// inside it), confined like every other path.
-    pub fn executable(&self, path: &str) -> Result<Vec<u8>, Errno> {
-        use std::io::Read;
+    /// Opens a path given relative to the initialdir (or absolute inside
+    /// it) read-only, confined.
+    fn open_from_root(&self, path: &str) -> R<OwnedFd> {
         let p = path.as_bytes();
         let rel = if p.first() == Some(&b'/') {
             self.rel(None, p)?
@@ -419,7 +418,22 @@ impl JobFs {
             return Err(libc::ENOENT);
         }
         let fd = self.open_rel(&rel, p, OFlags::RDONLY, Mode::empty())?;
-        let mut f = std::fs::File::from(fd);
+        if rustix::fs::fstat(&fd).map_err(errno)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(libc::EACCES);
+        }
+        Ok(fd)
+    }
+
+    /// Whether [`JobFs::executable`] would succeed, without reading the file.
+    pub fn can_read(&self, path: &str) -> Result<(), Errno> {
+        self.open_from_root(path).map(drop)
+    }
+
+    /// Reads the job's executable (relative to the initialdir or absolute
+    /// inside it), confined like every other path.
+    pub fn executable(&self, path: &str) -> Result<Vec<u8>, Errno> {
+        use std::io::Read;
+        let mut f = std::fs::File::from(self.open_from_root(path)?);
         let mut v = Vec::new();
         f.read_to_end(&mut v)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;

@@ -1,5 +1,281 @@
-//! roost-schedd: the job queue and the shadows.
+//! roost-schedd: the persistent job queue and one shadow per running job.
+//!
+//! - [`fs`]: the remote-file engine (one `JobFs` per running job).
+//! - [`queue`]: the SQLite queue and the job event log.
+//! - [`cli`]: the `roost` CLI server on `DIR/schedd.sock` (0600, `SO_PEERCRED`).
+//! - [`shadow`]: the TLS server starters attach to; one task per job.
+//! - [`mm`]: the matchmaker client (idle jobs out, matches in).
+//!
+//! [`Schedd::bind`] opens the queue and binds both servers; [`Bound::run`]
+//! serves until the shutdown future resolves. An error on one connection
+//! ends that connection only.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod fs;
+pub mod mm;
 pub mod queue;
+pub mod shadow;
+mod users;
+
+use proto::tls::Identity;
+use proto::{ClaimId, HostName, JobId};
+use queue::{Queue, QueueError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// How long a claim may wait for its starter before it is given back.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheddError {
+    #[error("cannot load the TLS identity `{name}` from {pki}")]
+    Identity {
+        name: String,
+        pki: PathBuf,
+        #[source]
+        source: proto::tls::TlsError,
+    },
+    #[error("cannot create the state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("a queue task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What the daemon needs to start (the command line, parsed).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory with `ca.pem`, `NAME.pem`, `NAME.key`.
+    pub pki: PathBuf,
+    /// This schedd's name (its certificate's name).
+    pub name: String,
+    /// State directory: `schedd.sock`, `queue.db`.
+    pub dir: PathBuf,
+    /// Where starters reach the shadows (TLS), `IP:PORT`.
+    pub listen: String,
+    /// The address sent to the matchmaker, if not `listen`.
+    pub advertise: Option<String>,
+    /// The matchmaker, `IP:PORT`.
+    pub matchmaker: String,
+    /// The matchmaker's certificate name.
+    pub matchmaker_name: String,
+}
+
+/// State shared by every task of the daemon.
+pub struct Schedd {
+    queue: Arc<Mutex<Queue>>,
+    pub(crate) name: HostName,
+    pub(crate) identity: Identity,
+    /// Wakes the matchmaker client: the idle job list may have changed.
+    pub(crate) changed: Notify,
+    releases: mpsc::UnboundedSender<ClaimId>,
+    /// Running jobs' shadows: send to end one (its job was removed).
+    running: Mutex<HashMap<JobId, oneshot::Sender<()>>>,
+    conns: AtomicU64,
+}
+
+impl std::fmt::Debug for Schedd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedd")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Schedd {
+    /// Opens the queue and binds the CLI socket and the shadow port.
+    pub async fn bind(cfg: Config) -> Result<Bound, ScheddError> {
+        let identity =
+            Identity::load(&cfg.pki, &cfg.name).map_err(|source| ScheddError::Identity {
+                name: cfg.name.clone(),
+                pki: cfg.pki.clone(),
+                source,
+            })?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| ScheddError::StateDir {
+            path: cfg.dir.clone(),
+            source,
+        })?;
+        let db = cfg.dir.join("queue.db");
+        let queue = tokio::task::spawn_blocking(move || Queue::open(&db)).await??;
+        let sock = cfg.dir.join("schedd.sock");
+        let cli = bind_unix(&sock)?;
+        let shadow = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| ScheddError::Bind {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let shadow_addr = shadow.local_addr().map_err(|source| ScheddError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let schedd = Arc::new(Schedd {
+            queue: Arc::new(Mutex::new(queue)),
+            name: HostName(cfg.name.clone()),
+            identity,
+            changed: Notify::new(),
+            releases: tx,
+            running: Mutex::new(HashMap::new()),
+            conns: AtomicU64::new(0),
+        });
+        let advertise = cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| shadow_addr.to_string());
+        tracing::info!(sock = %sock.display(), shadow = %shadow_addr, advertise = %advertise, "schedd listening");
+        Ok(Bound {
+            schedd,
+            cli,
+            sock,
+            shadow,
+            shadow_addr,
+            advertise,
+            cfg,
+            releases: rx,
+        })
+    }
+
+    /// Runs `f` on the queue on a blocking thread (SQLite commits fsync).
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let q = self.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut q)
+        })
+        .await
+        .unwrap_or_else(|e| Err(QueueError::Rejected(format!("queue task failed: {e}"))))
+    }
+
+    /// Gives a claim back to the matchmaker.
+    pub(crate) fn release(&self, claim: ClaimId) {
+        let _ = self.releases.send(claim);
+    }
+
+    pub(crate) fn next_conn(&self) -> u64 {
+        self.conns.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register_running(&self, job: JobId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job, tx);
+        rx
+    }
+
+    pub(crate) fn unregister_running(&self, job: JobId) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job);
+    }
+
+    /// Ends the shadow of a running job (its starter sees the connection close).
+    pub(crate) fn end_shadow(&self, job: JobId) -> bool {
+        let tx = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job);
+        tx.is_some_and(|tx| tx.send(()).is_ok())
+    }
+}
+
+fn bind_unix(sock: &Path) -> Result<UnixListener, ScheddError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ScheddError::Bind {
+        addr: sock.display().to_string(),
+        source,
+    };
+    match std::fs::remove_file(sock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let l = UnixListener::bind(sock).map_err(err)?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}
+
+/// A schedd with its sockets bound, ready to run.
+pub struct Bound {
+    schedd: Arc<Schedd>,
+    cli: UnixListener,
+    sock: PathBuf,
+    shadow: TcpListener,
+    shadow_addr: SocketAddr,
+    advertise: String,
+    cfg: Config,
+    releases: mpsc::UnboundedReceiver<ClaimId>,
+}
+
+impl Bound {
+    /// The shadow port's address (useful with `--listen 127.0.0.1:0`).
+    pub fn shadow_addr(&self) -> SocketAddr {
+        self.shadow_addr
+    }
+
+    /// The CLI socket.
+    pub fn sock(&self) -> &Path {
+        &self.sock
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ScheddError> {
+        let Bound {
+            schedd,
+            cli,
+            sock,
+            shadow,
+            advertise,
+            cfg,
+            releases,
+            ..
+        } = self;
+        let tasks = [
+            tokio::spawn(cli::serve(schedd.clone(), cli)),
+            tokio::spawn(shadow::serve(schedd.clone(), shadow)),
+            tokio::spawn(mm::run(
+                schedd.clone(),
+                cfg.matchmaker.clone(),
+                cfg.matchmaker_name.clone(),
+                advertise,
+                releases,
+            )),
+            tokio::spawn(mm::expire_claims(schedd.clone())),
+        ];
+        shutdown.await;
+        tracing::info!("shutting down");
+        for t in &tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&sock);
+        Ok(())
+    }
+}

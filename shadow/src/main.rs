@@ -1,1 +1,75 @@
-fn main() {}
+//! roost-schedd: the job queue and the shadows (see the `shadow` library).
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+/// The submit host's daemon: the persistent job queue, the CLI socket
+/// (STATEDIR/schedd.sock) and one shadow per running job.
+#[derive(Debug, Parser)]
+#[command(name = "roost-schedd", version)]
+struct Args {
+    /// Directory with the pool CA and this schedd's certificate and key.
+    #[arg(long, value_name = "DIR")]
+    pki: PathBuf,
+    /// This schedd's name (its certificate's name).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// State directory: schedd.sock (0600) and queue.db.
+    #[arg(long, value_name = "STATEDIR")]
+    dir: PathBuf,
+    /// Where starters reach the shadows (TLS).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: String,
+    /// The address sent to the matchmaker, if not --listen.
+    #[arg(long, value_name = "IP:PORT")]
+    advertise: Option<String>,
+    /// The matchmaker's address.
+    #[arg(long, value_name = "IP:PORT")]
+    matchmaker: String,
+    /// The matchmaker's certificate name.
+    #[arg(long, value_name = "NAME")]
+    matchmaker_name: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if a.log_json {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    let cfg = shadow::Config {
+        pki: a.pki,
+        name: a.name,
+        dir: a.dir,
+        listen: a.listen,
+        advertise: a.advertise,
+        matchmaker: a.matchmaker,
+        matchmaker_name: a.matchmaker_name,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let bound = shadow::Schedd::bind(cfg.clone())
+            .await
+            .with_context(|| format!("starting the schedd in {}", cfg.dir.display()))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        bound.run(shutdown).await.context("running the schedd")
+    })
+}

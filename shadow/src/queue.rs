@@ -412,6 +412,28 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Drops `claim` from whichever idle job holds it (the matchmaker
+    /// withdrew it). Returns that job.
+    pub fn drop_claim_any(&mut self, claim: &ClaimId) -> Result<Option<JobId>> {
+        let job = self
+            .db
+            .query_row(
+                "SELECT cluster, proc FROM jobs WHERE state = 'idle' AND claim = ?1",
+                params![claim.0],
+                |r| {
+                    Ok(JobId {
+                        cluster: r.get::<_, i64>(0)? as u64,
+                        proc: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(id) = job {
+            self.drop_claim(id, claim)?;
+        }
+        Ok(job)
+    }
+
     /// Idle jobs whose claim was recorded before `before` (unix seconds).
     pub fn stale_claims(&self, before: i64) -> Result<Vec<(JobId, ClaimId)>> {
         let mut st = self.db.prepare(

@@ -1,0 +1,166 @@
+//! The `roost` CLI server on `DIR/schedd.sock` (mode 0600).
+//!
+//! The peer is identified by `SO_PEERCRED`; only the schedd's own user (or
+//! root) is served, and a job's `Owner` is that user's name. Each
+//! connection may send several requests, each answered by one reply. A
+//! frame that is oversized or does not decode closes that connection only.
+
+use crate::Schedd;
+use crate::queue::QueueError;
+use proto::cli::{CliReply, CliRequest};
+use proto::frame::{read_frame_async, write_frame_async};
+use proto::{JobId, ProtoError};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Largest request frame (a job description's text), bytes.
+pub const MAX_CLI_FRAME: u32 = 4 << 20;
+
+/// Accepts CLI connections until the task is aborted.
+pub async fn serve(s: Arc<Schedd>, l: UnixListener) {
+    loop {
+        match l.accept().await {
+            Ok((stream, _)) => {
+                let id = s.next_conn();
+                let s = s.clone();
+                tokio::spawn(conn(s, stream).instrument(info_span!("cli", conn = id)));
+            }
+            Err(e) => {
+                warn!("CLI accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn conn(s: Arc<Schedd>, mut stream: UnixStream) {
+    let cred = match rustix::net::sockopt::get_socket_peercred(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("no peer credentials on the CLI socket ({e}); closing");
+            return;
+        }
+    };
+    let uid = cred.uid.as_raw();
+    let me = rustix::process::geteuid().as_raw();
+    if uid != me && uid != 0 {
+        warn!(uid, "a user other than the schedd's own connected; refused");
+        let reply = CliReply::Error {
+            message: format!("uid {uid} may not use this schedd"),
+        };
+        let _ = write_frame_async(&mut stream, &reply).await;
+        return;
+    }
+    let owner = crate::users::name_of(uid);
+    loop {
+        let req: CliRequest = match read_frame_async(&mut stream, MAX_CLI_FRAME).await {
+            Ok(r) => r,
+            Err(ProtoError::Closed) => return,
+            Err(e) => {
+                warn!(uid, "bad CLI frame, closing the connection: {e}");
+                return;
+            }
+        };
+        debug!(?req, "request");
+        let reply = handle(&s, &owner, req).await;
+        if let Err(e) = write_frame_async(&mut stream, &reply).await {
+            debug!("CLI client went away: {e}");
+            return;
+        }
+    }
+}
+
+fn error(e: impl std::fmt::Display) -> CliReply {
+    CliReply::Error {
+        message: e.to_string(),
+    }
+}
+
+fn queue_error(e: QueueError) -> CliReply {
+    warn!("queue error: {}", chain(&e));
+    CliReply::Error { message: chain(&e) }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
+    match req {
+        CliRequest::Ping => CliReply::Pong,
+        CliRequest::Submit { file, text, cwd } => {
+            if !Path::new(&cwd).is_absolute() {
+                return error(format!(
+                    "{file}: the submit directory `{cwd}` is not absolute"
+                ));
+            }
+            let desc = match policies::jobfile::parse(&file, &text, Path::new(&cwd)) {
+                Ok(d) => d,
+                Err(e) => return error(e),
+            };
+            let owner2 = owner.to_string();
+            let file2 = file.clone();
+            let r = s
+                .db(move |q| {
+                    q.submit(&owner2, &file2, |cluster| {
+                        desc.expand(cluster).map_err(|e| e.to_string())
+                    })
+                })
+                .await;
+            match r {
+                Ok(jobs) => {
+                    info!(owner, file, first = %jobs[0], count = jobs.len(), "submitted");
+                    s.changed.notify_one();
+                    CliReply::Submitted { jobs }
+                }
+                Err(QueueError::Rejected(m)) => CliReply::Error { message: m },
+                Err(e) => queue_error(e),
+            }
+        }
+        CliRequest::Queue { all } => match s.db(move |q| q.list(all)).await {
+            Ok(jobs) => CliReply::Queue { jobs },
+            Err(e) => queue_error(e),
+        },
+        CliRequest::Log { job } => match s.db(move |q| q.log(job)).await {
+            Ok(Some(lines)) => CliReply::Log { lines },
+            Ok(None) => error(format!("no job {job} in this schedd's queue")),
+            Err(e) => queue_error(e),
+        },
+        CliRequest::Remove { jobs } => {
+            let by = owner.to_string();
+            let ids: Vec<JobId> = jobs.clone();
+            match s.db(move |q| q.remove(&ids, &by)).await {
+                Ok((removed, not_found)) => {
+                    for r in &removed {
+                        let _g = info_span!("job", job = %r.id).entered();
+                        info!(by = owner, was_running = r.was_running, "removed");
+                        if r.was_running {
+                            s.end_shadow(r.id);
+                        }
+                        if let Some(c) = &r.claim {
+                            s.release(c.clone());
+                        }
+                    }
+                    if !removed.is_empty() {
+                        s.changed.notify_one();
+                    }
+                    CliReply::Removed {
+                        jobs: removed.into_iter().map(|r| r.id).collect(),
+                        not_found,
+                    }
+                }
+                Err(e) => queue_error(e),
+            }
+        }
+    }
+}

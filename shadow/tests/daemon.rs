@@ -1,0 +1,852 @@
+//! The schedd in-process: the CLI socket, the shadow port and the
+//! matchmaker client, driven with real frames over real sockets.
+
+use proto::cli::{CliReply, CliRequest};
+use proto::fileop::{FileOp, FileReply};
+use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
+use proto::job::{ExitStatus, JobState, Usage};
+use proto::pool::{FromMatchmaker, Match, ToMatchmaker};
+use proto::shadow::{FromShadow, ToShadow};
+use proto::tls::Identity;
+use proto::{ClaimId, HostName, JobId};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Pool {
+    tmp: tempfile::TempDir,
+    pki: PathBuf,
+    sock: PathBuf,
+    shadow: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+    async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+fn pki(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    proto::tls::init_ca(&pki, "test").unwrap();
+    proto::tls::issue(&pki, "submit", "schedd", &[]).unwrap();
+    proto::tls::issue(&pki, "cm", "matchmaker", &[]).unwrap();
+    proto::tls::issue(&pki, "exec1", "ownerd", &[]).unwrap();
+    proto::tls::issue(&pki, "exec2", "ownerd", &[]).unwrap();
+    proto::tls::issue(&pki, "alice", "user", &[]).unwrap();
+    pki
+}
+
+/// Starts a schedd on a temp dir; `mm` is the matchmaker address.
+async fn start(mm: Option<String>) -> Pool {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    start_in(tmp, pki, mm).await
+}
+
+async fn start_in(tmp: tempfile::TempDir, pki: PathBuf, mm: Option<String>) -> Pool {
+    let cfg = shadow::Config {
+        pki: pki.clone(),
+        name: "submit".into(),
+        dir: tmp.path().join("submit"),
+        listen: "127.0.0.1:0".into(),
+        advertise: None,
+        // Port 1 refuses: the client keeps retrying in the background.
+        matchmaker: mm.unwrap_or_else(|| "127.0.0.1:1".into()),
+        matchmaker_name: "cm".into(),
+    };
+    let bound = shadow::Schedd::bind(cfg).await.unwrap();
+    let sock = bound.sock().to_path_buf();
+    let shadow = bound.shadow_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        bound
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    Pool {
+        tmp,
+        pki,
+        sock,
+        shadow,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+async fn cli(sock: &Path, req: &CliRequest) -> CliReply {
+    let mut s = UnixStream::connect(sock).await.unwrap();
+    write_frame_async(&mut s, req).await.unwrap();
+    tokio::time::timeout(T, read_frame_async(&mut s, MAX_FRAME))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn submit(p: &Pool, text: &str) -> Vec<JobId> {
+    let req = CliRequest::Submit {
+        file: "job.toml".into(),
+        text: text.into(),
+        cwd: p.dir().join("work").display().to_string(),
+    };
+    match cli(&p.sock, &req).await {
+        CliReply::Submitted { jobs } => jobs,
+        r => panic!("submit: {r:?}"),
+    }
+}
+
+async fn queue(p: &Pool, all: bool) -> Vec<proto::job::JobSummary> {
+    match cli(&p.sock, &CliRequest::Queue { all }).await {
+        CliReply::Queue { jobs } => jobs,
+        r => panic!("queue: {r:?}"),
+    }
+}
+
+async fn log(p: &Pool, job: JobId) -> Vec<Value> {
+    match cli(&p.sock, &CliRequest::Log { job }).await {
+        CliReply::Log { lines } => lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        r => panic!("log: {r:?}"),
+    }
+}
+
+fn events(v: &[Value]) -> Vec<String> {
+    v.iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn me() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+fn workdir(p: &Pool) -> PathBuf {
+    let w = p.dir().join("work");
+    std::fs::create_dir_all(&w).unwrap();
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_submit_queue_remove_log_over_the_socket() {
+    let mut p = start(None).await;
+    workdir(&p);
+    let mode = std::fs::metadata(&p.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(cli(&p.sock, &CliRequest::Ping).await, CliReply::Pong);
+
+    let ids = submit(&p, "executable = \"prog\"\narguments = \"x $(Process)\"\noutput = \"out.$(Process)\"\nqueue = 2\n").await;
+    assert_eq!(
+        ids,
+        vec![
+            JobId {
+                cluster: 1,
+                proc: 0
+            },
+            JobId {
+                cluster: 1,
+                proc: 1
+            }
+        ]
+    );
+    let q = queue(&p, false).await;
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[1].arguments, vec!["x".to_string(), "1".to_string()]);
+    assert_eq!(q[0].state, JobState::Idle);
+    assert_eq!(q[0].owner, me());
+
+    // A bad description names the file, the line and the key; nothing is queued.
+    let bad = CliRequest::Submit {
+        file: "bad.toml".into(),
+        text: "executable = \"p\"\nbogus_key = 3\n".into(),
+        cwd: workdir(&p).display().to_string(),
+    };
+    match cli(&p.sock, &bad).await {
+        CliReply::Error { message } => {
+            assert!(message.contains("bad.toml"), "{message}");
+            assert!(message.contains('2'), "{message}");
+            assert!(message.contains("bogus_key"), "{message}");
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(queue(&p, true).await.len(), 2);
+
+    let gone = JobId {
+        cluster: 9,
+        proc: 0,
+    };
+    match cli(
+        &p.sock,
+        &CliRequest::Remove {
+            jobs: vec![ids[0], gone],
+        },
+    )
+    .await
+    {
+        CliReply::Removed { jobs, not_found } => {
+            assert_eq!(jobs, vec![ids[0]]);
+            assert_eq!(not_found, vec![gone]);
+        }
+        r => panic!("{r:?}"),
+    }
+    let q = queue(&p, false).await;
+    assert_eq!(q.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[1]]);
+    let all = queue(&p, true).await;
+    assert_eq!(all[0].state, JobState::Removed);
+    let l = log(&p, ids[0]).await;
+    assert_eq!(events(&l), ["submitted", "removed"]);
+    assert_eq!(l[0]["job"], "1.0");
+    match cli(&p.sock, &CliRequest::Log { job: gone }).await {
+        CliReply::Error { message } => assert!(message.contains("9.0"), "{message}"),
+        r => panic!("{r:?}"),
+    }
+
+    // Several requests on one connection.
+    let mut s = UnixStream::connect(&p.sock).await.unwrap();
+    for _ in 0..3 {
+        write_frame_async(&mut s, &CliRequest::Ping).await.unwrap();
+        let r: CliReply = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+        assert_eq!(r, CliReply::Pong);
+    }
+    p.stop().await;
+    assert!(!p.sock.exists(), "the socket is removed on shutdown");
+}
+
+/// Whether the peer closes the connection (after at most a TLS alert).
+async fn closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
+    let mut b = [0u8; 64];
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(T, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(n)) if seen + n <= 64 => seen += n,
+            Ok(Ok(_)) | Err(_) => return false,
+        }
+    }
+}
+
+async fn tls_to(p: &Pool, name: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let id = Identity::load(&p.pki, name).unwrap();
+    let tcp = TcpStream::connect(p.shadow).await.unwrap();
+    id.connector()
+        .connect(proto::tls::server_name("submit").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_their_connection() {
+    let p = start(None).await;
+    // A client that stays connected throughout.
+    let mut good = UnixStream::connect(&p.sock).await.unwrap();
+
+    let mut garbage = UnixStream::connect(&p.sock).await.unwrap();
+    garbage
+        .write_all(&[3, 0, 0, 0, proto::FRAME_VERSION, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert!(
+        closed(&mut garbage).await,
+        "garbage frame closes the CLI connection"
+    );
+
+    let mut big = UnixStream::connect(&p.sock).await.unwrap();
+    big.write_all(&(MAX_FRAME + 1).to_le_bytes()).await.unwrap();
+    assert!(
+        closed(&mut big).await,
+        "oversized frame closes the CLI connection"
+    );
+
+    let mut version = UnixStream::connect(&p.sock).await.unwrap();
+    version.write_all(&[2, 0, 0, 0, 77, 0]).await.unwrap();
+    assert!(
+        closed(&mut version).await,
+        "unknown version closes the CLI connection"
+    );
+
+    write_frame_async(&mut good, &CliRequest::Ping)
+        .await
+        .unwrap();
+    let r: CliReply = read_frame_async(&mut good, MAX_FRAME).await.unwrap();
+    assert_eq!(r, CliReply::Pong);
+
+    // The shadow port: a plaintext client fails the TLS handshake.
+    let mut plain = TcpStream::connect(p.shadow).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(
+        closed(&mut plain).await,
+        "a failed handshake closes the connection"
+    );
+
+    // A certificate from another CA is refused.
+    let other = p.dir().join("other");
+    proto::tls::init_ca(&other, "other").unwrap();
+    proto::tls::issue(&other, "exec1", "ownerd", &[]).unwrap();
+    let intruder = Identity::load(&other, "exec1").unwrap();
+    let tcp = TcpStream::connect(p.shadow).await.unwrap();
+    let r = intruder
+        .connector()
+        .connect(proto::tls::server_name("submit").unwrap(), tcp)
+        .await;
+    if let Ok(mut t) = r {
+        assert!(closed(&mut t).await, "a foreign certificate is refused");
+    }
+
+    let mut starter_garbage = tls_to(&p, "exec1").await;
+    starter_garbage
+        .write_all(&[3, 0, 0, 0, proto::FRAME_VERSION, 0xff, 0xff])
+        .await
+        .unwrap();
+    starter_garbage.flush().await.unwrap();
+    assert!(
+        closed(&mut starter_garbage).await,
+        "garbage frame closes the shadow connection"
+    );
+
+    let mut starter_big = tls_to(&p, "exec1").await;
+    starter_big
+        .write_all(&(MAX_FRAME + 1).to_le_bytes())
+        .await
+        .unwrap();
+    starter_big.flush().await.unwrap();
+    assert!(
+        closed(&mut starter_big).await,
+        "oversized frame closes the shadow connection"
+    );
+
+    // A user certificate may not attach.
+    let mut user = tls_to(&p, "alice").await;
+    let attach = ToShadow::Attach {
+        claim: ClaimId("x".into()),
+        job: JobId {
+            cluster: 1,
+            proc: 0,
+        },
+        host: HostName("alice".into()),
+    };
+    let _ = write_frame_async(&mut user, &attach).await;
+    assert!(closed(&mut user).await);
+
+    // The shadow port still serves: an unknown claim is refused with a reason.
+    let mut starter = tls_to(&p, "exec1").await;
+    let attach = ToShadow::Attach {
+        claim: ClaimId("no-such-claim".into()),
+        job: JobId {
+            cluster: 1,
+            proc: 0,
+        },
+        host: HostName("exec1".into()),
+    };
+    write_frame_async(&mut starter, &attach).await.unwrap();
+    match read_frame_async(&mut starter, MAX_FRAME).await.unwrap() {
+        FromShadow::Refused { reason } => assert!(reason.contains("1.0"), "{reason}"),
+        r => panic!("{r:?}"),
+    }
+    // And the CLI still serves too.
+    write_frame_async(&mut good, &CliRequest::Ping)
+        .await
+        .unwrap();
+    let r: CliReply = read_frame_async(&mut good, MAX_FRAME).await.unwrap();
+    assert_eq!(r, CliReply::Pong);
+}
+
+/// A matchmaker stand-in: records what the schedd sends and lets the test
+/// push messages to it.
+struct FakeMm {
+    addr: String,
+    from_schedd: mpsc::UnboundedReceiver<ToMatchmaker>,
+    to_schedd: mpsc::UnboundedSender<FromMatchmaker>,
+}
+
+async fn fake_mm(pki: &Path) -> FakeMm {
+    let id = Identity::load(pki, "cm").unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (in_tx, from_schedd) = mpsc::unbounded_channel();
+    let (to_schedd, mut out_rx) = mpsc::unbounded_channel::<FromMatchmaker>();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let t = id.acceptor().accept(tcp).await.unwrap();
+        let (mut rd, mut wr) = tokio::io::split(t);
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                write_frame_async(&mut wr, &m).await.unwrap();
+            }
+        });
+        while let Ok(m) = read_frame_async::<_, ToMatchmaker>(&mut rd, MAX_FRAME).await {
+            if in_tx.send(m).is_err() {
+                return;
+            }
+        }
+    });
+    FakeMm {
+        addr,
+        from_schedd,
+        to_schedd,
+    }
+}
+
+impl FakeMm {
+    /// Waits for a message the predicate accepts.
+    async fn expect(&mut self, what: &str, f: impl Fn(&ToMatchmaker) -> bool) -> ToMatchmaker {
+        tokio::time::timeout(T, async {
+            loop {
+                let m = self
+                    .from_schedd
+                    .recv()
+                    .await
+                    .expect("schedd connection ended");
+                if f(&m) {
+                    return m;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {what} from the schedd"))
+    }
+
+    async fn idle_jobs(&mut self, n: usize) -> Vec<JobId> {
+        let m = self
+            .expect(
+                &format!("{n} idle jobs"),
+                |m| matches!(m, ToMatchmaker::Jobs { jobs, .. } if jobs.len() == n),
+            )
+            .await;
+        let ToMatchmaker::Jobs { jobs, schedd, .. } = m else {
+            unreachable!()
+        };
+        assert_eq!(schedd.0, "submit");
+        jobs.into_iter().map(|j| j.job).collect()
+    }
+
+    fn matched(&self, job: JobId, machine: &str, claim: &str) {
+        let m = Match {
+            job,
+            machine: HostName(machine.into()),
+            claim: ClaimId(claim.into()),
+        };
+        self.to_schedd
+            .send(FromMatchmaker::Matches(vec![m]))
+            .unwrap();
+    }
+
+    async fn released(&mut self, claim: &str) {
+        let c = ClaimId(claim.into());
+        self.expect(
+            "a release",
+            |m| matches!(m, ToMatchmaker::Release { claim } if *claim == c),
+        )
+        .await;
+    }
+}
+
+type Starter = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn attach(p: &Pool, host: &str, job: JobId, claim: &str) -> (Starter, FromShadow) {
+    let mut s = tls_to(p, host).await;
+    let m = ToShadow::Attach {
+        claim: ClaimId(claim.into()),
+        job,
+        host: HostName(host.into()),
+    };
+    write_frame_async(&mut s, &m).await.unwrap();
+    let r = tokio::time::timeout(T, read_frame_async(&mut s, MAX_FRAME))
+        .await
+        .unwrap()
+        .unwrap();
+    (s, r)
+}
+
+async fn call(s: &mut Starter, id: u64, op: FileOp) -> FileReply {
+    write_frame_async(s, &ToShadow::Call { id, op })
+        .await
+        .unwrap();
+    match read_frame_async(s, MAX_FRAME).await.unwrap() {
+        FromShadow::Reply { id: got, reply } => {
+            assert_eq!(got, id);
+            reply
+        }
+        r => panic!("{r:?}"),
+    }
+}
+
+async fn wait_state(p: &Pool, job: JobId, want: JobState) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let q = queue(p, true).await;
+        if q.iter().any(|j| j.id == job && j.state == want) {
+            return;
+        }
+        assert!(t0.elapsed() < T, "job {job} never became {want:?}: {q:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_through_the_shadow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), vec![7u8; 2_500_000]).unwrap();
+    std::fs::write(w.join("in.txt"), b"input bytes\n").unwrap();
+    std::fs::write(w.join("out.txt"), b"stale output that must go").unwrap();
+    std::fs::write(p.dir().join("secret"), b"private").unwrap();
+    let text =
+        "executable = \"prog\"\ninput = \"in.txt\"\noutput = \"out.txt\"\nerror = \"err.txt\"\n";
+    let job = submit(&p, text).await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+
+    // A starter with no claim, or the wrong one, is refused.
+    let (_, r) = attach(&p, "exec1", job, "guess").await;
+    assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
+    mm.matched(job, "exec1", "claim-1");
+    // Once claimed, the job is no longer offered.
+    assert_eq!(mm.idle_jobs(0).await, Vec::<JobId>::new());
+    // A different host with the right claim but a certificate for another name.
+    let mut s = tls_to(&p, "exec2").await;
+    let m = ToShadow::Attach {
+        claim: ClaimId("claim-1".into()),
+        job,
+        host: HostName("exec1".into()),
+    };
+    write_frame_async(&mut s, &m).await.unwrap();
+    let r: FromShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+    assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
+
+    let (mut s, r) = attach(&p, "exec1", job, "claim-1").await;
+    let FromShadow::Attached(a) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(a.job, job);
+    assert_eq!(a.spec.executable, "prog");
+    assert_eq!(a.owner, me());
+    let (stdin, stdout, stderr) = (a.stdin.unwrap(), a.stdout.unwrap(), a.stderr.unwrap());
+    assert_eq!(
+        std::fs::read(w.join("out.txt")).unwrap(),
+        b"",
+        "output truncated at attach"
+    );
+    wait_state(&p, job, JobState::Running).await;
+    // The same claim cannot attach twice.
+    let (_, r) = attach(&p, "exec1", job, "claim-1").await;
+    assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
+
+    write_frame_async(&mut s, &ToShadow::FetchExecutable)
+        .await
+        .unwrap();
+    let mut exe = Vec::new();
+    loop {
+        match read_frame_async(&mut s, MAX_FRAME).await.unwrap() {
+            FromShadow::ExecChunk { data, last } => {
+                assert!(data.len() <= 1 << 20);
+                exe.extend_from_slice(&data);
+                if last {
+                    break;
+                }
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(exe, vec![7u8; 2_500_000]);
+
+    write_frame_async(&mut s, &ToShadow::Started { pid: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&mut s, 1, FileOp::Read { h: stdin, len: 5 }).await,
+        FileReply::Data(b"input".to_vec())
+    );
+    write_frame_async(
+        &mut s,
+        &ToShadow::Write {
+            h: stdout,
+            data: b"hello ".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    write_frame_async(
+        &mut s,
+        &ToShadow::Write {
+            h: stdout,
+            data: b"world\n".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    write_frame_async(
+        &mut s,
+        &ToShadow::Write {
+            h: stderr,
+            data: b"warn\n".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    // A write to a handle that is not open comes back as WriteFailed.
+    write_frame_async(
+        &mut s,
+        &ToShadow::Write {
+            h: proto::Handle(999),
+            data: b"x".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    match read_frame_async(&mut s, MAX_FRAME).await.unwrap() {
+        FromShadow::WriteFailed { h, errno } => assert_eq!((h.0, errno), (999, libc::EBADF)),
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(call(&mut s, 2, FileOp::Barrier).await, FileReply::Ok);
+    assert_eq!(std::fs::read(w.join("out.txt")).unwrap(), b"hello world\n");
+    // The job's escapes are refused; the job goes on.
+    let esc = FileOp::Open {
+        at: None,
+        path: b"../secret".to_vec(),
+        flags: libc::O_RDONLY,
+        mode: 0,
+    };
+    assert_eq!(call(&mut s, 3, esc).await, FileReply::Err(libc::EACCES));
+    let FileReply::Opened { h, .. } = call(
+        &mut s,
+        4,
+        FileOp::Open {
+            at: None,
+            path: b"new.txt".to_vec(),
+            flags: libc::O_WRONLY | libc::O_CREAT,
+            mode: 0o644,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        call(
+            &mut s,
+            5,
+            FileOp::Write {
+                h,
+                data: b"12345".to_vec()
+            }
+        )
+        .await,
+        FileReply::Count(5)
+    );
+
+    let usage = Usage {
+        wall_secs: 2.0,
+        user_cpu_secs: 0.5,
+        sys_cpu_secs: 0.25,
+        bytes_read: 0,
+        bytes_written: 0,
+    };
+    write_frame_async(
+        &mut s,
+        &ToShadow::Exited {
+            status: ExitStatus::Code(0),
+            usage,
+        },
+    )
+    .await
+    .unwrap();
+    let r: FromShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+    assert_eq!(r, FromShadow::Done);
+    mm.released("claim-1").await;
+
+    assert_eq!(std::fs::read(w.join("err.txt")).unwrap(), b"warn\n");
+    assert_eq!(std::fs::read(w.join("new.txt")).unwrap(), b"12345");
+    let q = queue(&p, true).await;
+    assert_eq!(
+        (q[0].state, q[0].exit, q[0].runs),
+        (JobState::Completed, Some(ExitStatus::Code(0)), 1)
+    );
+    assert_eq!(q[0].host.as_ref().unwrap().0, "exec1");
+    let l = log(&p, job).await;
+    let names = events(&l);
+    assert_eq!(names, ["submitted", "matched", "executing", "completed"]);
+    assert_eq!(l[2]["host"], "exec1");
+    let done = &l[3];
+    assert_eq!(done["exit_code"], 0);
+    assert_eq!(done["wall_secs"], 2.0);
+    assert_eq!(done["cpu_secs"], 0.75);
+    assert_eq!(done["bytes_read"], 5);
+    assert_eq!(done["bytes_written"], 12 + 5 + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_starter_requeues_and_removal_ends_the_shadow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"#!/bin/sh\n").unwrap();
+    let job = submit(&p, "executable = \"prog\"\noutput = \"out\"\n").await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "c1");
+    let (s, r) = attach(&p, "exec1", job, "c1").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    wait_state(&p, job, JobState::Running).await;
+    drop(s);
+    wait_state(&p, job, JobState::Idle).await;
+    mm.released("c1").await;
+    let l = log(&p, job).await;
+    assert_eq!(events(&l), ["submitted", "matched", "executing", "evicted"]);
+    assert!(
+        l[3]["reason"].as_str().unwrap().contains("closed"),
+        "{}",
+        l[3]
+    );
+
+    // Matched again; this time the user removes it while it runs.
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec2", "c2");
+    let (mut s, r) = attach(&p, "exec2", job, "c2").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    wait_state(&p, job, JobState::Running).await;
+    match cli(&p.sock, &CliRequest::Remove { jobs: vec![job] }).await {
+        CliReply::Removed { jobs, .. } => assert_eq!(jobs, vec![job]),
+        r => panic!("{r:?}"),
+    }
+    assert!(closed(&mut s).await, "the starter's connection is closed");
+    mm.released("c2").await;
+    let q = queue(&p, true).await;
+    assert_eq!(q[0].state, JobState::Removed);
+    assert_eq!(q[0].runs, 2);
+    assert_eq!(events(&log(&p, job).await).last().unwrap(), "removed");
+
+    // A claim the matchmaker withdraws is dropped; a missing input holds
+    // the job after repeated failures instead of looping.
+    let job = submit(&p, "executable = \"prog\"\ninput = \"missing\"\n").await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "w1");
+    assert_eq!(mm.idle_jobs(0).await, Vec::<JobId>::new());
+    mm.to_schedd
+        .send(FromMatchmaker::Release {
+            claim: ClaimId("w1".into()),
+        })
+        .unwrap();
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    for i in 0..3 {
+        let c = format!("m{i}");
+        mm.matched(job, "exec1", &c);
+        let t0 = std::time::Instant::now();
+        loop {
+            let (_, r) = attach(&p, "exec1", job, &c).await;
+            let FromShadow::Refused { reason } = r else {
+                panic!("{r:?}")
+            };
+            if reason.contains("missing") {
+                break;
+            }
+            assert!(t0.elapsed() < T, "{reason}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    wait_state(&p, job, JobState::Held).await;
+    let l = log(&p, job).await;
+    assert_eq!(events(&l).last().unwrap(), "held");
+}
+
+#[test]
+fn kill_9_loses_no_submitted_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let dir = tmp.path().join("submit");
+    std::fs::create_dir_all(tmp.path().join("work")).unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_roost-schedd"))
+            .args([
+                "--pki",
+                pki.to_str().unwrap(),
+                "--name",
+                "submit",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--matchmaker",
+                "127.0.0.1:1",
+                "--matchmaker-name",
+                "cm",
+            ])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let sock = dir.join("schedd.sock");
+    let request = |req: &CliRequest| -> Option<CliReply> {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        proto::frame::write_frame(&mut s, req).ok()?;
+        proto::frame::read_frame(&mut s, MAX_FRAME).ok()
+    };
+    let ready = |_: ()| {
+        let t0 = std::time::Instant::now();
+        while request(&CliRequest::Ping) != Some(CliReply::Pong) {
+            assert!(t0.elapsed() < T, "schedd did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut child = spawn();
+    ready(());
+    let req = CliRequest::Submit {
+        file: "j.toml".into(),
+        text: "executable = \"p\"\nqueue = 3\n".into(),
+        cwd: tmp.path().join("work").display().to_string(),
+    };
+    let Some(CliReply::Submitted { jobs }) = request(&req) else {
+        panic!()
+    };
+    assert_eq!(jobs.len(), 3);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut child = spawn();
+    ready(());
+    let Some(CliReply::Queue { jobs: q }) = request(&CliRequest::Queue { all: true }) else {
+        panic!()
+    };
+    assert_eq!(q.iter().map(|j| j.id).collect::<Vec<_>>(), jobs);
+    assert!(q.iter().all(|j| j.state == JobState::Idle));
+    // SIGTERM ends it cleanly.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::Term,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+}
