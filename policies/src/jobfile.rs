@@ -864,7 +864,7 @@ impl Parser<'_> {
             let attr = match &value.kind {
                 Kind::Str(_) => Attr::Str(self.text(&key, value)?),
                 Kind::Int(i) => Attr::Literal(i.to_string()),
-                Kind::Float(f) if f.is_finite() => Attr::Literal(real_literal(*f)),
+                Kind::Float(f) if f.is_finite() => Attr::Literal(crate::expr::real_literal(*f)),
                 Kind::Bool(b) => Attr::Literal(b.to_string()),
                 _ => {
                     return Err(self.bad(
@@ -1019,32 +1019,9 @@ fn check_macro_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A real number as expression text that reads back as a real.
-pub(crate) fn real_literal(f: f64) -> String {
-    let s = format!("{f:?}");
-    if s.contains(['.', 'e', 'E']) {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
-
 /// A string as an expression-language string literal.
 pub(crate) fn quote_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::expr::Value::Str(s.to_string()).to_string()
 }
 
 /// Splits a command line into words, shell-style: whitespace separates,

@@ -4,9 +4,15 @@
 //! the file, the line and column, and the key that is wrong.
 #![forbid(unsafe_code)]
 
+pub mod ad;
+pub mod expr;
 pub mod jobfile;
+pub mod matching;
 mod source;
 
+pub use ad::Ad;
+pub use expr::{Expr, ParseError, Value};
+pub use matching::{rank, requirements_hold, symmetric_match};
 pub use source::Loc;
 
 /// Everything that can be wrong with a job file, a policy file or an
@@ -33,6 +39,25 @@ pub enum PolicyError {
     /// A key that must be present is not.
     #[error("{file}: missing required key '{key}'")]
     MissingKey { file: String, key: String },
+    /// An expression-valued key whose text does not parse; `loc` is the
+    /// offending character when it can be known, else the value.
+    #[error("{loc}: key '{key}': bad expression: {}", source.message)]
+    BadExpression {
+        loc: Loc,
+        key: String,
+        #[source]
+        source: ParseError,
+    },
+    /// An ad attribute whose expression text does not parse.
+    #[error("attribute {name}: bad expression at {source}")]
+    BadAttribute {
+        name: String,
+        #[source]
+        source: ParseError,
+    },
+    /// A standalone expression that does not parse.
+    #[error("bad expression at {0}")]
+    Expression(#[from] ParseError),
     /// A `$(name)` that nothing defines.
     #[error("{loc}: key '{key}': unknown macro $({name}) (defined here: {known})")]
     UnknownMacro {

@@ -1,0 +1,248 @@
+//! Ads: case-insensitive maps from attribute names to expressions, as
+//! machines and jobs advertise themselves, with conversion from and to the
+//! wire form (`proto::pool::Ad`) and from ClassAd text.
+
+use crate::expr::{self, Expr, Value};
+use crate::{Loc, PolicyError};
+use proto::pool::AdValue;
+use std::cmp::Ordering;
+use std::fmt;
+
+/// An ad. Names keep the spelling they were inserted with and compare
+/// ignoring ASCII case.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ad {
+    /// Sorted by lower-case name, so lookups need no allocation.
+    attrs: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    key: String,
+    name: String,
+    expr: Expr,
+}
+
+fn cmp_ignore_case(a: &str, b: &str) -> Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+}
+
+impl Ad {
+    pub fn new() -> Ad {
+        Ad::default()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.attrs
+            .binary_search_by(|e| cmp_ignore_case(&e.key, name))
+    }
+
+    /// Sets `name` to `expr`, replacing any attribute of the same name
+    /// (in any case).
+    pub fn insert(&mut self, name: &str, expr: Expr) {
+        let entry = Entry {
+            key: name.to_ascii_lowercase(),
+            name: name.to_string(),
+            expr,
+        };
+        match self.find(name) {
+            Ok(i) => self.attrs[i] = entry,
+            Err(i) => self.attrs.insert(i, entry),
+        }
+    }
+
+    /// Sets `name` to a literal value.
+    pub fn set(&mut self, name: &str, value: impl Into<Value>) {
+        self.insert(name, value.into().to_expr());
+    }
+
+    /// Sets `name` to an expression given as text.
+    pub fn set_expr(&mut self, name: &str, text: &str) -> Result<(), PolicyError> {
+        let e = expr::parse(text).map_err(|source| PolicyError::BadAttribute {
+            name: name.to_string(),
+            source,
+        })?;
+        self.insert(name, e);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Expr> {
+        self.find(name).ok().map(|i| &self.attrs[i].expr)
+    }
+
+    /// The lower-case key and the expression of `name`.
+    pub(crate) fn get_entry(&self, name: &str) -> Option<(&str, &Expr)> {
+        self.find(name)
+            .ok()
+            .map(|i| (self.attrs[i].key.as_str(), &self.attrs[i].expr))
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Expr> {
+        self.find(name).ok().map(|i| self.attrs.remove(i).expr)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Attributes in order of their lower-case names, names as written.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Expr)> {
+        self.attrs.iter().map(|e| (e.name.as_str(), &e.expr))
+    }
+
+    pub fn len(&self) -> usize {
+        self.attrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attrs.is_empty()
+    }
+
+    /// The value of `MY.name` with `target` as the other ad (`undefined`
+    /// if there is no such attribute).
+    pub fn eval_attr(&self, name: &str, target: &Ad) -> Value {
+        let e = Expr::Attr {
+            scope: expr::Scope::My,
+            name: name.to_string(),
+        };
+        expr::eval(&e, self, target)
+    }
+
+    /// Reads an ad from the wire. An expression that does not parse is an
+    /// error naming the attribute.
+    pub fn from_wire(wire: &proto::pool::Ad) -> Result<Ad, PolicyError> {
+        let mut ad = Ad::new();
+        for (name, v) in wire {
+            let e = match v {
+                AdValue::Expr(text) => {
+                    expr::parse(text).map_err(|source| PolicyError::BadAttribute {
+                        name: name.clone(),
+                        source,
+                    })?
+                }
+                v => literal(v),
+            };
+            ad.insert(name, e);
+        }
+        Ok(ad)
+    }
+
+    /// Reads an ad from the wire; an expression that does not parse becomes
+    /// `error`, so one bad attribute cannot take a whole ad out of matching.
+    pub fn from_wire_lossy(wire: &proto::pool::Ad) -> Ad {
+        let mut ad = Ad::new();
+        for (name, v) in wire {
+            let e = match v {
+                AdValue::Expr(text) => expr::parse(text).unwrap_or(Expr::Lit(Value::Error)),
+                v => literal(v),
+            };
+            ad.insert(name, e);
+        }
+        ad
+    }
+
+    /// The wire form: literals as typed values, everything else as text.
+    pub fn to_wire(&self) -> proto::pool::Ad {
+        self.attrs
+            .iter()
+            .map(|e| {
+                let v = match &e.expr {
+                    Expr::Lit(Value::Int(i)) => AdValue::Int(*i),
+                    Expr::Lit(Value::Real(r)) if r.is_finite() => AdValue::Real(*r),
+                    Expr::Lit(Value::Str(s)) => AdValue::Str(s.clone()),
+                    Expr::Lit(Value::Bool(b)) => AdValue::Bool(*b),
+                    other => AdValue::Expr(other.to_string()),
+                };
+                (e.name.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Parses ClassAd text: either a new-style record `[ A = 1; B = "x" ]`
+    /// or old-style lines `A = 1`, with `#` comment lines. `file` names
+    /// the text in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Ad, PolicyError> {
+        let mut ad = Ad::new();
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('[') {
+            let attrs = expr::parse_record(text).map_err(|e| PolicyError::Syntax {
+                loc: loc_of_char(file, text, e.col),
+                message: e.message,
+            })?;
+            for (name, e) in attrs {
+                ad.insert(&name, e);
+            }
+            return Ok(ad);
+        }
+        for (n, line) in text.lines().enumerate() {
+            let body = line.trim();
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            let indent = line.chars().take_while(|c| c.is_whitespace()).count();
+            let loc = |col: usize| Loc {
+                file: file.to_string(),
+                line: n + 1,
+                col,
+            };
+            let Some((name, value)) = body.split_once('=') else {
+                return Err(PolicyError::Syntax {
+                    loc: loc(indent + 1),
+                    message: "expected NAME = EXPRESSION".into(),
+                });
+            };
+            let name = name.trim();
+            if let Err(message) = crate::jobfile::check_attr_name(name) {
+                return Err(PolicyError::Syntax {
+                    loc: loc(indent + 1),
+                    message,
+                });
+            }
+            let value_col = indent + body.split_once('=').map_or(0, |(a, _)| a.chars().count()) + 2;
+            let e = expr::parse(value).map_err(|e| PolicyError::Syntax {
+                loc: loc(value_col + e.col - 1),
+                message: format!("attribute {name}: {}", e.message),
+            })?;
+            ad.insert(name, e);
+        }
+        Ok(ad)
+    }
+}
+
+fn literal(v: &AdValue) -> Expr {
+    Expr::Lit(match v {
+        AdValue::Int(i) => Value::Int(*i),
+        AdValue::Real(r) => Value::Real(*r),
+        AdValue::Str(s) => Value::Str(s.clone()),
+        AdValue::Bool(b) => Value::Bool(*b),
+        AdValue::Expr(_) => Value::Error,
+    })
+}
+
+/// The line and column of the `col`-th character (1-based) of `text`.
+fn loc_of_char(file: &str, text: &str, col: usize) -> Loc {
+    let offset = text
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| i);
+    crate::source::Source { file, text }.loc(offset)
+}
+
+impl TryFrom<&proto::pool::Ad> for Ad {
+    type Error = PolicyError;
+    fn try_from(wire: &proto::pool::Ad) -> Result<Ad, PolicyError> {
+        Ad::from_wire(wire)
+    }
+}
+
+/// Old-style ClassAd text: one `Name = expression` per line.
+impl fmt::Display for Ad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.attrs {
+            writeln!(f, "{} = {}", e.name, e.expr)?;
+        }
+        Ok(())
+    }
+}
