@@ -146,6 +146,23 @@ pub fn bin_dir() -> Result<PathBuf> {
         .to_path_buf())
 }
 
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCK_PATH: usize = 107;
+
+/// Fails early if the schedd's socket path would not fit a Unix socket address.
+pub fn check_sock_len(pool: &PoolDir) -> Result<()> {
+    let sock = pool.schedd_sock();
+    let len = sock.as_os_str().len();
+    if len > MAX_SOCK_PATH {
+        bail!(
+            "the schedd's socket {} would be {len} bytes long, but a Unix socket path holds at \
+             most {MAX_SOCK_PATH}; use a shorter --dir",
+            sock.display()
+        );
+    }
+    Ok(())
+}
+
 /// Fails, naming what is missing and how to build it, unless every file of
 /// [`NEEDED`] is in `dir`.
 pub fn check_bins(dir: &Path) -> Result<()> {
@@ -268,6 +285,9 @@ impl Started {
 /// and waits until the schedd answers and every execute host has reported.
 /// Progress goes to `out`.
 pub fn up(pool: &PoolDir, opts: &UpOptions, out: &mut dyn Write) -> Result<Started> {
+    let bins = bin_dir()?;
+    check_bins(&bins)?;
+    check_sock_len(pool)?;
     let mut cfg = if pool.exists() {
         let mut cfg = pool.load()?;
         let have = cfg.exec.len() as u32;
@@ -301,8 +321,6 @@ pub fn up(pool: &PoolDir, opts: &UpOptions, out: &mut dyn Write) -> Result<Start
         )?;
         cfg
     };
-    let bins = bin_dir()?;
-    check_bins(&bins)?;
 
     let all = daemons(&cfg);
     let up_already: Vec<Option<i32>> = all.iter().map(|d| running(pool, d)).collect();
@@ -783,6 +801,17 @@ mod tests {
         );
         assert_eq!(ds[2].log(&pool), Path::new("/p/exec1/ownerd.log"));
         assert_eq!(ds[1].pid_file(&pool), Path::new("/p/submit/schedd.pid"));
+    }
+
+    #[test]
+    fn a_pool_too_deep_for_a_unix_socket_is_refused() {
+        let deep = PoolDir::new(&Path::new("/").join("d".repeat(100))).unwrap();
+        let e = check_sock_len(&deep).unwrap_err().to_string();
+        assert!(
+            e.contains("120 bytes long") && e.contains("use a shorter --dir"),
+            "{e}"
+        );
+        check_sock_len(&PoolDir::new(Path::new("/tmp/p")).unwrap()).unwrap();
     }
 
     #[test]
