@@ -374,16 +374,6 @@ impl State {
             let Some(entry) = self.machines.get_mut(&m.name) else {
                 continue;
             };
-            let push = FromMatchmaker::Claim {
-                claim: claim.clone(),
-                job: j.ad.job,
-                schedd: j.schedd.clone(),
-                addr: j.addr.clone(),
-            };
-            if let Err(e) = entry.tx.try_send(push) {
-                warn!(machine = %m.name, "cannot push a claim to the machine ({e}); not matched");
-                continue;
-            }
             entry.claim = Some(claim.clone());
             info!(job = %j.ad.job, owner = %j.ad.owner, schedd = %j.schedd, machine = %m.name, claim = %claim, "matched");
             self.claims.insert(
@@ -408,16 +398,53 @@ impl State {
                 .entry(j.schedd.clone())
                 .or_default()
                 .push(mt.clone());
-            made.push(mt);
+            made.push((mt, j.schedd.clone(), j.addr.clone()));
         }
+        // The schedd hears of its claims before any starter can attach with one.
+        let mut unsent = HashSet::new();
         for (schedd, matches) in per_schedd {
-            if let Some(s) = self.schedds.get(&schedd)
-                && let Err(e) = s.tx.try_send(FromMatchmaker::Matches(matches))
-            {
-                warn!(schedd = %schedd, "cannot send matches to the schedd: {e}");
+            let sent = self
+                .schedds
+                .get(&schedd)
+                .map(|s| s.tx.try_send(FromMatchmaker::Matches(matches)));
+            if let Some(Err(e)) = sent {
+                warn!(schedd = %schedd, "cannot send matches to the schedd ({e}); withdrawing them");
+                unsent.insert(schedd);
             }
         }
-        made
+        let mut out = Vec::with_capacity(made.len());
+        for (mt, schedd, addr) in made {
+            if unsent.contains(&schedd) {
+                self.end_claim(
+                    &mt.claim,
+                    "the schedd did not take the match",
+                    false,
+                    false,
+                    now,
+                );
+                continue;
+            }
+            let push = FromMatchmaker::Claim {
+                claim: mt.claim.clone(),
+                job: mt.job,
+                schedd,
+                addr,
+            };
+            let pushed = self.machines.get(&mt.machine).map(|m| m.tx.try_send(push));
+            if let Some(Err(e)) = pushed {
+                warn!(machine = %mt.machine, "cannot push the claim to the machine ({e}); withdrawing it");
+                self.end_claim(
+                    &mt.claim,
+                    "the machine did not take the claim",
+                    false,
+                    true,
+                    now,
+                );
+                continue;
+            }
+            out.push(mt);
+        }
+        out
     }
 }
 
@@ -904,6 +931,37 @@ mod tests {
             drain(&mut p.sch_rx),
             vec![FromMatchmaker::Release { claim }]
         );
+    }
+
+    #[test]
+    fn schedd_hears_first_and_a_claim_the_machine_cannot_take_is_withdrawn() {
+        let (own_tx, mut own_rx) = mpsc::channel(1);
+        let (sch_tx, mut sch_rx) = mpsc::channel(16);
+        let mut st = State::new(Box::new(OldestFirst));
+        let t0 = Instant::now();
+        st.machine_ad(1, &own_tx, ad("exec1", "Unclaimed", None), t0);
+        // The ownerd does not read: its outbox is full.
+        own_tx.try_send(FromMatchmaker::Ack).unwrap();
+        st.jobs(
+            2,
+            &sch_tx,
+            HostName("submit".into()),
+            "a".into(),
+            vec![job(1)],
+        );
+        assert!(st.cycle(t0).is_empty());
+        let got = drain(&mut sch_rx);
+        let [
+            FromMatchmaker::Matches(ms),
+            FromMatchmaker::Release { claim },
+        ] = &got[..]
+        else {
+            panic!("expected Matches then Release, got {got:?}")
+        };
+        assert_eq!(&ms[0].claim, claim);
+        assert_eq!(drain(&mut own_rx), vec![FromMatchmaker::Ack]);
+        assert!(st.claims.is_empty());
+        assert_eq!(st.status()[0].state, "Unclaimed");
     }
 
     #[test]

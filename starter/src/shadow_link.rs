@@ -93,7 +93,7 @@ impl Shared {
     fn fail(&self, why: String) {
         let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
         if d.is_none() {
-            warn!("link to the shadow down: {why}");
+            debug!("link to the shadow down: {why}");
             *d = Some(why);
         }
         drop(d);

@@ -11,10 +11,14 @@ use clap::Parser;
 use proto::shadow::Attached;
 use proto::{ClaimId, HostName, JobId};
 use starter::job::{JobLaunch, run_job};
-use starter::shadow_link::ShadowLink;
+use starter::shadow_link::{LinkError, ShadowLink};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use tracing::{Instrument, error, info, info_span, warn};
+
+/// How long the starter keeps trying to attach to the shadow.
+const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs one claimed job on this host for its shadow on the submit host.
 #[derive(Parser, Debug)]
@@ -80,15 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.pki.display()
         )
     })?;
-    let mut link = ShadowLink::connect(&id, &args.schedd_name, &args.schedd_addr).await?;
-    let attached = link
-        .attach(
-            ClaimId(args.claim.clone()),
-            args.job,
-            HostName(args.name.clone()),
-        )
-        .await
-        .context("attaching to the shadow")?;
+    let (mut link, attached) = attach(&id, &args).await?;
     info!(executable = %attached.spec.executable, owner = %attached.owner, "attached");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -124,6 +120,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             link.close().await;
             Err(e)
+        }
+    }
+}
+
+/// Connects and attaches, retrying for [`ATTACH_PATIENCE`]: the claim can
+/// reach this host before the schedd has recorded the match.
+async fn attach(id: &proto::tls::Identity, args: &Args) -> anyhow::Result<(ShadowLink, Attached)> {
+    let give_up = tokio::time::Instant::now() + ATTACH_PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let r = async {
+            let mut link = ShadowLink::connect(id, &args.schedd_name, &args.schedd_addr).await?;
+            let claim = ClaimId(args.claim.clone());
+            let a = link
+                .attach(claim, args.job, HostName(args.name.clone()))
+                .await?;
+            Ok::<_, LinkError>((link, a))
+        }
+        .await;
+        match r {
+            Ok(done) => return Ok(done),
+            Err(e @ (LinkError::Refused(_) | LinkError::Connect { .. } | LinkError::Closed(_)))
+                if tokio::time::Instant::now() + wait < give_up =>
+            {
+                info!("cannot attach yet ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("attaching to the shadow")),
         }
     }
 }
@@ -242,7 +267,12 @@ mod tests {
 
     /// Runs the starter against a fake shadow that attaches `spec` (stdout
     /// handle 1, stderr handle 2) and ships `exe` if asked.
-    async fn run_against(spec: JobSpec, exe: &'static [u8]) -> (anyhow::Result<()>, Seen, PathBuf) {
+    /// The shadow refuses the first `refusals` attaches ("no claim yet").
+    async fn run_against(
+        spec: JobSpec,
+        exe: &'static [u8],
+        refusals: usize,
+    ) -> (anyhow::Result<()>, Seen, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let pki = d.path().join("pki");
         init_ca(&pki, "t").unwrap();
@@ -254,6 +284,15 @@ mod tests {
         let scratch = d.path().join("scratch").join("4.2-c0ffee00");
         let scratch2 = scratch.clone();
         let shadow = tokio::spawn(async move {
+            for _ in 0..refusals {
+                let (s, _) = l.accept().await.unwrap();
+                let mut s = acc.accept(s).await.unwrap();
+                let _: ToShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+                let no = FromShadow::Refused {
+                    reason: "no claim c0ffee00… for job 4.2".into(),
+                };
+                write_frame_async(&mut s, &no).await.unwrap();
+            }
             let (s, _) = l.accept().await.unwrap();
             let mut s = acc.accept(s).await.unwrap();
             let mut seen = Seen::default();
@@ -334,7 +373,7 @@ mod tests {
                 "echo $GREETING from $0 in $(basename $PWD); echo oops >&2; exit 7",
             ],
         );
-        let (r, seen, scratch) = run_against(s, b"").await;
+        let (r, seen, scratch) = run_against(s, b"", 0).await;
         r.unwrap();
         assert_eq!(text(&seen, 1), "hello from sh in 4.2-c0ffee00\n");
         assert_eq!(text(&seen, 2), "oops\n");
@@ -359,9 +398,11 @@ mod tests {
     #[tokio::test]
     async fn runs_a_shipped_executable_from_the_scratch_directory() {
         let s = spec("bin/greet.sh", true, &["world"]);
+        // The schedd has not recorded the match for the first two attaches.
         let (r, seen, scratch) = run_against(
             s,
             b"#!/bin/sh\necho \"$(basename \"$0\") $1\"; ls -l \"$0\" | cut -c1-10\n",
+            2,
         )
         .await;
         r.unwrap();
@@ -382,7 +423,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_reported_as_failed() {
-        let (r, seen, scratch) = run_against(spec("/nonexistent/prog", false, &[]), b"").await;
+        let (r, seen, scratch) = run_against(spec("/nonexistent/prog", false, &[]), b"", 0).await;
         let e = format!("{:#}", r.unwrap_err());
         assert!(e.contains("/nonexistent/prog"), "{e}");
         match seen.end {
