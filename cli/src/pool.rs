@@ -56,12 +56,13 @@ pub struct PoolDir {
 }
 
 impl PoolDir {
-    /// `root` is made absolute (against the current directory) so that the
-    /// daemons, which are started elsewhere, get absolute paths.
+    /// `root` is made absolute and canonical (symlinks and `..` resolved as
+    /// far as it exists), so the daemons, started elsewhere, get absolute
+    /// paths and every spelling of one pool gives the same paths.
     pub fn new(root: &Path) -> Result<PoolDir> {
-        let root = std::path::absolute(root)
-            .with_context(|| format!("cannot make {} an absolute path", root.display()))?;
-        Ok(PoolDir { root })
+        Ok(PoolDir {
+            root: resolve(root)?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -116,6 +117,40 @@ impl PoolDir {
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     }
+}
+
+/// `path` made absolute, with its longest existing ancestor canonicalized
+/// and the rest (which does not exist yet) normalized lexically.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("cannot make {} an absolute path", path.display()))?;
+    let mut base = abs.as_path();
+    let mut rest = Vec::new();
+    let canon = loop {
+        match base.canonicalize() {
+            Ok(c) => break c,
+            Err(_) => match (base.parent(), base.components().next_back()) {
+                (Some(parent), Some(last)) => {
+                    rest.push(last.as_os_str().to_os_string());
+                    base = parent;
+                }
+                // The root itself: nothing further to resolve.
+                _ => break base.to_path_buf(),
+            },
+        }
+    };
+    let mut out = canon;
+    for name in rest.iter().rev() {
+        match Path::new(name).components().next() {
+            Some(Component::ParentDir) => {
+                out.pop();
+            }
+            Some(Component::CurDir) | None => {}
+            _ => out.push(name),
+        }
+    }
+    Ok(out)
 }
 
 /// Picks `n` distinct free TCP ports on 127.0.0.1 (held together while
@@ -234,6 +269,27 @@ mod tests {
         assert_eq!(toml::from_str::<PoolConfig>(&text).unwrap(), cfg);
         let with_extra = format!("{text}\n[netns]\ncm = \"ns-cm\"\n");
         assert_eq!(toml::from_str::<PoolConfig>(&with_extra).unwrap(), cfg);
+    }
+
+    #[test]
+    fn every_spelling_of_a_pool_gives_the_same_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("a")).unwrap();
+        std::os::unix::fs::symlink(real.join("a"), real.join("link")).unwrap();
+        let want = real.join("a").join("pool");
+        for spelling in [
+            "a/pool",
+            "link/pool",
+            "a/../a/pool",
+            "a/x/../pool",
+            "./a/./pool",
+        ] {
+            let got = PoolDir::new(&real.join(spelling)).unwrap();
+            assert_eq!(got.root(), want, "{spelling}");
+        }
+        std::fs::create_dir(&want).unwrap();
+        assert_eq!(PoolDir::new(&real.join("link/pool")).unwrap().root(), want);
     }
 
     #[test]
