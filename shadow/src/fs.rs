@@ -135,25 +135,6 @@ struct AtName {
     name: Vec<u8>,
 }
 
-/// A `F_SETLKW`-style call that may block, split off so an async caller can
-/// run it on a blocking thread. It holds its own reference to the open file
-/// description, so the lock belongs to the job's handle.
-#[derive(Debug)]
-pub struct BlockingLock {
-    fd: OwnedFd,
-    lock: Flock,
-}
-
-impl BlockingLock {
-    /// Waits for the lock and takes it.
-    pub fn run(self) -> FileReply {
-        match set_lock(self.fd.as_fd(), libc::F_OFD_SETLKW, &self.lock) {
-            Ok(()) => FileReply::Ok,
-            Err(e) => FileReply::Err(e),
-        }
-    }
-}
-
 fn to_libc_flock(l: &Flock) -> libc::flock {
     libc::flock {
         l_type: l.typ,
@@ -203,6 +184,22 @@ fn ofd_cmd(cmd: i32) -> Option<i32> {
         libc::F_SETLKW | libc::F_OFD_SETLKW => libc::F_OFD_SETLKW,
         _ => return None,
     })
+}
+
+/// If `op` is a lock request that waits (`F_SETLKW`, `F_OFD_SETLKW`), the
+/// same request without waiting (it fails with `EAGAIN` while the range is
+/// locked), so an async caller can retry it without tying up a thread.
+pub fn nonblocking_lock(op: &FileOp) -> Option<FileOp> {
+    match op {
+        FileOp::Lock { h, cmd, lock } if ofd_cmd(*cmd) == Some(libc::F_OFD_SETLKW) => {
+            Some(FileOp::Lock {
+                h: *h,
+                cmd: libc::F_OFD_SETLK,
+                lock: *lock,
+            })
+        }
+        _ => None,
+    }
 }
 
 fn proc_fd(fd: BorrowedFd<'_>) -> String {
@@ -458,25 +455,6 @@ impl JobFs {
         }
         self.written += done as u64;
         Ok(done as u64)
-    }
-
-    /// If `op` is a lock request that may block, the part to run on a
-    /// thread that may block; [`JobFs::call`] would otherwise wait inline.
-    pub fn blocking_lock(&self, op: &FileOp) -> Option<Result<BlockingLock, Errno>> {
-        let FileOp::Lock { h, cmd, lock } = op else {
-            return None;
-        };
-        if ofd_cmd(*cmd) != Some(libc::F_OFD_SETLKW) {
-            return None;
-        }
-        Some(
-            self.fd(*h)
-                .and_then(|fd| {
-                    fd.try_clone_to_owned()
-                        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-                })
-                .map(|fd| BlockingLock { fd, lock: *lock }),
-        )
     }
 
     /// Executes one call.

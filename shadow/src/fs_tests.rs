@@ -718,14 +718,39 @@ fn record_locks_conflict_between_handles() {
         panic!()
     };
     assert_eq!(got.typ, libc::F_UNLCK as i16);
-    // The blocking form is split off and succeeds once the lock is free.
-    let op = FileOp::Lock {
+    // The waiting form has a non-waiting twin for async callers.
+    let wait = FileOp::Lock {
         h: b,
         cmd: libc::F_SETLKW,
         lock: wr,
     };
-    let blocking = t.fs.blocking_lock(&op).unwrap().unwrap();
-    assert_eq!(blocking.run(), FileReply::Ok);
+    let try_op = nonblocking_lock(&wait).unwrap();
+    assert_eq!(
+        try_op,
+        FileOp::Lock {
+            h: b,
+            cmd: libc::F_OFD_SETLK,
+            lock: wr
+        }
+    );
+    assert_eq!(
+        t.fs.call(FileOp::Lock {
+            h: a,
+            cmd: libc::F_SETLK,
+            lock: wr
+        }),
+        FileReply::Ok
+    );
+    assert_eq!(t.fs.call(try_op.clone()), FileReply::Err(libc::EAGAIN));
+    assert_eq!(
+        t.fs.call(FileOp::Lock {
+            h: a,
+            cmd: libc::F_SETLK,
+            lock: un
+        }),
+        FileReply::Ok
+    );
+    assert_eq!(t.fs.call(try_op), FileReply::Ok);
     assert_eq!(
         t.fs.call(FileOp::Lock {
             h: a,
@@ -734,21 +759,48 @@ fn record_locks_conflict_between_handles() {
         }),
         FileReply::Err(libc::EAGAIN)
     );
+    // Called directly, the waiting form takes a free lock at once.
+    assert_eq!(
+        t.fs.call(FileOp::Lock {
+            h: b,
+            cmd: libc::F_SETLK,
+            lock: un
+        }),
+        FileReply::Ok
+    );
     assert_eq!(
         t.fs.call(FileOp::Lock {
             h: a,
-            cmd: 12345,
+            cmd: libc::F_SETLKW,
             lock: wr
         }),
-        FileReply::Err(libc::EINVAL)
+        FileReply::Ok
     );
     assert!(
-        t.fs.blocking_lock(&FileOp::Lock {
+        nonblocking_lock(&FileOp::Lock {
             h: a,
             cmd: libc::F_SETLK,
             lock: wr
         })
         .is_none()
+    );
+    // Closing the handle releases its locks.
+    assert_eq!(t.fs.call(FileOp::Close { h: a }), FileReply::Ok);
+    assert_eq!(
+        t.fs.call(FileOp::Lock {
+            h: b,
+            cmd: libc::F_SETLK,
+            lock: wr
+        }),
+        FileReply::Ok
+    );
+    assert_eq!(
+        t.fs.call(FileOp::Lock {
+            h: b,
+            cmd: 12345,
+            lock: wr
+        }),
+        FileReply::Err(libc::EINVAL)
     );
 }
 

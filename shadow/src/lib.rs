@@ -88,7 +88,7 @@ pub struct Schedd {
     pub(crate) changed: Notify,
     releases: mpsc::UnboundedSender<ClaimId>,
     /// Running jobs' shadows: send to end one (its job was removed).
-    running: Mutex<HashMap<JobId, oneshot::Sender<()>>>,
+    running: Mutex<HashMap<JobId, (u64, oneshot::Sender<()>)>>,
     conns: AtomicU64,
 }
 
@@ -177,20 +177,24 @@ impl Schedd {
         self.conns.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn register_running(&self, job: JobId) -> oneshot::Receiver<()> {
+    /// Claims the job for the shadow on connection `conn`; `None` when
+    /// another shadow has it.
+    pub(crate) fn register_running(&self, job: JobId, conn: u64) -> Option<oneshot::Receiver<()>> {
+        let mut m = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if m.contains_key(&job) {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job, tx);
-        rx
+        m.insert(job, (conn, tx));
+        Some(rx)
     }
 
-    pub(crate) fn unregister_running(&self, job: JobId) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job);
+    /// Lets go of the job if connection `conn` holds it.
+    pub(crate) fn unregister_running(&self, job: JobId, conn: u64) {
+        let mut m = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(&job).is_some_and(|(c, _)| *c == conn) {
+            m.remove(&job);
+        }
     }
 
     /// Ends the shadow of a running job (its starter sees the connection close).
@@ -200,7 +204,7 @@ impl Schedd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&job);
-        tx.is_some_and(|tx| tx.send(()).is_ok())
+        tx.is_some_and(|(_, tx)| tx.send(()).is_ok())
     }
 }
 

@@ -10,6 +10,7 @@
 use crate::Schedd;
 use crate::cli::chain;
 use crate::fs::JobFs;
+use proto::fileop::FileReply;
 use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
 use proto::ids::Handle;
 use proto::job::{JobSpec, JobState};
@@ -26,6 +27,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 pub const EXEC_CHUNK: usize = 1 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a waiting record lock is tried again.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 /// How long an attach may wait for its match to reach this schedd.
 const MATCH_WAIT: Duration = Duration::from_secs(5);
 
@@ -39,7 +42,7 @@ pub async fn serve(s: Arc<Schedd>, l: TcpListener) {
                 let id = s.next_conn();
                 let s = s.clone();
                 tokio::spawn(
-                    conn(s, tcp, peer)
+                    conn(s, tcp, peer, id)
                         .instrument(info_span!("shadow_conn", conn = id, peer = %peer)),
                 );
             }
@@ -51,7 +54,7 @@ pub async fn serve(s: Arc<Schedd>, l: TcpListener) {
     }
 }
 
-async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr) {
+async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
     tcp.set_nodelay(true).ok();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.identity.acceptor().accept(tcp)).await
     {
@@ -99,7 +102,7 @@ async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let span = info_span!("job", job = %job, host = %host);
-    attach(s, st, who.name, claim, job, host)
+    attach(s, st, conn_id, who.name, claim, job, host)
         .instrument(span)
         .await;
 }
@@ -178,6 +181,7 @@ enum End {
 async fn attach(
     s: Arc<Schedd>,
     mut st: Stream,
+    conn_id: u64,
     peer_name: String,
     claim: ClaimId,
     job: JobId,
@@ -201,6 +205,12 @@ async fn attach(
         }
         Err(e) => return refuse(&mut st, format!("queue error: {}", chain(&e))).await,
     };
+    // One shadow per job: a second starter with the same claim is refused
+    // before it can touch the job's files. Registered before the commit so
+    // that a removal right after it finds this shadow.
+    let Some(kill) = s.register_running(job, conn_id) else {
+        return refuse(&mut st, format!("job {job} already has a starter attached")).await;
+    };
     let spec = row.spec.clone();
     let prepared = JobFs::new(std::path::Path::new(&spec.initialdir))
         .map_err(|e| chain(&e))
@@ -214,6 +224,7 @@ async fn attach(
     let (fs, [stdin, stdout, stderr]) = match prepared {
         Ok(x) => x,
         Err(reason) => {
+            s.unregister_running(job, conn_id);
             let r = reason.clone();
             match s.db(move |q| q.failed(job, &r)).await {
                 Ok(Some(JobState::Held)) => warn!("job held: {reason}"),
@@ -225,13 +236,11 @@ async fn attach(
             return refuse(&mut st, reason).await;
         }
     };
-    // Register before committing so a removal right after the commit finds us.
-    let kill = s.register_running(job);
     let (c, h) = (claim.clone(), host.clone());
     match s.db(move |q| q.mark_running(job, &c, &h)).await {
         Ok(true) => {}
         Ok(false) => {
-            s.unregister_running(job);
+            s.unregister_running(job, conn_id);
             return refuse(
                 &mut st,
                 format!("job {job} is no longer waiting for claim {claim}"),
@@ -239,7 +248,7 @@ async fn attach(
             .await;
         }
         Err(e) => {
-            s.unregister_running(job);
+            s.unregister_running(job, conn_id);
             return refuse(&mut st, format!("queue error: {}", chain(&e))).await;
         }
     }
@@ -256,7 +265,7 @@ async fn attach(
         Ok(()) => session(&s, &mut st, fs, &spec, job, kill).await,
         Err(e) => End::Lost(format!("cannot send Attached: {}", chain(&e))),
     };
-    s.unregister_running(job);
+    s.unregister_running(job, conn_id);
     match end {
         End::Completed | End::Failed => {}
         End::Removed => info!("job removed; connection to the starter closed"),
@@ -331,15 +340,20 @@ async fn session(
         };
         let out = match msg {
             ToShadow::Call { id, op } => {
-                let reply = match fs.blocking_lock(&op) {
-                    Some(Ok(b)) => {
-                        let waited = tokio::task::spawn_blocking(move || b.run());
-                        tokio::select! {
-                            r = waited => r.unwrap_or(proto::fileop::FileReply::Err(libc::EIO)),
-                            _ = &mut kill => return End::Removed,
+                let reply = match crate::fs::nonblocking_lock(&op) {
+                    // A waiting lock is retried here so that no thread
+                    // blocks and a removal still ends the shadow.
+                    Some(try_op) => loop {
+                        match fs.call(try_op.clone()) {
+                            FileReply::Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(LOCK_RETRY) => {}
+                                    _ = &mut kill => return End::Removed,
+                                }
+                            }
+                            r => break r,
                         }
-                    }
-                    Some(Err(e)) => proto::fileop::FileReply::Err(e),
+                    },
                     None => fs.call(op),
                 };
                 Some(FromShadow::Reply { id, reply })
