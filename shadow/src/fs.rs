@@ -286,6 +286,15 @@ impl JobFs {
         }
     }
 
+    /// An empty path with a handle names the handle's own file
+    /// (`fstat`, `fchmod`, `futimens`, `AT_EMPTY_PATH`).
+    fn by_handle(&self, at: Option<Handle>, path: &[u8]) -> Option<R<BorrowedFd<'_>>> {
+        match at {
+            Some(h) if path.is_empty() => Some(self.fd(h)),
+            _ => None,
+        }
+    }
+
     /// The job's path as a path relative to the root (never empty).
     fn rel(&self, at: Option<Handle>, path: &[u8]) -> R<Vec<u8>> {
         let rel = if path.first() == Some(&b'/') {
@@ -533,7 +542,9 @@ impl JobFs {
                 FileReply::Stat(to_stat(&rustix::fs::fstat(self.fd(h)?).map_err(errno)?))
             }
             Stat { at, path, nofollow } => {
-                let st = if nofollow {
+                let st = if let Some(fd) = self.by_handle(at, &path) {
+                    rustix::fs::fstat(fd?).map_err(errno)?
+                } else if nofollow {
                     let a = self.resolve_parent(at, &path)?;
                     rustix::fs::statat(&a.dir, os(&a.name), AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(errno)?
@@ -555,10 +566,15 @@ impl JobFs {
                 } else {
                     AtFlags::empty()
                 };
-                if flags & !(libc::AT_EACCESS | libc::AT_SYMLINK_NOFOLLOW) != 0 {
+                if flags & !(libc::AT_EACCESS | libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH)
+                    != 0
+                {
                     return Err(libc::EINVAL);
                 }
-                if flags & libc::AT_SYMLINK_NOFOLLOW != 0 {
+                if let Some(fd) = self.by_handle(at, &path) {
+                    rustix::fs::accessat(rustix::fs::CWD, proc_fd(fd?), access, eaccess)
+                        .map_err(errno)?;
+                } else if flags & libc::AT_SYMLINK_NOFOLLOW != 0 {
                     let a = self.resolve_parent(at, &path)?;
                     rustix::fs::accessat(
                         &a.dir,
@@ -661,10 +677,17 @@ impl JobFs {
                 FileReply::Path(target.into_bytes())
             }
             Chmod { at, path, mode } => {
-                let fd = self.resolve(at, &path, false)?;
+                let owned;
+                let fd = match self.by_handle(at, &path) {
+                    Some(fd) => fd?,
+                    None => {
+                        owned = self.resolve(at, &path, false)?;
+                        owned.as_fd()
+                    }
+                };
                 rustix::fs::chmodat(
                     rustix::fs::CWD,
-                    proc_fd(fd.as_fd()),
+                    proc_fd(fd),
                     Mode::from_raw_mode(mode),
                     AtFlags::empty(),
                 )
@@ -691,7 +714,10 @@ impl JobFs {
                     last_access: ts(times[0]),
                     last_modification: ts(times[1]),
                 };
-                if nofollow {
+                if let Some(fd) = self.by_handle(at, &path) {
+                    rustix::fs::utimensat(rustix::fs::CWD, proc_fd(fd?), &t, AtFlags::empty())
+                        .map_err(errno)?;
+                } else if nofollow {
                     let a = self.resolve_parent(at, &path)?;
                     rustix::fs::utimensat(&a.dir, os(&a.name), &t, AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(errno)?;

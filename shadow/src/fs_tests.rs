@@ -915,3 +915,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_empty_path_with_a_handle_names_the_handle() {
+    let mut t = setup();
+    let h = open(&mut t.fs, "in.txt", libc::O_RDONLY, 0).unwrap();
+    let st = stat(t.fs.call(FileOp::Stat {
+        at: Some(h),
+        path: Vec::new(),
+        nofollow: false,
+    }));
+    assert_eq!(st.size, 12);
+    assert_eq!(
+        t.fs.call(FileOp::Chmod {
+            at: Some(h),
+            path: Vec::new(),
+            mode: 0o600
+        }),
+        FileReply::Ok
+    );
+    let m = std::fs::metadata(t.root.join("in.txt")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    let times = [Some((5, 0)), Some((6, 0))];
+    let op = FileOp::Utimens {
+        at: Some(h),
+        path: Vec::new(),
+        times,
+        nofollow: false,
+    };
+    assert_eq!(t.fs.call(op), FileReply::Ok);
+    assert_eq!(std::fs::metadata(t.root.join("in.txt")).unwrap().mtime(), 6);
+    let op = FileOp::Access {
+        at: Some(h),
+        path: Vec::new(),
+        mode: libc::R_OK,
+        flags: libc::AT_EMPTY_PATH,
+    };
+    assert_eq!(t.fs.call(op), FileReply::Ok);
+    // Without a handle an empty path is ENOENT, as in the kernel.
+    let op = FileOp::Stat {
+        at: None,
+        path: Vec::new(),
+        nofollow: false,
+    };
+    assert_eq!(t.fs.call(op), FileReply::Err(libc::ENOENT));
+    let op = FileOp::Stat {
+        at: Some(Handle(4242)),
+        path: Vec::new(),
+        nofollow: false,
+    };
+    assert_eq!(t.fs.call(op), FileReply::Err(libc::EBADF));
+}
