@@ -270,14 +270,22 @@ pub struct UpOptions {
 /// reaps them with [`Started::reap`].
 #[derive(Debug, Default)]
 pub struct Started {
-    children: Vec<(Daemon, Child, u64)>,
+    children: Vec<Spawned>,
+}
+
+#[derive(Debug)]
+struct Spawned {
+    daemon: Daemon,
+    child: Child,
+    /// The log's length before this start: its tail from here is this run's.
+    log_from: u64,
 }
 
 impl Started {
     /// Collects the exit status of every child that has ended.
     pub fn reap(&mut self) {
         self.children
-            .retain_mut(|(_, c, _)| !matches!(c.try_wait(), Ok(Some(_))));
+            .retain_mut(|s| !matches!(s.child.try_wait(), Ok(Some(_))));
     }
 }
 
@@ -369,7 +377,11 @@ pub fn up(pool: &PoolDir, opts: &UpOptions, out: &mut dyn Write) -> Result<Start
                     d.binary(),
                     child.id()
                 )?;
-                started.children.push((d.clone(), child, from));
+                started.children.push(Spawned {
+                    daemon: d.clone(),
+                    child,
+                    log_from: from,
+                });
             }
             Err(e) => {
                 stop_started(&mut started);
@@ -477,7 +489,12 @@ fn wait_ready(
     let mut last_machines = Vec::new();
     let mut mm_err: Option<anyhow::Error> = None;
     loop {
-        for (d, child, from) in &mut started.children {
+        for Spawned {
+            daemon: d,
+            child,
+            log_from: from,
+        } in &mut started.children
+        {
             if let Some(status) = child.try_wait().context("cannot check a daemon")? {
                 bail!(
                     "{} ({}) exited ({status}) while the pool was starting; the end of {}:\n{}",
@@ -526,8 +543,8 @@ fn wait_ready(
                 let from = started
                     .children
                     .iter()
-                    .find(|(sd, _, _)| sd == d)
-                    .map_or(0, |c| c.2);
+                    .find(|s| &s.daemon == d)
+                    .map_or(0, |s| s.log_from);
                 format!(
                     "the end of {}:\n{}",
                     d.log(pool).display(),
@@ -627,7 +644,7 @@ fn kill_group(pid: i32) {
 }
 
 fn stop_started(started: &mut Started) {
-    for (_, c, _) in &started.children {
+    for Spawned { child: c, .. } in &started.children {
         signal(c.id() as i32, Signal::Term);
     }
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -635,11 +652,11 @@ fn stop_started(started: &mut Started) {
         && started
             .children
             .iter_mut()
-            .any(|(_, c, _)| matches!(c.try_wait(), Ok(None)))
+            .any(|s| matches!(s.child.try_wait(), Ok(None)))
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for (_, c, _) in &mut started.children {
+    for Spawned { child: c, .. } in &mut started.children {
         kill_group(c.id() as i32);
         let _ = c.wait();
     }
