@@ -61,10 +61,11 @@ fn built(source: &'static str) -> Option<PathBuf> {
         _ => panic!("no recipe for {source}"),
     };
     let r = cell.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("starter-jobs");
+        // Under /tmp: a local path for the shim, like a shipped executable
+        // in the scratch directory.
+        let dir = std::env::temp_dir().join(format!("roost-starter-jobs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let stem = source.split('.').next().unwrap();
-        let out = dir.join(format!("{stem}-{}", std::process::id()));
+        let out = dir.join(source.split('.').next().unwrap());
         let src = jobs_src().join(source);
         let (tool, mut cmd) = if source.ends_with(".c") {
             let mut c = Command::new("cc");

@@ -57,12 +57,16 @@ impl FsBackend {
 impl Backend for FsBackend {
     async fn call(&mut self, op: FileOp) -> FileReply {
         self.log.lock().unwrap().push(Seen::Call(op.clone()));
-        let blocking = self.fs.lock().unwrap().blocking_lock(&op);
-        match blocking {
-            Some(Ok(lock)) => tokio::task::spawn_blocking(move || lock.run())
-                .await
-                .expect("lock thread"),
-            Some(Err(e)) => FileReply::Err(e),
+        match shadow::fs::nonblocking_lock(&op) {
+            // A waiting lock is retried, as the shadow does, so that the
+            // runtime's thread never blocks.
+            Some(try_op) => loop {
+                match self.fs.lock().unwrap().call(try_op.clone()) {
+                    FileReply::Err(e) if e == libc::EAGAIN || e == libc::EACCES => {}
+                    r => break r,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            },
             None => self.fs.lock().unwrap().call(op),
         }
     }
