@@ -41,6 +41,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 256;
 /// The machine state the matchmaker shows while a claim is not yet taken.
 const MATCHED: &str = "Matched";
+/// The machine state while its owner uses it.
+const OWNER: &str = "Owner";
 
 type Outbox = mpsc::Sender<FromMatchmaker>;
 
@@ -154,12 +156,15 @@ impl State {
                 ce.taken = true;
                 info!(machine = %name, job = %ce.job, claim = %c, "claim taken");
             } else if !named && ce.taken {
-                ended = Some(c);
+                ended = Some((c, "the machine no longer runs the job", false));
+            } else if !named && ad.state == OWNER {
+                // An ownerd refuses claims while its owner is active.
+                ended = Some((c, "the owner came back before the job started", true));
             }
         }
         entry.ad = ad;
-        if let Some(c) = ended {
-            self.end_claim(&c, "the machine no longer runs the job", false, false, now);
+        if let Some((c, why, tell_schedd)) = ended {
+            self.end_claim(&c, why, false, tell_schedd, now);
         }
         let free = self
             .machines
@@ -895,6 +900,18 @@ mod tests {
             vec![job(5)],
         );
         assert!(p.st.cycle(p.t0).is_empty());
+    }
+
+    #[test]
+    fn owner_returning_before_the_claim_is_taken_withdraws_it() {
+        let (mut p, claim) = matched_pool();
+        p.st.machine_ad(1, &p.own_tx, ad("exec1", "Owner", None), p.t0);
+        assert!(!p.st.claims.contains_key(&claim));
+        assert_eq!(
+            drain(&mut p.sch_rx),
+            vec![FromMatchmaker::Release { claim }]
+        );
+        assert_eq!(p.st.status()[0].state, "Owner");
     }
 
     #[test]

@@ -812,6 +812,15 @@ mod tests {
             "the scratch directory the starter left was not removed"
         );
 
+        // The matchmaker restarts: the ownerd dials again and re-advertises.
+        drop(mm);
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(5), l.accept())
+            .await
+            .expect("no reconnection within 5 s")
+            .unwrap();
+        let mut mm = acc.accept(tcp).await.unwrap();
+        assert_eq!(next_ad(&mut mm).await.state, "Unclaimed");
+
         stop_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), daemon)
             .await
