@@ -246,3 +246,144 @@ impl fmt::Display for Ad {
         Ok(())
     }
 }
+
+/// The ad a queued job advertises for matchmaking: its owner, resource
+/// requests, `Requirements` and `Rank` (when given) and its custom
+/// attributes. Expression texts in a `JobSpec` made by
+/// [`crate::jobfile`] always parse; one that does not is an error naming
+/// the attribute.
+pub fn job_ad(spec: &proto::job::JobSpec, owner: &str) -> Result<Ad, PolicyError> {
+    let mut ad = Ad::new();
+    // Custom attributes first, so that the description's own keys win.
+    for (name, text) in &spec.attributes {
+        ad.set_expr(name, text)?;
+    }
+    ad.set("MyType", "Job");
+    ad.set("Owner", owner);
+    ad.set("Cmd", spec.executable.as_str());
+    ad.set("Iwd", spec.initialdir.as_str());
+    ad.set("RequestCpus", spec.request_cpus);
+    ad.set("RequestMemory", clamp_i64(spec.request_memory_mb));
+    ad.set("RequestDisk", clamp_i64(spec.request_disk_mb));
+    ad.set("MaxRetries", spec.max_retries);
+    if let Some(r) = &spec.requirements {
+        ad.set_expr("Requirements", r)?;
+    }
+    if let Some(r) = &spec.rank {
+        ad.set_expr("Rank", r)?;
+    }
+    Ok(ad)
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::parse;
+
+    #[test]
+    fn names_ignore_case_and_keep_their_spelling() {
+        let mut ad = Ad::new();
+        ad.set("Memory", 4096);
+        ad.set("memory", 2048);
+        assert_eq!(ad.len(), 1);
+        assert_eq!(ad.get("MEMORY"), Some(&parse("2048").unwrap()));
+        assert_eq!(ad.iter().next().map(|(n, _)| n), Some("memory"));
+        assert!(ad.remove("MeMoRy").is_some());
+        assert!(ad.is_empty());
+    }
+
+    #[test]
+    fn wire_round_trip() {
+        let mut wire = proto::pool::Ad::new();
+        wire.insert("Memory".into(), AdValue::Int(4096));
+        wire.insert("LoadAvg".into(), AdValue::Real(0.25));
+        wire.insert("OpSys".into(), AdValue::Str("LINUX".into()));
+        wire.insert("HasRoost".into(), AdValue::Bool(true));
+        wire.insert(
+            "Start".into(),
+            AdValue::Expr("KeyboardIdle > 15 * 60".into()),
+        );
+        let ad = Ad::from_wire(&wire).unwrap();
+        assert_eq!(ad.eval_attr("memory", &Ad::new()), Value::Int(4096));
+        assert_eq!(ad.to_wire(), wire);
+
+        wire.insert("Bad".into(), AdValue::Expr("1 +".into()));
+        let err = Ad::from_wire(&wire).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "attribute Bad: bad expression at column 4: expected an expression, found the end"
+        );
+        let lossy = Ad::from_wire_lossy(&wire);
+        assert_eq!(lossy.eval_attr("Bad", &Ad::new()), Value::Error);
+        assert_eq!(lossy.eval_attr("Memory", &Ad::new()), Value::Int(4096));
+    }
+
+    #[test]
+    fn text_forms_parse() {
+        let old = Ad::parse(
+            "m.ad",
+            "# a machine\nMemory = 4096\n  OpSys = \"LINUX\"\nStart = KeyboardIdle > 900\n",
+        )
+        .unwrap();
+        let new = Ad::parse(
+            "m.ad",
+            "[ Memory = 4096; OpSys = \"LINUX\"; Start = KeyboardIdle > 900 ]",
+        )
+        .unwrap();
+        assert_eq!(old, new);
+        assert_eq!(
+            old.to_string(),
+            "Memory = 4096\nOpSys = \"LINUX\"\nStart = KeyboardIdle > 900\n"
+        );
+        assert_eq!(Ad::parse("m.ad", &old.to_string()).unwrap(), old);
+
+        let cases = [
+            (
+                "Memory = 4096\nStart = KeyboardIdle >\n",
+                "m.ad:2:23: attribute Start: expected an expression, found the end",
+            ),
+            ("Memory 4096\n", "m.ad:1:1: expected NAME = EXPRESSION"),
+            (
+                "\n  1x = 2\n",
+                "m.ad:2:3: '1x' is not an attribute name (expected letters, digits and '_', not starting with a digit)",
+            ),
+            (
+                "[ A = 1;\n  B = ]",
+                "m.ad:2:7: expected an expression, found ']'",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                Ad::parse("m.ad", text).unwrap_err().to_string(),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn job_ads_carry_the_description() {
+        let d = crate::jobfile::parse(
+            "job.toml",
+            "executable = \"sim\"\nrequirements = 'OpSys == \"LINUX\"'\nrank = \"KFlops\"\nrequest_memory = \"2 GB\"\n[attributes]\nProject = \"physics\"\nOwner = \"mallory\"\n",
+            std::path::Path::new("/home/alice"),
+        )
+        .unwrap();
+        let spec = d.expand(7).unwrap().remove(0);
+        let ad = job_ad(&spec, "alice").unwrap();
+        let none = Ad::new();
+        assert_eq!(ad.eval_attr("Owner", &none), Value::from("alice"));
+        assert_eq!(ad.eval_attr("RequestMemory", &none), Value::Int(2048));
+        assert_eq!(ad.eval_attr("RequestCpus", &none), Value::Int(1));
+        assert_eq!(ad.eval_attr("Project", &none), Value::from("physics"));
+        assert_eq!(
+            ad.get("Requirements").unwrap().to_string(),
+            "OpSys == \"LINUX\""
+        );
+        assert_eq!(ad.get("Rank").unwrap().to_string(), "KFlops");
+    }
+}

@@ -144,7 +144,8 @@ pub(crate) enum Queue {
 }
 
 /// A parsed, valid job description: every key known and well-typed, every
-/// macro defined, every path confined, every expression well-formed.
+/// macro defined, every path confined, every expression (`requirements`,
+/// `rank`) well-formed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobDescription {
     pub(crate) file: String,
@@ -556,6 +557,22 @@ impl JobDescription {
                 loc: t.loc.clone(),
                 key: t.key.clone(),
                 message: "must not be empty".into(),
+            });
+        }
+        if let Err(source) = crate::expr::parse(&s) {
+            // Point at the offending character when the text is in the
+            // file as written (no macro changed it, no escapes).
+            let loc = match &t.body {
+                Some(body) if s == t.value => Loc {
+                    col: body.col + source.col - 1,
+                    ..body.clone()
+                },
+                _ => t.loc.clone(),
+            };
+            return Err(PolicyError::BadExpression {
+                loc,
+                key: t.key.clone(),
+                source,
             });
         }
         Ok(Some(s))

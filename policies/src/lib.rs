@@ -8,9 +8,10 @@ pub mod ad;
 pub mod expr;
 pub mod jobfile;
 pub mod matching;
+pub mod policy;
 mod source;
 
-pub use ad::Ad;
+pub use ad::{Ad, job_ad};
 pub use expr::{Expr, ParseError, Value};
 pub use matching::{rank, requirements_hold, symmetric_match};
 pub use source::Loc;

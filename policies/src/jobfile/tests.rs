@@ -526,6 +526,26 @@ fn bad_files_name_file_line_and_key() {
             "job.toml:2:14: key 'attributes': expected a table, found integer 3".into(),
         ),
         (
+            "executable = \"a\"\nrequirements = \"Memory >= = 3\"\n",
+            "job.toml:2:27: key 'requirements': bad expression: expected an expression, found '='".into(),
+        ),
+        (
+            "executable = \"a\"\nrank = 'KFlops +'\n",
+            "job.toml:2:17: key 'rank': bad expression: expected an expression, found the end".into(),
+        ),
+        (
+            "executable = \"a\"\nrequirements = \"x == \\\"a\\\" &&\"\n",
+            "job.toml:2:16: key 'requirements': bad expression: expected an expression, found the end".into(),
+        ),
+        (
+            "executable = \"a\"\nrequirements = \"Cpus > $(Process) +\"\n",
+            "job.toml:2:16: key 'requirements': bad expression: expected an expression, found the end".into(),
+        ),
+        (
+            "executable = \"a\"\nrequirements = \"isUndefind(x)\"\n",
+            "job.toml:2:17: key 'requirements': bad expression: unknown function 'isUndefind' (known: ifThenElse, isUndefined, isError, isString, isInteger, isReal, isBoolean, isList, member, identicalMember, stringListMember, stringListIMember, stringListSize, regexp, strcat, substr, size, toUpper, toLower, floor, ceiling, round, int, real, string, min, max, time)".into(),
+        ),
+        (
             "executable = \"a\"\nrequirements = \"  \"\n",
             "job.toml:2:16: key 'requirements': must not be empty".into(),
         ),
