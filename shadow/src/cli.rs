@@ -39,7 +39,7 @@ async fn conn(s: Arc<Schedd>, mut stream: UnixStream) {
     let cred = match rustix::net::sockopt::get_socket_peercred(&stream) {
         Ok(c) => c,
         Err(e) => {
-            warn!("no peer credentials on the CLI socket ({e}); closing");
+            warn!("no peer credentials on the CLI socket ({e}); connection closed");
             return;
         }
     };
@@ -59,7 +59,7 @@ async fn conn(s: Arc<Schedd>, mut stream: UnixStream) {
             Ok(r) => r,
             Err(ProtoError::Closed) => return,
             Err(e) => {
-                warn!(uid, "bad CLI frame, closing the connection: {e}");
+                warn!(uid, "bad CLI frame; connection closed: {e}");
                 return;
             }
         };

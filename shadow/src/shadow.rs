@@ -60,20 +60,20 @@ async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
     {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            warn!("TLS handshake failed, closing: {}", chain(&e));
+            warn!("TLS handshake failed; connection closed: {}", chain(&e));
             return;
         }
         Err(_) => {
-            warn!("TLS handshake timed out, closing");
+            warn!("TLS handshake timed out; connection closed");
             return;
         }
     };
     let Some(who) = proto::tls::server_peer(&tls) else {
-        warn!("peer certificate names no holder or role; closing");
+        warn!("peer certificate names no holder or role; connection closed");
         return;
     };
     if who.role != "ownerd" && who.role != "starter" {
-        warn!(name = %who.name, role = %who.role, "only starters may attach; closing");
+        warn!(name = %who.name, role = %who.role, "only starters may attach; connection closed");
         return;
     }
     let mut st: Stream = BufStream::with_capacity(256 << 10, 256 << 10, tls);
@@ -85,7 +85,7 @@ async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
     let (claim, job, host) = match first {
         Ok(Ok(ToShadow::Attach { claim, job, host })) => (claim, job, host),
         Ok(Ok(other)) => {
-            warn!(peer = %peer, "first message is not Attach ({}); closing", kind(&other));
+            warn!(peer = %peer, "first message is not Attach ({}); connection closed", kind(&other));
             return;
         }
         Ok(Err(ProtoError::Closed)) => {
@@ -93,11 +93,14 @@ async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
             return;
         }
         Ok(Err(e)) => {
-            warn!("bad frame before attaching, closing: {}", chain(&e));
+            warn!(
+                "bad frame before attaching; connection closed: {}",
+                chain(&e)
+            );
             return;
         }
         Err(_) => {
-            warn!("no Attach within {ATTACH_TIMEOUT:?}; closing");
+            warn!("no Attach within {ATTACH_TIMEOUT:?}; connection closed");
             return;
         }
     };
@@ -270,7 +273,7 @@ async fn attach(
         End::Completed | End::Failed => {}
         End::Removed => info!("job removed; connection to the starter closed"),
         End::Lost(reason) => {
-            warn!("starter lost before the job exited: {reason}");
+            warn!("starter connection closed before the job exited: {reason}");
             let r = reason.clone();
             match s.db(move |q| q.requeue(job, "evicted", &r)).await {
                 Ok(true) => info!("back to idle"),
