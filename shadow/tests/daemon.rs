@@ -850,3 +850,113 @@ fn kill_9_loses_no_submitted_job() {
     let st = child.wait().unwrap();
     assert!(st.success(), "{st:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_lock_is_granted_when_another_job_unlocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    std::fs::write(w.join("shared.db"), b"0123456789").unwrap();
+    let ids = submit(&p, "executable = \"prog\"\nqueue = 2\n").await;
+    assert_eq!(mm.idle_jobs(2).await, ids);
+    mm.matched(ids[0], "exec1", "a");
+    mm.matched(ids[1], "exec2", "b");
+    let (mut a, r) = attach(&p, "exec1", ids[0], "a").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    let (mut b, r) = attach(&p, "exec2", ids[1], "b").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    let open = FileOp::Open {
+        at: None,
+        path: b"shared.db".to_vec(),
+        flags: libc::O_RDWR,
+        mode: 0,
+    };
+    let FileReply::Opened { h: ha, .. } = call(&mut a, 1, open.clone()).await else {
+        panic!()
+    };
+    let FileReply::Opened { h: hb, .. } = call(&mut b, 1, open).await else {
+        panic!()
+    };
+    let wr = proto::fileop::Flock {
+        typ: libc::F_WRLCK as i16,
+        whence: 0,
+        start: 0,
+        len: 0,
+        pid: 0,
+    };
+    let un = proto::fileop::Flock {
+        typ: libc::F_UNLCK as i16,
+        ..wr
+    };
+    assert_eq!(
+        call(
+            &mut a,
+            2,
+            FileOp::Lock {
+                h: ha,
+                cmd: libc::F_SETLK,
+                lock: wr
+            }
+        )
+        .await,
+        FileReply::Ok
+    );
+    write_frame_async(
+        &mut b,
+        &ToShadow::Call {
+            id: 2,
+            op: FileOp::Lock {
+                h: hb,
+                cmd: libc::F_SETLKW,
+                lock: wr,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        read_frame_async::<_, FromShadow>(&mut b, MAX_FRAME),
+    )
+    .await;
+    assert!(early.is_err(), "the lock was granted while held: {early:?}");
+    // The other job's shadow is not held up meanwhile.
+    assert_eq!(
+        call(
+            &mut a,
+            3,
+            FileOp::Lock {
+                h: ha,
+                cmd: libc::F_SETLK,
+                lock: un
+            }
+        )
+        .await,
+        FileReply::Ok
+    );
+    match tokio::time::timeout(T, read_frame_async(&mut b, MAX_FRAME))
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        FromShadow::Reply { id: 2, reply } => assert_eq!(reply, FileReply::Ok),
+        r => panic!("{r:?}"),
+    }
+    let FileReply::Lock(got) = call(
+        &mut a,
+        4,
+        FileOp::Lock {
+            h: ha,
+            cmd: libc::F_GETLK,
+            lock: wr,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(got.typ, libc::F_WRLCK as i16, "job b holds the lock now");
+}
