@@ -128,6 +128,8 @@ pub(crate) enum Attr {
     Str(Text),
     /// A number or boolean, already expression text.
     Literal(String),
+    /// Expression text (an HTCondor submit file's `+Attr = expr`).
+    Expr(Text),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,6 +255,19 @@ pub fn parse(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, Polic
     })?;
     d.validate()?;
     Ok(d)
+}
+
+/// Parses a job description in the format its name says: an HTCondor
+/// submit file for `.sub`, `.submit`, `.condor` and `.jdl`, TOML otherwise.
+pub fn parse_any(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, PolicyError> {
+    let ext = Path::new(file)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("sub" | "submit" | "condor" | "jdl") => crate::submit::parse(file, text, cwd),
+        _ => parse(file, text, cwd),
+    }
 }
 
 impl JobDescription {
@@ -504,6 +519,7 @@ impl JobDescription {
             let text = match a {
                 Attr::Str(t) => quote_string(&m.subst(t)?),
                 Attr::Literal(s) => s.clone(),
+                Attr::Expr(t) => self.expression(&m, &Some(t.clone()))?.unwrap_or_default(),
             };
             attributes.insert(name.clone(), text);
         }
@@ -983,7 +999,7 @@ fn one_line(s: &str) -> String {
         .join("; ")
 }
 
-fn check_env_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains('=') || name.contains('\0') {
         return Err(format!(
             "'{name}' is not an environment variable name (expected no '=' and not empty)"
@@ -1024,7 +1040,7 @@ pub(crate) fn check_attr_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_macro_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_macro_name(name: &str) -> Result<(), String> {
     if !is_identifier(name) {
         return Err(format!(
             "'{name}' is not a macro name (expected letters, digits and '_', not starting with a digit)"

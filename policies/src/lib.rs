@@ -10,6 +10,7 @@ pub mod jobfile;
 pub mod matching;
 pub mod policy;
 mod source;
+pub mod submit;
 
 pub use ad::{Ad, job_ad};
 pub use expr::{Expr, ParseError, Value};
