@@ -465,3 +465,64 @@ async fn send_executable(st: &mut Stream, data: &[u8]) -> Result<(), ProtoError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        dir: &std::path::Path,
+        input: Option<&str>,
+        out: Option<&str>,
+        err: Option<&str>,
+    ) -> JobSpec {
+        JobSpec {
+            executable: "prog".into(),
+            transfer_executable: true,
+            arguments: Vec::new(),
+            input: input.map(Into::into),
+            output: out.map(Into::into),
+            error: err.map(Into::into),
+            initialdir: dir.display().to_string(),
+            environment: Vec::new(),
+            requirements: None,
+            rank: None,
+            request_cpus: 1,
+            request_memory_mb: 1,
+            request_disk_mb: 1,
+            max_retries: 0,
+            attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn output_and_error_in_one_file_interleave() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("both"), b"old old old old").unwrap();
+        let mut fs = JobFs::new(d.path()).unwrap();
+        let [i, o, e] =
+            open_std(&mut fs, &spec(d.path(), None, Some("both"), Some("both"))).unwrap();
+        assert!(i.is_none());
+        fs.write(o.unwrap(), b"out1 ").unwrap();
+        fs.write(e.unwrap(), b"err1 ").unwrap();
+        fs.write(o.unwrap(), b"out2").unwrap();
+        assert_eq!(
+            std::fs::read(d.path().join("both")).unwrap(),
+            b"out1 err1 out2"
+        );
+    }
+
+    #[test]
+    fn missing_input_or_escaping_output_is_an_error_that_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut fs = JobFs::new(d.path()).unwrap();
+        let e = open_std(&mut fs, &spec(d.path(), Some("nope.txt"), None, None)).unwrap_err();
+        assert!(e.contains("input `nope.txt`"), "{e}");
+        let e = open_std(&mut fs, &spec(d.path(), None, Some("../out"), None)).unwrap_err();
+        assert!(e.contains("output `../out`"), "{e}");
+        assert!(!d.path().parent().unwrap().join("out").exists());
+        assert!(check_executable(&fs, "prog").unwrap_err().contains("prog"));
+        std::fs::write(d.path().join("prog"), b"#!").unwrap();
+        assert!(check_executable(&fs, "prog").is_ok());
+    }
+}
