@@ -711,3 +711,59 @@ fn python_reads_csv_and_writes_json() {
     );
     assert_eq!(job.get("out.txt"), b"True True\n");
 }
+
+const C_PROGRAM_2: &str = r#"
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(void) {
+    char *r = realpath("sub/../data.txt", NULL);
+    printf("realpath-ok=%d\n", r != NULL && strlen(r) > 9 && strcmp(r + strlen(r) - 9, "/data.txt") == 0);
+    printf("realpath-missing=%d\n", realpath("nope.txt", NULL) == NULL);
+    struct dirent **list;
+    int n = scandir(".", &list, NULL, alphasort);
+    for (int i = 0; i < n; i++) if (list[i]->d_name[0] != '.') printf("scandir=%s\n", list[i]->d_name);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *argv[] = {"sh", "-c", "cat data.txt; ./helper.sh arg", NULL};
+        char *envp[] = {NULL};
+        execve("/bin/sh", argv, envp);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    printf("status=%d\n", WEXITSTATUS(st));
+    return 0;
+}
+"#;
+
+#[test]
+fn realpath_scandir_and_exec_with_a_cleared_environment_and_a_remote_script() {
+    let job = Job::new();
+    let src = job.dir.path().join("t2.c");
+    std::fs::write(&src, C_PROGRAM_2).unwrap();
+    let exe = job.dir.path().join("scratch/t2");
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(cc.success());
+    job.put("data.txt", b"data\n");
+    job.put("helper.sh", b"#!/bin/sh\necho helper $1\n");
+    let (code, err) = job.run(&[exe.to_str().unwrap()], None, "out.txt");
+    assert_eq!(code, 0, "stderr: {err}");
+    let out = String::from_utf8(job.get("out.txt")).unwrap();
+    assert_eq!(
+        out,
+        "realpath-ok=1\nrealpath-missing=1\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
+         data\nhelper arg\nstatus=0\n"
+    );
+}

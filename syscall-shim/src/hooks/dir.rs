@@ -195,3 +195,118 @@ pub unsafe extern "C" fn getdents64(fd: c_int, buf: *mut libc::c_void, count: si
         },
     )
 }
+
+type Filter = Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>;
+type Compar = Option<unsafe extern "C" fn(*const libc::c_void, *const libc::c_void) -> c_int>;
+
+/// `scandir` of a remote directory; the filter and comparison run outside
+/// the shim's guard (they may call hooked functions themselves).
+///
+/// # Safety
+/// libc's contract for `scandir`.
+unsafe fn scandir_impl(
+    path: *const c_char,
+    list: *mut *mut *mut libc::dirent64,
+    filter: Filter,
+    compar: Compar,
+    is64: bool,
+) -> c_int {
+    const LOCAL: c_int = -2;
+    let mut got = Vec::new();
+    let r = run(
+        -1,
+        || {
+            // SAFETY: path is the caller's C string.
+            let p = match unsafe { arg(path) } {
+                Ok(p) => p,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(dir::collect(p)?.map(|v| {
+                got = v;
+                0
+            }))
+        },
+        || LOCAL,
+    );
+    if r == LOCAL {
+        type F = unsafe extern "C" fn(
+            *const c_char,
+            *mut *mut *mut libc::dirent64,
+            Filter,
+            Compar,
+        ) -> c_int;
+        // SAFETY: passed on unchanged.
+        return unsafe {
+            if is64 {
+                real!(scandir64 as F)(path, list, filter, compar)
+            } else {
+                real!(scandir as F)(path, list, filter, compar)
+            }
+        };
+    }
+    if r < 0 {
+        return r;
+    }
+    let mut kept: Vec<*mut libc::dirent64> = Vec::with_capacity(got.len());
+    for e in got {
+        // SAFETY: filter is the caller's function; e is a valid entry.
+        if filter.is_none_or(|f| unsafe { f(e) } != 0) {
+            kept.push(e);
+        } else {
+            // SAFETY: e came from malloc in dir::collect.
+            unsafe { libc::free(e.cast()) };
+        }
+    }
+    let n = kept.len();
+    let size = n.max(1) * std::mem::size_of::<*mut libc::dirent64>();
+    // SAFETY: malloc is not interposed.
+    let arr = unsafe { libc::malloc(size) }.cast::<*mut libc::dirent64>();
+    if arr.is_null() {
+        for e in kept {
+            // SAFETY: e came from malloc.
+            unsafe { libc::free(e.cast()) };
+        }
+        sys::set_errno(libc::ENOMEM);
+        return -1;
+    }
+    // SAFETY: arr has room for n pointers; compar is the caller's comparison of two entry pointers.
+    unsafe {
+        std::ptr::copy_nonoverlapping(kept.as_ptr(), arr, n);
+        if let Some(c) = compar {
+            libc::qsort(
+                arr.cast(),
+                n,
+                std::mem::size_of::<*mut libc::dirent64>(),
+                Some(c),
+            );
+        }
+        *list = arr;
+    }
+    n as c_int
+}
+
+/// # Safety
+/// libc's contract for `scandir`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn scandir(
+    path: *const c_char,
+    list: *mut *mut *mut libc::dirent64,
+    filter: Filter,
+    compar: Compar,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { scandir_impl(path, list, filter, compar, false) }
+}
+
+/// # Safety
+/// libc's contract for `scandir64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn scandir64(
+    path: *const c_char,
+    list: *mut *mut *mut libc::dirent64,
+    filter: Filter,
+    compar: Compar,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { scandir_impl(path, list, filter, compar, true) }
+}

@@ -831,3 +831,70 @@ pub unsafe extern "C" fn get_current_dir_name() -> *mut c_char {
         },
     )
 }
+
+/// Copies `p` into `out` (or a malloc'd buffer when NULL) as a C string.
+fn put_path(p: &[u8], out: *mut c_char, max: usize) -> Result<*mut c_char, Errno> {
+    if p.len() + 1 > max {
+        return Err(libc::ENAMETOOLONG);
+    }
+    let out = if out.is_null() {
+        // SAFETY: malloc is not interposed.
+        let m = unsafe { libc::malloc(p.len() + 1) }.cast::<c_char>();
+        if m.is_null() {
+            return Err(libc::ENOMEM);
+        }
+        m
+    } else {
+        out
+    };
+    // SAFETY: out is writable for p.len() + 1 bytes (PATH_MAX for a caller's buffer).
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.as_ptr(), out.cast::<u8>(), p.len());
+        *out.add(p.len()) = 0;
+    }
+    Ok(out)
+}
+
+/// # Safety
+/// libc's contract for `realpath`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char {
+    run(
+        std::ptr::null_mut(),
+        || {
+            // SAFETY: path is the caller's C string.
+            let r = unsafe { with_path(path, meta::realpath) }?;
+            Some(r.and_then(|p| put_path(&p, resolved, libc::PATH_MAX as usize)))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe {
+                real!(realpath: fn(*const c_char, *mut c_char) -> *mut c_char)(path, resolved)
+            }
+        },
+    )
+}
+
+/// # Safety
+/// glibc's contract for `__realpath_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __realpath_chk(
+    path: *const c_char,
+    resolved: *mut c_char,
+    len: size_t,
+) -> *mut c_char {
+    if len < libc::PATH_MAX as size_t {
+        // SAFETY: abort has no preconditions (fortify failure).
+        unsafe { libc::abort() };
+    }
+    // SAFETY: same contract as realpath.
+    unsafe { realpath(path, resolved) }
+}
+
+/// # Safety
+/// glibc's contract for `canonicalize_file_name`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn canonicalize_file_name(path: *const c_char) -> *mut c_char {
+    // SAFETY: same contract as realpath with a NULL buffer.
+    unsafe { realpath(path, std::ptr::null_mut()) }
+}

@@ -60,6 +60,13 @@ fn with_env(
     Some(if r == -1 { Err(sys::errno()) } else { Ok(r) })
 }
 
+/// A local copy of a remote executable, if `path` is remote.
+fn local_exe(path: *const c_char) -> Result<Option<Vec<u8>>, i32> {
+    // SAFETY: path is the caller's C string.
+    let p = unsafe { crate::ops::cstr(path) }?;
+    crate::ops::process::fetch_exec(p).transpose()
+}
+
 /// # Safety
 /// libc's contract for `execve`.
 #[unsafe(no_mangle)]
@@ -73,8 +80,13 @@ pub unsafe extern "C" fn execve(
     run(
         -1,
         || {
+            let local = match local_exe(path) {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
+            let p = local.as_ref().map_or(path, |l| l.as_ptr().cast());
             // SAFETY: the caller's arguments with a valid environment.
-            with_env(envp, |env| unsafe { real!(execve as F)(path, argv, env) })
+            with_env(envp, |env| unsafe { real!(execve as F)(p, argv, env) })
         },
         || {
             // SAFETY: passed on unchanged.
@@ -104,8 +116,19 @@ pub unsafe extern "C" fn execvpe(
     run(
         -1,
         || {
+            // SAFETY: file is the caller's C string.
+            let has_slash = unsafe { crate::ops::cstr(file) }.is_ok_and(|f| f.contains(&b'/'));
+            let local = if has_slash {
+                match local_exe(file) {
+                    Ok(l) => l,
+                    Err(e) => return Some(Err(e)),
+                }
+            } else {
+                None
+            };
+            let f = local.as_ref().map_or(file, |l| l.as_ptr().cast());
             // SAFETY: the caller's arguments with a valid environment.
-            with_env(envp, |env| unsafe { real!(execvpe as F)(file, argv, env) })
+            with_env(envp, |env| unsafe { real!(execvpe as F)(f, argv, env) })
         },
         || {
             // SAFETY: passed on unchanged.

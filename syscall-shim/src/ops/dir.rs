@@ -264,3 +264,40 @@ pub unsafe fn getdents64(fd: i32, buf: *mut u8, count: usize) -> Op<isize> {
     }
     Some(Ok(off as isize))
 }
+
+/// Every entry of a remote directory, each in its own `malloc`'d
+/// `dirent64` (for `scandir`; the caller frees them).
+pub fn collect(path: &[u8]) -> Op<Vec<*mut libc::dirent64>> {
+    let d = match opendir(path)? {
+        Ok(d) => d.cast::<RDir>(),
+        Err(e) => return Some(Err(e)),
+    };
+    let mut out = Vec::new();
+    let r = loop {
+        // SAFETY: d is a live registered stream until closedir below.
+        match unsafe { readdir(d) } {
+            Ok(e) if e.is_null() => break Ok(()),
+            Ok(e) => {
+                let size = std::mem::size_of::<libc::dirent64>();
+                // SAFETY: malloc is not interposed.
+                let m = unsafe { libc::malloc(size) }.cast::<libc::dirent64>();
+                if m.is_null() {
+                    break Err(libc::ENOMEM);
+                }
+                // SAFETY: e points to a valid dirent64, m to size writable bytes.
+                unsafe { std::ptr::copy_nonoverlapping(e, m, 1) };
+                out.push(m);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = closedir(d);
+    if let Err(e) = r {
+        for m in out {
+            // SAFETY: m came from malloc above.
+            unsafe { libc::free(m.cast()) };
+        }
+        return Some(Err(e));
+    }
+    Some(Ok(out))
+}

@@ -368,3 +368,94 @@ pub fn fchdir(fd: i32) -> Op<i32> {
 pub fn remote_cwd() -> Option<Vec<u8>> {
     SHIM.lock().cwd.clone()
 }
+
+/// `path` made absolute against `cwd` with `.`, `..` and repeated slashes
+/// removed (lexically).
+pub fn normalize(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for p in &parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+/// `realpath(path)` of a remote path: the normalized absolute path, if it
+/// exists on the submit host.
+pub fn realpath(path: &[u8]) -> Op<Vec<u8>> {
+    let mut s = SHIM.lock();
+    let Route::Remote { at: None, path } = s.route(libc::AT_FDCWD, path) else {
+        return None;
+    };
+    let norm = normalize(&path);
+    Some(
+        want_stat(s.call(FileOp::Stat {
+            at: None,
+            path: norm.clone(),
+            nofollow: false,
+        }))
+        .map(|_| norm),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(b"/a/./b//c/../d/"), b"/a/b/d");
+        assert_eq!(normalize(b"/.."), b"/");
+        assert_eq!(normalize(b"/"), b"/");
+    }
+
+    #[test]
+    fn stat_conversion_keeps_every_field() {
+        let st = Stat {
+            dev: (8 << 8) | 1,
+            ino: 42,
+            mode: libc::S_IFREG | 0o640,
+            nlink: 2,
+            uid: 1000,
+            gid: 100,
+            rdev: 0,
+            size: 12345,
+            blksize: 4096,
+            blocks: 24,
+            atime: (1, 2),
+            mtime: (3, 4),
+            ctime: (5, 6),
+        };
+        let s = to_stat(&st);
+        assert_eq!(
+            (s.st_ino, s.st_mode, s.st_size, s.st_nlink, s.st_uid),
+            (42, libc::S_IFREG | 0o640, 12345, 2, 1000)
+        );
+        assert_eq!((s.st_mtime, s.st_mtime_nsec, s.st_ctime), (3, 4, 5));
+        let x = to_statx(&st);
+        assert_eq!(
+            (
+                x.stx_ino,
+                x.stx_mode as u32,
+                x.stx_size,
+                x.stx_dev_major,
+                x.stx_dev_minor
+            ),
+            (42, libc::S_IFREG | 0o640, 12345, 8, 1)
+        );
+        assert_eq!((x.stx_atime.tv_sec, x.stx_atime.tv_nsec), (1, 2));
+    }
+}

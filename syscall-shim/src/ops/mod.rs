@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use proto::Handle;
-use proto::fileop::{Errno, FileOp, FileReply};
+pub use proto::fileop::Errno;
+use proto::fileop::{FileOp, FileReply};
 use proto::shim::{ShimReply, ShimRequest};
 
 use crate::chan::Chan;

@@ -194,3 +194,67 @@ mod tests {
         assert_eq!(out, vec!["ROOST_CWD=/x".to_string()]);
     }
 }
+
+/// An executable on a remote path cannot be mapped by the kernel: copies it
+/// into the scratch directory and returns the local path (NUL-terminated),
+/// or `None` when `path` is local.
+pub fn fetch_exec(path: &[u8]) -> Option<Result<Vec<u8>, crate::ops::Errno>> {
+    let data = {
+        let mut s = SHIM.lock();
+        let super::Route::Remote { at, path } = s.route(libc::AT_FDCWD, path) else {
+            return None;
+        };
+        let fd =
+            match super::file::open_remote(&mut s, at, path, libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+                Ok(fd) => fd,
+                Err(e) => return Some(Err(e)),
+            };
+        let mut data = Vec::new();
+        let mut chunk = vec![0u8; 1 << 20];
+        let r = loop {
+            // SAFETY: chunk is writable for its length.
+            match unsafe { super::file::read_remote(&mut s, fd, chunk.as_mut_ptr(), chunk.len()) } {
+                Ok(0) => break Ok(()),
+                Ok(n) => data.extend_from_slice(&chunk[..n as usize]),
+                Err(e) => break Err(e),
+            }
+        };
+        s.vfds.remove(fd);
+        sys::close(fd);
+        if let Err(e) = r {
+            return Some(Err(e));
+        }
+        data
+    };
+    let dir = if conf().scratch.is_empty() {
+        &b"/tmp"[..]
+    } else {
+        &conf().scratch[..]
+    };
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"exe");
+    let mut local = dir.to_vec();
+    local.extend_from_slice(format!("/.roost-exec-{}-", sys::getpid()).as_bytes());
+    local.extend_from_slice(name);
+    local.push(0);
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+    // SAFETY: local is NUL-terminated.
+    let fd = match unsafe {
+        sys::sc(
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as usize,
+                local.as_ptr() as usize,
+                flags as usize,
+                0o700,
+                0,
+                0,
+            ],
+        )
+    } {
+        Ok(fd) => fd as i32,
+        Err(e) => return Some(Err(e)),
+    };
+    let r = sys::write_all(fd, &data);
+    sys::close(fd);
+    Some(r.map(|_| local))
+}
