@@ -159,42 +159,6 @@ pub fn exec_cwd() -> Vec<u8> {
     SHIM.lock().cwd.clone().unwrap_or_else(sys::real_cwd)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(p: *const *const c_char) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        loop {
-            // SAFETY: p is a NULL-terminated array built by build_env.
-            let e = unsafe { *p.add(i) };
-            if e.is_null() {
-                return out;
-            }
-            // SAFETY: entries are C strings.
-            out.push(unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned());
-            i += 1;
-        }
-    }
-
-    #[test]
-    fn env_keeps_the_job_variables_and_the_cwd() {
-        let a = c"PATH=/bin";
-        let b = c"ROOST_CWD=/stale";
-        let envp = [a.as_ptr(), b.as_ptr(), std::ptr::null()];
-        let mut buf = Box::new(EnvBuf::new());
-        // SAFETY: envp is NULL-terminated.
-        let out = strings(unsafe { build_env(envp.as_ptr(), b"/home/ann/job/sub", &mut buf) });
-        assert!(out.contains(&"PATH=/bin".to_string()));
-        assert!(out.contains(&"ROOST_CWD=/home/ann/job/sub".to_string()));
-        assert!(!out.contains(&"ROOST_CWD=/stale".to_string()));
-        // SAFETY: an empty environment (NULL pointer) is allowed.
-        let out = strings(unsafe { build_env(std::ptr::null(), b"/x", &mut buf) });
-        assert_eq!(out, vec!["ROOST_CWD=/x".to_string()]);
-    }
-}
-
 /// An executable on a remote path cannot be mapped by the kernel: copies it
 /// into the scratch directory and returns the local path (NUL-terminated),
 /// or `None` when `path` is local.
@@ -257,4 +221,40 @@ pub fn fetch_exec(path: &[u8]) -> Option<Result<Vec<u8>, crate::ops::Errno>> {
     let r = sys::write_all(fd, &data);
     sys::close(fd);
     Some(r.map(|_| local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(p: *const *const c_char) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            // SAFETY: p is a NULL-terminated array built by build_env.
+            let e = unsafe { *p.add(i) };
+            if e.is_null() {
+                return out;
+            }
+            // SAFETY: entries are C strings.
+            out.push(unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned());
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn env_keeps_the_job_variables_and_the_cwd() {
+        let a = c"PATH=/bin";
+        let b = c"ROOST_CWD=/stale";
+        let envp = [a.as_ptr(), b.as_ptr(), std::ptr::null()];
+        let mut buf = Box::new(EnvBuf::new());
+        // SAFETY: envp is NULL-terminated.
+        let out = strings(unsafe { build_env(envp.as_ptr(), b"/home/ann/job/sub", &mut buf) });
+        assert!(out.contains(&"PATH=/bin".to_string()));
+        assert!(out.contains(&"ROOST_CWD=/home/ann/job/sub".to_string()));
+        assert!(!out.contains(&"ROOST_CWD=/stale".to_string()));
+        // SAFETY: an empty environment (NULL pointer) is allowed.
+        let out = strings(unsafe { build_env(std::ptr::null(), b"/x", &mut buf) });
+        assert_eq!(out, vec!["ROOST_CWD=/x".to_string()]);
+    }
 }
