@@ -86,7 +86,27 @@ impl Chan {
     /// Sends one request.
     pub fn send(&self, req: &ShimRequest) -> Result<(), Errno> {
         let buf = encode(req).map_err(|_| libc::EIO)?;
-        sys::write_all(self.fd, &buf).map_err(|_| libc::EIO)
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            // MSG_NOSIGNAL: a starter that went away is an error, not a SIGPIPE for the job.
+            // SAFETY: rest is a valid readable slice.
+            let n = unsafe {
+                sys::sc_retry(
+                    libc::SYS_sendto,
+                    [
+                        self.fd as usize,
+                        rest.as_ptr() as usize,
+                        rest.len(),
+                        libc::MSG_NOSIGNAL as usize,
+                        0,
+                        0,
+                    ],
+                )
+            }
+            .map_err(|_| libc::EIO)?;
+            rest = &rest[n..];
+        }
+        Ok(())
     }
 
     /// Receives one reply and the fd that came with it, if any.

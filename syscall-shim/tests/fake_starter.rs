@@ -739,6 +739,19 @@ int main(void) {
     int st;
     waitpid(pid, &st, 0);
     printf("status=%d\n", WEXITSTATUS(st));
+    fflush(stdout);
+    if (fork() == 0) {
+        char *envp[] = {"A=1", NULL};
+        execle("/bin/sh", "sh", "-c", "echo $A; cat data.txt", (char *)NULL, envp);
+        _exit(127);
+    }
+    wait(&st);
+    if (fork() == 0) {
+        execlp("cat", "cat", "data.txt", "data.txt", (char *)NULL);
+        _exit(127);
+    }
+    wait(&st);
+    printf("status=%d\n", WEXITSTATUS(st));
     return 0;
 }
 "#;
@@ -764,6 +777,6 @@ fn realpath_scandir_and_exec_with_a_cleared_environment_and_a_remote_script() {
     assert_eq!(
         out,
         "realpath-ok=1\nrealpath-missing=1\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
-         data\nhelper arg\nstatus=0\n"
+         data\nhelper arg\nstatus=0\n1\ndata\ndata\ndata\nstatus=0\n"
     );
 }

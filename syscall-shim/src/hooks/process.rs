@@ -238,3 +238,66 @@ pub unsafe extern "C" fn posix_spawnp(
         },
     )
 }
+
+/// The variadic `execl` family: a naked entry point spills the argument
+/// registers next to the stack arguments, so the `NULL`-terminated list
+/// (and, for `execle`, the `envp` after it) is one contiguous array, then
+/// calls [`execl_impl`] with it. x86-64 System V only.
+macro_rules! execl_entry {
+    ($name:ident, $kind:literal) => {
+        /// # Safety
+        /// libc's contract for this `execl` variant (a NULL-terminated
+        /// argument list of C strings).
+        #[unsafe(naked)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(path: *const c_char, arg: *const c_char) -> c_int {
+            std::arch::naked_asm!(
+                "pop r11",
+                "push r9",
+                "push r8",
+                "push rcx",
+                "push rdx",
+                "push rsi",
+                "push rbx",
+                "mov rbx, r11",
+                "lea rsi, [rsp + 8]",
+                concat!("mov edx, ", $kind),
+                "call {imp}",
+                "mov r11, rbx",
+                "pop rbx",
+                "add rsp, 40",
+                "push r11",
+                "ret",
+                imp = sym execl_impl,
+            )
+        }
+    };
+}
+
+execl_entry!(execl, 0);
+execl_entry!(execlp, 1);
+execl_entry!(execle, 2);
+
+/// `args` is the `NULL`-terminated argument list; for `execle` the
+/// environment pointer follows the `NULL`.
+unsafe extern "C" fn execl_impl(
+    path: *const c_char,
+    args: *const *const c_char,
+    kind: c_int,
+) -> c_int {
+    // SAFETY: args is the caller's NULL-terminated list; environ is libc's environment.
+    unsafe {
+        match kind {
+            0 => execve(path, args, environ),
+            1 => execvpe(path, args, environ),
+            _ => {
+                let mut i = 0;
+                while !(*args.add(i)).is_null() {
+                    i += 1;
+                }
+                let envp = *args.add(i + 1) as *const *const c_char;
+                execve(path, args, envp)
+            }
+        }
+    }
+}
