@@ -59,7 +59,12 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    let rt = match tokio::runtime::Runtime::new() {
+    // One thread: the relay, the link's reader and the calls wake each other
+    // without crossing CPUs; the job runs on the others.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the runtime: {e}");
