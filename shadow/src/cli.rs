@@ -1,12 +1,14 @@
 //! The `roost` CLI server on `DIR/schedd.sock` (mode 0600).
 //!
 //! The peer is identified by `SO_PEERCRED`; only the schedd's own user (or
-//! root) is served, and a job's `Owner` is that user's name. Each
-//! connection may send several requests, each answered by one reply. A
-//! frame that is oversized or does not decode closes that connection only.
+//! root) is served, and a job's `Owner` is that user's name. Job
+//! descriptions are TOML files or HTCondor submit files, told apart by the
+//! file's extension (`policies::jobfile::parse_any`). Each connection may
+//! send several requests, each answered by one reply. A frame that is
+//! oversized or does not decode closes that connection only.
 
 use crate::Schedd;
-use crate::queue::QueueError;
+use crate::queue::{NewJob, QueueError};
 use proto::cli::{CliReply, CliRequest};
 use proto::frame::{read_frame_async, write_frame_async};
 use proto::{JobId, ProtoError};
@@ -104,7 +106,7 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
                     "{file}: the submit directory `{cwd}` is not absolute"
                 ));
             }
-            let desc = match policies::jobfile::parse(&file, &text, Path::new(&cwd)) {
+            let desc = match policies::jobfile::parse_any(&file, &text, Path::new(&cwd)) {
                 Ok(d) => d,
                 Err(e) => return error(e),
             };
@@ -112,8 +114,15 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
             let file2 = file.clone();
             let r = s
                 .db(move |q| {
-                    q.submit(&owner2, &file2, |cluster| {
-                        desc.expand(cluster).map_err(|e| e.to_string())
+                    q.submit_jobs(&owner2, &file2, |cluster| {
+                        let procs = desc.expand_full(cluster).map_err(|e| e.to_string())?;
+                        Ok(procs
+                            .into_iter()
+                            .map(|p| NewJob {
+                                spec: p.spec,
+                                user_log: p.log,
+                            })
+                            .collect())
                     })
                 })
                 .await;

@@ -64,6 +64,14 @@ pub struct JobRow {
     pub submitted: i64,
 }
 
+/// A job to queue: its description and, if the user asked for one, the
+/// absolute path of the user's own event log (JSON lines appended there too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub spec: JobSpec,
+    pub user_log: Option<String>,
+}
+
 /// What a removal did to one job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Removed {
@@ -95,6 +103,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     runs INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     submitted INTEGER NOT NULL,
+    user_log TEXT,
     started INTEGER,
     finished INTEGER,
     PRIMARY KEY (cluster, proc)
@@ -120,15 +129,25 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn event(tx: &Transaction<'_>, job: JobId, name: &str, extra: Value) -> Result<()> {
+/// Records an event in the queue (inside `tx`) and keeps its line in `ev`
+/// for the user's own log, written once `tx` is committed.
+fn event(
+    tx: &Transaction<'_>,
+    ev: &mut Vec<(JobId, String)>,
+    job: JobId,
+    name: &str,
+    extra: Value,
+) -> Result<()> {
     let mut v = json!({ "time": now(), "job": job.to_string(), "event": name });
     if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
         m.extend(e);
     }
+    let line = v.to_string();
     tx.execute(
         "INSERT INTO events (cluster, proc, line) VALUES (?1, ?2, ?3)",
-        params![job.cluster as i64, job.proc, v.to_string()],
+        params![job.cluster as i64, job.proc, line],
     )?;
+    ev.push((job, line));
     Ok(())
 }
 
@@ -232,6 +251,14 @@ impl Queue {
         db.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
         db.execute_batch(SCHEMA).map_err(open_err)?;
+        let has_user_log: bool = db
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'user_log'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(open_err)?;
+        if !has_user_log {
+            db.execute_batch("ALTER TABLE jobs ADD COLUMN user_log TEXT")
+                .map_err(open_err)?;
+        }
         let mut q = Queue { db };
         q.recover()?;
         Ok(q)
@@ -239,6 +266,7 @@ impl Queue {
 
     fn recover(&mut self) -> Result<()> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let running: Vec<JobId> = {
             let mut st = tx.prepare("SELECT cluster, proc FROM jobs WHERE state = 'running'")?;
             st.query_map([], |r| {
@@ -256,6 +284,7 @@ impl Queue {
             )?;
             event(
                 &tx,
+                &mut ev,
                 id,
                 "evicted",
                 json!({ "reason": "the schedd restarted while the job ran" }),
@@ -263,7 +292,39 @@ impl Queue {
             tracing::info!(job = %id, "running at start-up; back to idle");
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(())
+    }
+
+    /// Appends committed events to their jobs' user logs, if any. A log
+    /// that cannot be written is reported and skipped: the queue is the
+    /// record.
+    fn user_logs(&self, ev: &[(JobId, String)]) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        for (job, line) in ev {
+            let path: Option<String> = self
+                .db
+                .query_row(
+                    "SELECT user_log FROM jobs WHERE cluster = ?1 AND proc = ?2",
+                    params![job.cluster as i64, job.proc],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ok()
+                .flatten()
+                .flatten();
+            let Some(path) = path else { continue };
+            let r = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o644)
+                .open(&path)
+                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+            if let Err(e) = r {
+                tracing::warn!(job = %job, log = %path, "cannot append to the job's event log: {e}");
+            }
+        }
     }
 
     /// Queues a new cluster. `expand` gets the new cluster id and returns
@@ -274,7 +335,26 @@ impl Queue {
         file: &str,
         expand: impl FnOnce(u64) -> std::result::Result<Vec<JobSpec>, String>,
     ) -> Result<Vec<JobId>> {
+        self.submit_jobs(owner, file, |c| {
+            Ok(expand(c)?
+                .into_iter()
+                .map(|spec| NewJob {
+                    spec,
+                    user_log: None,
+                })
+                .collect())
+        })
+    }
+
+    /// [`Queue::submit`] for jobs that may name the user's own event log.
+    pub fn submit_jobs(
+        &mut self,
+        owner: &str,
+        file: &str,
+        expand: impl FnOnce(u64) -> std::result::Result<Vec<NewJob>, String>,
+    ) -> Result<Vec<JobId>> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let last: Option<i64> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'last_cluster'",
@@ -299,7 +379,7 @@ impl Queue {
             params![cluster as i64, owner, file, t],
         )?;
         let mut ids = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
+        for (i, NewJob { spec, user_log }) in specs.iter().enumerate() {
             let id = JobId {
                 cluster,
                 proc: i as u32,
@@ -307,11 +387,12 @@ impl Queue {
             let text = serde_json::to_string(spec)
                 .map_err(|source| QueueError::Spec { job: id, source })?;
             tx.execute(
-                "INSERT INTO jobs (cluster, proc, owner, state, spec, submitted) VALUES (?1, ?2, ?3, 'idle', ?4, ?5)",
-                params![cluster as i64, id.proc, owner, text, t],
+                "INSERT INTO jobs (cluster, proc, owner, state, spec, submitted, user_log) VALUES (?1, ?2, ?3, 'idle', ?4, ?5, ?6)",
+                params![cluster as i64, id.proc, owner, text, t, user_log],
             )?;
             event(
                 &tx,
+                &mut ev,
                 id,
                 "submitted",
                 json!({ "owner": owner, "executable": spec.executable, "file": file }),
@@ -319,6 +400,7 @@ impl Queue {
             ids.push(id);
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(ids)
     }
 
@@ -391,14 +473,16 @@ impl Queue {
     /// when the job is not idle or already holds a claim.
     pub fn set_claim(&mut self, id: JobId, claim: &ClaimId, machine: &HostName) -> Result<bool> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let n = tx.execute(
             "UPDATE jobs SET claim = ?3, claimed_at = ?4 WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim IS NULL",
             params![id.cluster as i64, id.proc, claim.0, now()],
         )?;
         if n == 1 {
-            event(&tx, id, "matched", json!({ "host": machine.0 }))?;
+            event(&tx, &mut ev, id, "matched", json!({ "host": machine.0 }))?;
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(n == 1)
     }
 
@@ -464,15 +548,17 @@ impl Queue {
     /// with this claim.
     pub fn mark_running(&mut self, id: JobId, claim: &ClaimId, host: &HostName) -> Result<bool> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let n = tx.execute(
             "UPDATE jobs SET state = 'running', host = ?4, runs = runs + 1, started = ?5
              WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim = ?3",
             params![id.cluster as i64, id.proc, claim.0, host.0, now()],
         )?;
         if n == 1 {
-            event(&tx, id, "executing", json!({ "host": host.0 }))?;
+            event(&tx, &mut ev, id, "executing", json!({ "host": host.0 }))?;
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(n == 1)
     }
 
@@ -480,6 +566,7 @@ impl Queue {
     /// (e.g. removed meanwhile).
     pub fn complete(&mut self, id: JobId, status: ExitStatus, usage: &Usage) -> Result<bool> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let (kind, value) = exit_cols(&status);
         let n = tx.execute(
             "UPDATE jobs SET state = 'completed', exit_kind = ?3, exit_value = ?4, finished = ?5, claim = NULL, claimed_at = NULL
@@ -499,9 +586,10 @@ impl Queue {
                 ExitStatus::Code(c) => e["exit_code"] = json!(c),
                 ExitStatus::Signal(s) => e["signal"] = json!(s),
             }
-            event(&tx, id, "completed", e)?;
+            event(&tx, &mut ev, id, "completed", e)?;
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(n == 1)
     }
 
@@ -509,15 +597,17 @@ impl Queue {
     /// `evicted` or `shadow_error`). Returns false when it was not running.
     pub fn requeue(&mut self, id: JobId, event_name: &str, reason: &str) -> Result<bool> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let n = tx.execute(
             "UPDATE jobs SET state = 'idle', host = NULL, claim = NULL, claimed_at = NULL
              WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
             params![id.cluster as i64, id.proc],
         )?;
         if n == 1 {
-            event(&tx, id, event_name, json!({ "reason": reason }))?;
+            event(&tx, &mut ev, id, event_name, json!({ "reason": reason }))?;
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(n == 1)
     }
 
@@ -539,21 +629,30 @@ impl Queue {
             JobState::Idle
         };
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         tx.execute(
             "UPDATE jobs SET state = ?3, failures = ?4, host = NULL, claim = NULL, claimed_at = NULL
              WHERE cluster = ?1 AND proc = ?2",
             params![id.cluster as i64, id.proc, state.as_str(), failures],
         )?;
-        event(&tx, id, "shadow_error", json!({ "reason": reason }))?;
+        event(
+            &tx,
+            &mut ev,
+            id,
+            "shadow_error",
+            json!({ "reason": reason }),
+        )?;
         if state == JobState::Held {
             event(
                 &tx,
+                &mut ev,
                 id,
                 "held",
                 json!({ "reason": format!("failed {failures} times; last: {reason}") }),
             )?;
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok(Some(state))
     }
 
@@ -561,6 +660,7 @@ impl Queue {
     /// the ids that name no removable job.
     pub fn remove(&mut self, ids: &[JobId], by: &str) -> Result<(Vec<Removed>, Vec<JobId>)> {
         let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let mut removed = Vec::new();
         let mut not_found = Vec::new();
         for &id in ids {
@@ -586,6 +686,7 @@ impl Queue {
             )?;
             event(
                 &tx,
+                &mut ev,
                 id,
                 "removed",
                 json!({ "by": by, "was": state.as_str() }),
@@ -597,6 +698,7 @@ impl Queue {
             });
         }
         tx.commit()?;
+        self.user_logs(&ev);
         Ok((removed, not_found))
     }
 }

@@ -291,3 +291,50 @@ fn reopening_keeps_jobs_and_requeues_running_ones() {
         2
     );
 }
+
+#[test]
+fn events_also_go_to_the_users_own_log() {
+    let d = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(&d.path().join("queue.db")).unwrap();
+    let user_log = d.path().join("job.log");
+    let ul = user_log.display().to_string();
+    let ids = q
+        .submit_jobs("alice", "j", |_| {
+            Ok(vec![
+                NewJob {
+                    spec: spec("p"),
+                    user_log: Some(ul.clone()),
+                },
+                NewJob {
+                    spec: spec("p"),
+                    user_log: None,
+                },
+            ])
+        })
+        .unwrap();
+    let c = ClaimId("c".into());
+    let h = HostName("exec1".into());
+    q.set_claim(ids[0], &c, &h).unwrap();
+    q.mark_running(ids[0], &c, &h).unwrap();
+    q.complete(ids[0], ExitStatus::Code(0), &Usage::default())
+        .unwrap();
+    q.remove(&[ids[1]], "alice").unwrap();
+    let text = std::fs::read_to_string(&user_log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        q.log(ids[0]).unwrap().unwrap(),
+        "the same lines as the queue's log"
+    );
+    assert_eq!(lines.len(), 4);
+    // A log that cannot be written does not stop the queue.
+    let ids = q
+        .submit_jobs("alice", "j", |_| {
+            Ok(vec![NewJob {
+                spec: spec("p"),
+                user_log: Some("/nonexistent/dir/x.log".into()),
+            }])
+        })
+        .unwrap();
+    assert_eq!(q.remove(&ids, "alice").unwrap().0.len(), 1);
+}

@@ -229,6 +229,38 @@ async fn cli_submit_queue_remove_log_over_the_socket() {
         r => panic!("{r:?}"),
     }
 
+    // The user's own event log, and an HTCondor submit file.
+    let req = CliRequest::Submit {
+        file: "job.sub".into(),
+        text: "executable = prog\nlog = job.log\nqueue\n".into(),
+        cwd: workdir(&p).display().to_string(),
+    };
+    let CliReply::Submitted { jobs: sub } = cli(&p.sock, &req).await else {
+        panic!()
+    };
+    assert_eq!(
+        sub,
+        vec![JobId {
+            cluster: 2,
+            proc: 0
+        }]
+    );
+    let CliReply::Removed { .. } = cli(&p.sock, &CliRequest::Remove { jobs: sub.clone() }).await
+    else {
+        panic!()
+    };
+    let user_log = std::fs::read_to_string(workdir(&p).join("job.log")).unwrap();
+    let kinds: Vec<String> = user_log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["submitted", "removed"]);
+
     // Several requests on one connection.
     let mut s = UnixStream::connect(&p.sock).await.unwrap();
     for _ in 0..3 {
