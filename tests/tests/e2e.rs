@@ -295,7 +295,12 @@ fn path_escapes_get_eacces_and_the_job_continues() {
     let dir = pool.job_dir("escaper");
     std::os::unix::fs::symlink("../secret/secret.txt", dir.join("link.txt")).unwrap();
     std::fs::write(dir.join("mine.txt"), "my own data\n").unwrap();
-    let abs = secret_dir.join("secret.txt").display().to_string();
+    // An absolute path on the submit host outside the job's directory (and
+    // outside the system paths a job reads locally): the user's home.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let abs_path = Path::new(&home).join(format!(".roost-test-secret-{}", pool.id));
+    std::fs::write(&abs_path, "TOP-SECRET-HOME\n").unwrap();
+    let abs = abs_path.display().to_string();
     std::fs::write(
         dir.join("escape.sh"),
         format!(
