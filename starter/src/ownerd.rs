@@ -30,8 +30,8 @@ use tracing::{debug, error, info, warn};
 pub const AD_PERIOD: Duration = Duration::from_secs(5);
 /// How often the activity file is checked (inotify makes it sooner).
 pub const ACTIVITY_POLL: Duration = Duration::from_millis(200);
-/// After the schedd releases a claim, the starter has this long to finish
-/// by itself before it is terminated.
+/// Default time a starter has to finish by itself after the schedd
+/// released its claim, before it is terminated.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
 /// After SIGTERM, the starter has this long before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -80,6 +80,9 @@ pub struct Config {
     pub starter: PathBuf,
     /// `libroost_shim.so`.
     pub shim: PathBuf,
+    /// After the schedd releases a claim, its starter has this long to
+    /// finish before SIGTERM (and [`TERM_GRACE`] more before SIGKILL).
+    pub release_grace: Duration,
 }
 
 /// Is the owner active, given the activity file's modification time?
@@ -465,11 +468,12 @@ impl Daemon {
     }
 
     fn release(&mut self, claim: &ClaimId) {
+        let grace = self.cfg.release_grace;
         match &mut self.running {
             Some(r) if &r.claim == claim => {
-                info!(job = %r.job, claim = %claim, "claim released by the schedd; the starter has {}s to finish", RELEASE_GRACE.as_secs());
+                info!(job = %r.job, claim = %claim, "claim released by the schedd; the starter has {:?} to finish", grace);
                 if r.deadline.is_none() {
-                    r.deadline = Some((Instant::now() + RELEASE_GRACE, false));
+                    r.deadline = Some((Instant::now() + grace, false));
                 }
             }
             _ => debug!(claim = %claim, "release of a claim not running here"),
@@ -735,6 +739,7 @@ mod tests {
             idle: Duration::from_secs(2),
             starter: fake.clone(),
             shim: "/opt/roost/libroost_shim.so".into(),
+            release_grace: RELEASE_GRACE,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let daemon = tokio::spawn(run(cfg, async move {
@@ -829,6 +834,87 @@ mod tests {
             .unwrap();
     }
 
+    /// A released claim's starter that does not finish is terminated.
+    #[tokio::test]
+    async fn released_claim_stops_a_starter_that_does_not_finish() {
+        use proto::tls::{init_ca, issue};
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "cm", "matchmaker", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let record = d.path().join("record");
+        let fake = d.path().join("fake-starter");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nsleep 30 & SP=$!\ntrap 'kill $SP; echo terminated > {}; exit 0' TERM\necho running > {}\nwait\n",
+                record.display(),
+                record.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = Config {
+            pki: pki.clone(),
+            name: "exec1".into(),
+            dir: d.path().join("exec1"),
+            matchmaker: l.local_addr().unwrap().to_string(),
+            matchmaker_name: "cm".into(),
+            activity_file: d.path().join("activity"),
+            idle: Duration::from_secs(60),
+            starter: fake,
+            shim: "/x.so".into(),
+            release_grace: Duration::from_millis(300),
+        };
+        let daemon = tokio::spawn(run(cfg, std::future::pending()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let acc = Identity::load(&pki, "cm").unwrap().acceptor();
+        let mut mm = acc.accept(tcp).await.unwrap();
+        let state = async |mm: &mut tokio_rustls::server::TlsStream<TcpStream>| -> String {
+            let m =
+                tokio::time::timeout(Duration::from_secs(7), read_frame_async(mm, MAX_FRAME)).await;
+            match m.expect("no ad within 7 s").unwrap() {
+                ToMatchmaker::Machine(ad) => ad.state,
+                other => panic!("expected a machine ad, got {other:?}"),
+            }
+        };
+        assert_eq!(state(&mut mm).await, "Unclaimed");
+        let claim = ClaimId("cd".repeat(32));
+        let offer = FromMatchmaker::Claim {
+            claim: claim.clone(),
+            job: JobId {
+                cluster: 9,
+                proc: 0,
+            },
+            schedd: HostName("submit".into()),
+            addr: "10.0.0.2:9618".into(),
+        };
+        write_frame_async(&mut mm, &offer).await.unwrap();
+        assert_eq!(state(&mut mm).await, "Claimed");
+        // Let the script install its trap.
+        for _ in 0..100 {
+            if record.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = std::time::Instant::now();
+        write_frame_async(&mut mm, &FromMatchmaker::Release { claim })
+            .await
+            .unwrap();
+        assert_eq!(state(&mut mm).await, "Unclaimed");
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+            "stopped after {took:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), "terminated\n");
+        daemon.abort();
+    }
+
     #[test]
     fn ad_names_the_machine_and_its_resources() {
         let d = tempfile::tempdir().unwrap();
@@ -849,6 +935,7 @@ mod tests {
                 idle: IDLE,
                 starter: "/nonexistent".into(),
                 shim: "/nonexistent".into(),
+                release_grace: RELEASE_GRACE,
             },
             started: SystemTime::now() - Duration::from_secs(60),
             active,

@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         idle: Duration::from_secs(args.idle_secs),
         starter,
         shim,
+        release_grace: starter::ownerd::RELEASE_GRACE,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
