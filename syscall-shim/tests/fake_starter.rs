@@ -718,6 +718,8 @@ const C_PROGRAM_2: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -725,6 +727,10 @@ int main(void) {
     char *r = realpath("sub/../data.txt", NULL);
     printf("realpath-ok=%d\n", r != NULL && strlen(r) > 9 && strcmp(r + strlen(r) - 9, "/data.txt") == 0);
     printf("realpath-missing=%d\n", realpath("nope.txt", NULL) == NULL);
+    int mfd = open("data.txt", O_RDONLY);
+    char *m = mmap(NULL, 5, PROT_READ, MAP_PRIVATE, mfd, 0);
+    printf("mmap=%.4s\n", m == MAP_FAILED ? "FAIL" : m);
+    close(mfd);
     struct dirent **list;
     int n = scandir(".", &list, NULL, alphasort);
     for (int i = 0; i < n; i++) if (list[i]->d_name[0] != '.') printf("scandir=%s\n", list[i]->d_name);
@@ -776,7 +782,7 @@ fn realpath_scandir_and_exec_with_a_cleared_environment_and_a_remote_script() {
     let out = String::from_utf8(job.get("out.txt")).unwrap();
     assert_eq!(
         out,
-        "realpath-ok=1\nrealpath-missing=1\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
+        "realpath-ok=1\nrealpath-missing=1\nmmap=data\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
          data\nhelper arg\nstatus=0\n1\ndata\ndata\ndata\nstatus=0\n"
     );
 }

@@ -801,3 +801,64 @@ pub unsafe extern "C" fn posix_fadvise64(
 ) -> c_int {
     fadvise_impl(fd, off, len, advice)
 }
+
+fn mmap_impl(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    if flags & libc::MAP_ANONYMOUS != 0 || fd < 0 {
+        // SAFETY: passed on unchanged.
+        return unsafe {
+            real!(mmap64: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void)(
+                addr, len, prot, flags, fd, off,
+            )
+        };
+    }
+    run(
+        libc::MAP_FAILED,
+        || {
+            file::mmap(addr as usize, len, prot, flags, fd, off)
+                .map(|r| r.map(|p| p as *mut c_void))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe {
+                real!(mmap64: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void)(
+                    addr, len, prot, flags, fd, off,
+                )
+            }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `mmap`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    mmap_impl(addr, len, prot, flags, fd, off)
+}
+
+/// # Safety
+/// libc's contract for `mmap64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    mmap_impl(addr, len, prot, flags, fd, off)
+}

@@ -65,6 +65,7 @@ pub fn close(fd: i32) -> Op<i32> {
         // The shim's own descriptors stay open; the job sees a success.
         return Some(Ok(0));
     }
+    s.vfds.get(fd)?;
     if s.chan.live() {
         let v = s.vfd(fd)?;
         let (written, shared) = (v.written, v.shared);
@@ -85,7 +86,7 @@ pub fn close(fd: i32) -> Op<i32> {
 /// `buf` must be writable for `n` bytes.
 pub unsafe fn read(fd: i32, buf: *mut u8, n: usize) -> Op<isize> {
     let mut s = SHIM.lock();
-    if s.ensure().is_err() {
+    if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
     let v = s.vfd(fd)?;
@@ -206,7 +207,7 @@ fn continue_short(s: &mut Shim, fd: i32, buf: *mut u8, n: usize, done: &mut usiz
 /// `buf` must be writable for `n` bytes.
 pub unsafe fn pread(fd: i32, buf: *mut u8, n: usize, off: i64) -> Op<isize> {
     let mut s = SHIM.lock();
-    if s.ensure().is_err() {
+    if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
     let v = s.vfd(fd)?;
@@ -251,7 +252,7 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, n: usize, off: i64) -> Op<isize> {
 /// hook then writes into the placeholder.
 pub fn write_check(fd: i32) -> Op<isize> {
     let mut s = SHIM.lock();
-    if s.ensure().is_err() {
+    if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
     let v = s.vfd(fd)?;
@@ -265,7 +266,7 @@ pub fn write_check(fd: i32) -> Op<isize> {
 /// `pwrite(fd, data, off)`.
 pub fn pwrite(fd: i32, data: &[u8], off: i64) -> Op<isize> {
     let mut s = SHIM.lock();
-    if s.ensure().is_err() {
+    if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
     let v = s.vfd(fd)?;
@@ -304,7 +305,7 @@ pub fn pwrite(fd: i32, data: &[u8], off: i64) -> Op<isize> {
 /// `lseek(fd, off, whence)`.
 pub fn lseek(fd: i32, off: i64, whence: i32) -> Op<i64> {
     let mut s = SHIM.lock();
-    if s.ensure().is_err() {
+    if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
     let v = s.vfd(fd)?;
@@ -361,7 +362,7 @@ pub fn dup(fd: i32) -> Op<i32> {
 /// `dup2`/`dup3(old, new, flags)`.
 pub fn dup3(old: i32, new: i32, flags: i32, is_dup2: bool) -> Op<i32> {
     let mut s = SHIM.lock();
-    if s.ensure().is_err() {
+    if s.vfds.get(old).is_none() && s.vfds.get(new).is_none() || s.ensure().is_err() {
         return None;
     }
     let old_remote = s.vfd(old).is_some();
@@ -617,4 +618,50 @@ pub unsafe fn copy(
         unsafe { *off_out = o + put as i64 };
     }
     Some(Ok(put as isize))
+}
+
+/// `mmap` of a remote fd: a private anonymous mapping filled with the
+/// file's bytes (`MAP_SHARED` with `PROT_WRITE` cannot be kept coherent
+/// and gets `ENODEV`, as for a file system without mmap).
+pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> Op<usize> {
+    {
+        let mut s = SHIM.lock();
+        let v = if s.remote(fd) {
+            s.vfds.get(fd)?
+        } else {
+            return None;
+        };
+        if v.stream || v.dir {
+            return Some(Err(libc::ENODEV));
+        }
+        if !v.readable() {
+            return Some(Err(libc::EACCES));
+        }
+        if flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE != 0 {
+            return Some(Err(libc::ENODEV));
+        }
+    }
+    let aflags = (flags & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE))
+        | libc::MAP_PRIVATE
+        | libc::MAP_ANONYMOUS;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as usize;
+    // SAFETY: an anonymous mapping; the kernel checks addr/len/flags.
+    let p = match unsafe {
+        sys::sc(
+            libc::SYS_mmap,
+            [addr, len, rw, aflags as usize, usize::MAX, 0],
+        )
+    } {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    // SAFETY: p is a fresh writable mapping of len bytes.
+    if let Some(Err(e)) = unsafe { pread(fd, p as *mut u8, len, off) } {
+        // SAFETY: unmapping what was just mapped.
+        let _ = unsafe { sys::sc(libc::SYS_munmap, [p, len, 0, 0, 0, 0]) };
+        return Some(Err(e));
+    }
+    // SAFETY: changing the protection of our own fresh mapping.
+    let _ = unsafe { sys::sc(libc::SYS_mprotect, [p, len, prot as usize, 0, 0, 0]) };
+    Some(Ok(p))
 }

@@ -80,7 +80,7 @@ fn want_stat(r: Result<FileReply, Errno>) -> Result<Stat, Errno> {
 }
 
 fn fstat_locked(s: &mut Shim, fd: i32) -> Op<Stat> {
-    if s.ensure().is_err() {
+    if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
     let v = s.vfd(fd)?;

@@ -268,7 +268,7 @@ impl Shim {
 
     /// Is `fd` remote? (connecting first, so a forked child knows.)
     pub fn remote(&mut self, fd: i32) -> bool {
-        if self.ensure().is_err() {
+        if self.vfds.get(fd).is_none() || self.ensure().is_err() {
             return false;
         }
         self.vfd(fd).is_some()
@@ -359,7 +359,7 @@ impl Shim {
                 _ => Route::Local,
             };
         }
-        if self.ensure().is_err() {
+        if self.vfds.get(dirfd).is_none() || self.ensure().is_err() {
             return Route::Local;
         }
         match self.vfd(dirfd) {
