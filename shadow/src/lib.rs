@@ -30,7 +30,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// How long a claim may wait for its starter before it is given back.
+/// How long a claim may wait for its starter before it is given back
+/// (the default of [`Config::claim_timeout`]).
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,8 @@ pub struct Config {
     pub matchmaker: String,
     /// The matchmaker's certificate name.
     pub matchmaker_name: String,
+    /// How long a claim may wait for its starter ([`CLAIM_TIMEOUT`]).
+    pub claim_timeout: Duration,
 }
 
 /// State shared by every task of the daemon.
@@ -87,6 +90,7 @@ pub struct Schedd {
     /// Wakes the matchmaker client: the idle job list may have changed.
     pub(crate) changed: Notify,
     releases: mpsc::UnboundedSender<ClaimId>,
+    pub(crate) claim_timeout: Duration,
     /// Running jobs' shadows: send to end one (its job was removed).
     running: Mutex<HashMap<JobId, (u64, oneshot::Sender<()>)>>,
     conns: AtomicU64,
@@ -134,6 +138,7 @@ impl Schedd {
             identity,
             changed: Notify::new(),
             releases: tx,
+            claim_timeout: cfg.claim_timeout,
             running: Mutex::new(HashMap::new()),
             conns: AtomicU64::new(0),
         });

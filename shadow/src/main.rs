@@ -31,6 +31,10 @@ struct Args {
     /// The matchmaker's certificate name.
     #[arg(long, value_name = "NAME")]
     matchmaker_name: String,
+    /// Seconds a match may wait for its starter before the claim is given
+    /// back and the job matched again.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    claim_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         advertise: a.advertise,
         matchmaker: a.matchmaker,
         matchmaker_name: a.matchmaker_name,
+        claim_timeout: std::time::Duration::from_secs(a.claim_timeout_secs),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {

@@ -4,7 +4,8 @@
 //! the queue changes and every few seconds, and `Release`s for claims it
 //! ends. A `Matches` reply records each claim on its job; the job stays idle
 //! until a starter attaches with it. A claim no starter used within
-//! [`CLAIM_TIMEOUT`](crate::CLAIM_TIMEOUT) is dropped and the job matched again.
+//! the claim timeout ([`crate::Config::claim_timeout`]) is dropped and the
+//! job matched again.
 
 use crate::Schedd;
 use crate::cli::chain;
@@ -178,6 +179,8 @@ async fn session(
 async fn handle(s: &Arc<Schedd>, m: FromMatchmaker) {
     match m {
         FromMatchmaker::Matches(ms) => {
+            // The matched jobs leave the idle list: say so promptly.
+            s.changed.notify_one();
             for m in ms {
                 let (job, claim, machine) = (m.job, m.claim.clone(), m.machine.clone());
                 let r = s.db(move |q| q.set_claim(job, &claim, &machine)).await;
@@ -214,10 +217,13 @@ async fn handle(s: &Arc<Schedd>, m: FromMatchmaker) {
 
 /// Drops claims no starter used in time; their jobs are matched again.
 pub async fn expire_claims(s: Arc<Schedd>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let every = (s.claim_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    // Claim times are whole seconds: round the timeout up.
+    let secs = s.claim_timeout.as_secs_f64().ceil() as i64;
     loop {
         tick.tick().await;
-        let before = now() - crate::CLAIM_TIMEOUT.as_secs() as i64;
+        let before = now() - secs;
         let stale = match s.db(move |q| q.stale_claims(before)).await {
             Ok(v) => v,
             Err(e) => {

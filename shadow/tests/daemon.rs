@@ -61,6 +61,15 @@ async fn start(mm: Option<String>) -> Pool {
 }
 
 async fn start_in(tmp: tempfile::TempDir, pki: PathBuf, mm: Option<String>) -> Pool {
+    start_with(tmp, pki, mm, Duration::from_secs(60)).await
+}
+
+async fn start_with(
+    tmp: tempfile::TempDir,
+    pki: PathBuf,
+    mm: Option<String>,
+    claim_timeout: Duration,
+) -> Pool {
     let cfg = shadow::Config {
         pki: pki.clone(),
         name: "submit".into(),
@@ -70,6 +79,7 @@ async fn start_in(tmp: tempfile::TempDir, pki: PathBuf, mm: Option<String>) -> P
         // Port 1 refuses: the client keeps retrying in the background.
         matchmaker: mm.unwrap_or_else(|| "127.0.0.1:1".into()),
         matchmaker_name: "cm".into(),
+        claim_timeout,
     };
     let bound = shadow::Schedd::bind(cfg).await.unwrap();
     let sock = bound.sock().to_path_buf();
@@ -991,4 +1001,23 @@ async fn a_waiting_lock_is_granted_when_another_job_unlocks() {
         panic!()
     };
     assert_eq!(got.typ, libc::F_WRLCK as i16, "job b holds the lock now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_claim_is_given_back_and_the_job_matched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_with(tmp, pki, Some(mm.addr.clone()), Duration::from_secs(1)).await;
+    workdir(&p);
+    let job = submit(&p, "executable = \"prog\"\n").await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "never-used");
+    assert_eq!(mm.idle_jobs(0).await, Vec::<JobId>::new());
+    // No starter comes: after the claim timeout (1 s here) it is released.
+    mm.released("never-used").await;
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    let (_, r) = attach(&p, "exec1", job, "never-used").await;
+    assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
+    assert_eq!(queue(&p, false).await[0].state, JobState::Idle);
 }
