@@ -82,6 +82,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Why the link went down.
     down: Mutex<Option<String>>,
+    /// Signalled once, when the link goes down.
+    lost: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl Shared {
         }
         drop(d);
         self.pending().take();
+        self.lost.send_replace(true);
     }
 
     fn why_down(&self) -> String {
@@ -181,6 +184,7 @@ impl ShadowLink {
             pending: Mutex::new(Some(VecDeque::new())),
             next_id: AtomicU64::new(1),
             down: Mutex::new(None),
+            lost: tokio::sync::watch::channel(false).0,
         });
         let (tx, control) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(rd, shared.clone(), tx));
@@ -189,6 +193,16 @@ impl ShadowLink {
             control,
             reader,
         })
+    }
+
+    /// Resolves when the connection is lost; returns why.
+    pub fn lost(&self) -> impl Future<Output = String> + Send + 'static {
+        let shared = self.shared.clone();
+        let mut rx = shared.lost.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+            shared.why_down()
+        }
     }
 
     /// The backend for [`crate::job::run_job`]; it shares this connection.

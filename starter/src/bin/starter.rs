@@ -95,9 +95,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut made_scratch = false;
+    // Without its shadow the job can neither do I/O nor report: end it.
+    let lost = link.lost();
     let outcome = tokio::select! {
         r = execute(&args, &mut link, attached, &mut made_scratch) => r,
         _ = term.recv() => Err(anyhow::anyhow!("the execute host stopped the job (SIGTERM)")),
+        why = lost => Err(anyhow::anyhow!("lost the shadow: {why}")),
     };
     // The job's processes are gone here: `run_job` returned, or its future
     // was dropped, which kills the job's process group.
@@ -438,6 +441,80 @@ mod tests {
             other => panic!("expected Failed, got {other:?}"),
         }
         assert!(!scratch.exists());
+    }
+
+    /// Processes whose command line is exactly `argv`.
+    fn processes(argv: &[&str]) -> usize {
+        let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|c| *c == want)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn losing_the_shadow_ends_the_job_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "submit", "schedd", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let acc = Identity::load(&pki, "submit").unwrap().acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let job_argv = ["sleep", "31.25"];
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = acc.accept(s).await.unwrap();
+            let ToShadow::Attach { job, .. } = read_frame_async(&mut s, MAX_FRAME).await.unwrap()
+            else {
+                panic!()
+            };
+            let a = Attached {
+                job,
+                spec: spec("/bin/sleep", false, &["31.25"]),
+                owner: "ann".into(),
+                stdin: None,
+                stdout: None,
+                stderr: None,
+            };
+            write_frame_async(&mut s, &FromShadow::Attached(a))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            // The schedd goes away.
+        });
+        let scratch = d.path().join("scratch").join("4.2-c0ffee00");
+        let args = Args {
+            pki,
+            name: "exec1".into(),
+            schedd_name: "submit".into(),
+            schedd_addr: addr,
+            claim: "c0ffee00".into(),
+            job: JobId {
+                cluster: 4,
+                proc: 2,
+            },
+            scratch: scratch.clone(),
+            shim: PathBuf::new(),
+        };
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), run(args))
+            .await
+            .expect("the starter kept running without its shadow");
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("lost the shadow"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(!scratch.exists());
+        // The job's process is gone too (killed, then reaped in a thread).
+        for _ in 0..50 {
+            if processes(&job_argv) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the job's process outlived the starter's session");
     }
 
     #[test]
