@@ -701,15 +701,29 @@ fn python_reads_csv_and_writes_json() {
     let script = "import csv, json, os\n\
                   rows = list(csv.DictReader(open('in.csv')))\n\
                   json.dump({'rows': rows, 'files': sorted(os.listdir('.'))}, open('out.json', 'w'))\n\
-                  print(os.getcwd() == os.environ['ROOST_ROOT'], os.path.exists('out.json'))\n";
+                  print(os.getcwd() == os.environ['ROOST_ROOT'], os.path.exists('out.json'), flush=True)\n\
+                  import subprocess\n\
+                  r = subprocess.run(['cat', 'in.csv'], capture_output=True)\n\
+                  subprocess.run('ls sub; ls -l in.csv | cut -c1-10', shell=True, check=True)\n\
+                  print(r.stdout.decode().splitlines()[1], r.returncode)\n\
+                  import helper\n\
+                  print(helper.X)\n";
     job.put("prog.py", script.as_bytes());
+    job.put("helper.py", b"X = 42\n");
     let (code, err) = job.run(&["/usr/bin/python3", "prog.py"], None, "out.txt");
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(
         String::from_utf8(job.get("out.json")).unwrap(),
-        r#"{"rows": [{"name": "ann", "n": "3"}, {"name": "bob", "n": "4"}], "files": ["in.csv", "out.txt", "prog.py", "sub"]}"#
+        r#"{"rows": [{"name": "ann", "n": "3"}, {"name": "bob", "n": "4"}], "files": ["helper.py", "in.csv", "out.txt", "prog.py", "sub"]}"#
     );
-    assert_eq!(job.get("out.txt"), b"True True\n");
+    assert_eq!(
+        String::from_utf8(job.get("out.txt")).unwrap(),
+        "True True\n-rw-r--r--\nann,3 0\n42\n"
+    );
+    assert!(
+        job.root().join("__pycache__").is_dir(),
+        "python caches the module's bytecode on the submit host"
+    );
 }
 
 const C_PROGRAM_2: &str = r#"
