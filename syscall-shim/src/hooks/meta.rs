@@ -898,3 +898,69 @@ pub unsafe extern "C" fn canonicalize_file_name(path: *const c_char) -> *mut c_c
     // SAFETY: same contract as realpath with a NULL buffer.
     unsafe { realpath(path, std::ptr::null_mut()) }
 }
+
+unsafe fn chown_impl(
+    dirfd: c_int,
+    path: *const c_char,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    flags: c_int,
+) -> c_int {
+    run(
+        -1,
+        // SAFETY: path is the caller's C string.
+        || unsafe { with_path(path, |p| meta::chown(dirfd, p, uid, gid, flags)) },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe {
+                real!(fchownat: fn(c_int, *const c_char, libc::uid_t, libc::gid_t, c_int) -> c_int)(
+                    dirfd, path, uid, gid, flags,
+                )
+            }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `chown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn chown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { chown_impl(libc::AT_FDCWD, path, uid, gid, 0) }
+}
+
+/// # Safety
+/// libc's contract for `lchown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lchown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { chown_impl(libc::AT_FDCWD, path, uid, gid, libc::AT_SYMLINK_NOFOLLOW) }
+}
+
+/// # Safety
+/// libc's contract for `fchownat`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fchownat(
+    dirfd: c_int,
+    path: *const c_char,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { chown_impl(dirfd, path, uid, gid, flags) }
+}
+
+/// # Safety
+/// libc's contract for `fchown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+    run(
+        -1,
+        || meta::chown(fd, b"", uid, gid, 0),
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(fchown: fn(c_int, libc::uid_t, libc::gid_t) -> c_int)(fd, uid, gid) }
+        },
+    )
+}

@@ -10,8 +10,8 @@ use crate::sys;
 
 type Op<T> = Option<Result<T, Errno>>;
 
-/// Bytes asked for per `Getdents`.
-const DENTS_MAX: u32 = 32 << 10;
+/// Entries asked for per `Getdents`.
+const DENTS_MAX: u32 = 1024;
 
 /// A remote directory stream.
 pub struct RDir {
@@ -231,7 +231,8 @@ pub unsafe fn getdents64(fd: i32, buf: *mut u8, count: usize) -> Op<isize> {
     if !s.vfds.get(fd)?.dir {
         return Some(Err(libc::ENOTDIR));
     }
-    let mut ents = match fetch(&mut s, fd, count.min(u32::MAX as usize) as u32) {
+    // `max` counts entries; each record takes at least 24 bytes.
+    let mut ents = match fetch(&mut s, fd, (count / 24).clamp(1, u32::MAX as usize) as u32) {
         Ok(e) => e,
         Err(e) => return Some(Err(e)),
     };

@@ -411,6 +411,24 @@ pub fn realpath(path: &[u8]) -> Op<Vec<u8>> {
     )
 }
 
+/// `fchownat(dirfd, path, uid, gid)` on a remote file: ownership on the
+/// submit host is the submitter's; only a no-op change succeeds.
+pub fn chown(dirfd: i32, path: &[u8], uid: u32, gid: u32, flags: i32) -> Op<i32> {
+    let st = if path.is_empty() {
+        fstat(dirfd)?
+    } else {
+        stat_at(dirfd, path, flags)?
+    };
+    Some(st.and_then(|st| {
+        let same = |want: u32, have: u32| want == u32::MAX || want == have;
+        if same(uid, st.uid) && same(gid, st.gid) {
+            Ok(0)
+        } else {
+            Err(libc::EPERM)
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
