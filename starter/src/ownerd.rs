@@ -278,6 +278,17 @@ async fn connect(cfg: &Config, id: &Identity) -> Result<Link, String> {
     Ok(Link { wr, rx })
 }
 
+async fn dialed(
+    dialing: &mut Option<tokio::task::JoinHandle<Result<Link, String>>>,
+) -> Result<Link, String> {
+    match dialing {
+        Some(h) => h
+            .await
+            .unwrap_or_else(|e| Err(format!("dialling task failed: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_message(link: &mut Option<Link>) -> Option<FromMatchmaker> {
     match link {
         Some(l) => l.rx.recv().await,
@@ -539,14 +550,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tick,
     };
     let mut link: Option<Link> = None;
+    // A connection attempt runs as its own task, so that a slow dial
+    // delays neither starters nor shutdown.
+    let mut dialing: Option<tokio::task::JoinHandle<Result<Link, String>>> = None;
     let mut backoff = BACKOFF_MIN;
     let mut next_try = Instant::now();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = sleep_until(next_try), if link.is_none() => {
-                match connect(&d.cfg, &id).await {
+            _ = sleep_until(next_try), if link.is_none() && dialing.is_none() => {
+                let (cfg, id) = (d.cfg.clone(), id.clone());
+                dialing = Some(tokio::spawn(async move { connect(&cfg, &id).await }));
+            }
+            r = dialed(&mut dialing) => {
+                dialing = None;
+                match r {
                     Ok(l) => {
                         info!(matchmaker = %d.cfg.matchmaker, "connected to the matchmaker");
                         link = Some(l);
@@ -603,6 +622,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     }
     info!("ownerd shutting down");
+    if let Some(h) = dialing {
+        h.abort();
+    }
     d.stop_starter().await;
     Ok(())
 }
@@ -913,6 +935,42 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&record).unwrap(), "terminated\n");
         daemon.abort();
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_prompt_while_the_matchmaker_hangs() {
+        use proto::tls::{init_ca, issue};
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), "t").unwrap();
+        issue(d.path(), "exec1", "ownerd", &[]).unwrap();
+        // Takes TCP connections (backlog) but never answers the TLS hello.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = Config {
+            pki: d.path().into(),
+            name: "exec1".into(),
+            dir: d.path().join("exec1"),
+            matchmaker: l.local_addr().unwrap().to_string(),
+            matchmaker_name: "cm".into(),
+            activity_file: d.path().join("activity"),
+            idle: IDLE,
+            starter: "/nonexistent".into(),
+            shim: "/nonexistent".into(),
+            release_grace: RELEASE_GRACE,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(cfg, async move {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = std::time::Instant::now();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), daemon)
+            .await
+            .expect("the ownerd did not stop while dialling")
+            .unwrap()
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        drop(l);
     }
 
     #[test]
