@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 const NO_SHIM: &str = "";
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// Tests in this process that start jobs fork it; a fork holds a copy of
+/// every fd the test client holds until it execs. The test that watches a
+/// placeholder's EOF therefore runs alone (write), the others together (read).
+static FORKS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A shim connection, spoken by the test.
 struct Client {
     sock: UnixStream,
@@ -157,6 +162,7 @@ async fn with_client<T: Send + 'static>(
 
 #[tokio::test]
 async fn a_call_sees_every_earlier_write_and_eof_closes_the_handle() {
+    let _forks = FORKS.write().await;
     let submit = submit_dir();
     let backend = FsBackend::new(submit.path());
     let root = submit.path().to_str().unwrap().as_bytes().to_vec();
@@ -217,6 +223,7 @@ async fn a_call_sees_every_earlier_write_and_eof_closes_the_handle() {
 
 #[tokio::test]
 async fn a_stream_pushes_the_whole_file_then_eof() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let content: Vec<u8> = (0..(1u32 << 20) + 7).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(submit.path().join("big.bin"), &content).unwrap();
@@ -261,6 +268,7 @@ async fn a_stream_pushes_the_whole_file_then_eof() {
 
 #[tokio::test]
 async fn open_errors_and_directories() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     std::fs::create_dir(submit.path().join("sub")).unwrap();
     let backend = FsBackend::new(submit.path());
@@ -306,9 +314,12 @@ async fn open_errors_and_directories() {
 
 #[tokio::test]
 async fn a_malformed_frame_closes_only_that_connection() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let backend = FsBackend::new(submit.path());
     let (status, ()) = with_client(backend, submit.path(), |sock| {
+        // Connected first: it waits for the listener, and it must outlive the bad ones.
+        let mut good = Client::connect(sock);
         let mut bad = UnixStream::connect(sock).unwrap();
         bad.write_all(&[3, 0, 0, 0, 9, 1, 2]).unwrap();
         let mut rest = Vec::new();
@@ -318,8 +329,8 @@ async fn a_malformed_frame_closes_only_that_connection() {
         huge.write_all(&(MAX_FRAME + 1).to_le_bytes()).unwrap();
         huge.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "no reply to an oversized frame");
-        let mut good = Client::connect(sock);
         assert_eq!(good.hello(vec![]), vec![]);
+        assert_eq!(Client::connect(sock).hello(vec![]), vec![]);
     })
     .await;
     assert_eq!(status, ExitStatus::Code(0));
@@ -327,6 +338,7 @@ async fn a_malformed_frame_closes_only_that_connection() {
 
 #[tokio::test]
 async fn stdin_stdout_stderr_are_remote_without_the_shim() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let input: Vec<u8> = (0..300_000u32)
         .map(|i| b"abcdefghij\n"[(i % 11) as usize])
@@ -357,6 +369,7 @@ async fn stdin_stdout_stderr_are_remote_without_the_shim() {
 
 #[tokio::test]
 async fn environment_and_working_directory() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let std = Std {
         output: Some("env.txt"),
@@ -390,6 +403,7 @@ async fn environment_and_working_directory() {
 
 #[tokio::test]
 async fn a_job_killed_by_a_signal_reports_it() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let ran = run_in(
         submit.path(),
@@ -418,6 +432,7 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn processes_left_behind_are_killed_at_once() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let std = Std {
         output: Some("pid"),
@@ -454,6 +469,7 @@ async fn processes_left_behind_are_killed_at_once() {
 
 #[tokio::test]
 async fn a_process_holding_stdout_is_killed_after_a_grace() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let std = Std {
         output: Some("out"),
@@ -492,6 +508,7 @@ async fn a_process_holding_stdout_is_killed_after_a_grace() {
 
 #[tokio::test]
 async fn a_program_that_cannot_start_is_an_error() {
+    let _forks = FORKS.read().await;
     let submit = submit_dir();
     let scratch = tempfile::tempdir().unwrap();
     let launch = JobLaunch {
@@ -518,4 +535,88 @@ async fn a_program_that_cannot_start_is_an_error() {
         0,
         "socket left behind"
     );
+}
+
+#[tokio::test]
+async fn unread_stdin_does_not_hold_the_job() {
+    let _forks = FORKS.read().await;
+    let submit = submit_dir();
+    std::fs::write(submit.path().join("in.bin"), binary(4 << 20)).unwrap();
+    let std = Std {
+        input: Some("in.bin"),
+        output: Some("out.txt"),
+        ..Std::default()
+    };
+    let start = Instant::now();
+    let ran = run_in(
+        submit.path(),
+        &["/bin/sh", "-c", "head -c 10 >/dev/null; echo read some"],
+        std,
+        &[],
+        Path::new(NO_SHIM),
+        LIMIT,
+    )
+    .await;
+    assert_eq!(ran.status, ExitStatus::Code(0));
+    assert_eq!(read(submit.path(), "out.txt"), b"read some\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn large_output_and_input_pass_through_with_back_pressure() {
+    let _forks = FORKS.read().await;
+    let submit = submit_dir();
+    let data = binary(24 << 20);
+    std::fs::write(submit.path().join("in.bin"), &data).unwrap();
+    let std = Std {
+        input: Some("in.bin"),
+        output: Some("out.bin"),
+        ..Std::default()
+    };
+    let ran = run_in(
+        submit.path(),
+        &["/bin/cat"],
+        std,
+        &[],
+        Path::new(NO_SHIM),
+        LIMIT,
+    )
+    .await;
+    assert_eq!(ran.status, ExitStatus::Code(0));
+    assert!(
+        read(submit.path(), "out.bin") == data,
+        "24 MiB through stdin and stdout differ"
+    );
+}
+
+#[tokio::test]
+async fn usage_counts_the_jobs_cpu_time() {
+    let _forks = FORKS.read().await;
+    let submit = submit_dir();
+    let burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done";
+    let ran = run_in(
+        submit.path(),
+        &["/bin/sh", "-c", burn],
+        Std::default(),
+        &[],
+        Path::new(NO_SHIM),
+        LIMIT,
+    )
+    .await;
+    assert_eq!(ran.status, ExitStatus::Code(0));
+    let cpu = ran.usage.user_cpu_secs + ran.usage.sys_cpu_secs;
+    assert!(cpu > 0.05, "cpu {cpu} s");
+    assert!(
+        ran.usage.wall_secs >= cpu * 0.9,
+        "wall {} s < cpu {cpu} s",
+        ran.usage.wall_secs
+    );
+}
+
+fn binary(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7919) ^ (i >> 9)) as u8).collect()
 }

@@ -429,3 +429,33 @@ async fn paths_that_leave_the_job_directory_get_eacces() {
     );
     assert_eq!(read(&submit, "after.txt"), b"continued\n");
 }
+
+#[tokio::test]
+async fn sh_redirects_files_into_programs() {
+    // The shell opens the files; `sort` and `wc` find them at fd 0 after
+    // exec and read them as streams.
+    let script =
+        b"sort -r < in.txt > sorted.txt\nwc -l < in.txt\ncat in.txt in.txt | wc -c >> sorted.txt\n"
+            .to_vec();
+    same_as_local(
+        &[("redirect.sh", script), ("in.txt", words(4000))],
+        &["/bin/sh", "redirect.sh"],
+        std_files(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn large_files_through_cp_and_sha256sum() {
+    let files = [("big.bin", binary(8 << 20))];
+    same_as_local(
+        &files,
+        &[
+            "/bin/sh",
+            "-c",
+            "cp big.bin big2.bin && sha256sum big.bin big2.bin",
+        ],
+        std_files(),
+    )
+    .await;
+}
