@@ -9,7 +9,14 @@
 //! - a real result that is not finite is `error`;
 //! - `regexp` uses Rust's `regex` syntax (no look-around or
 //!   back-references; such patterns are `error`);
-//! - `size` and `substr` count characters, not bytes.
+//! - `size` and `substr` count characters, not bytes;
+//! - a list converted to text (`string`, `strcat`, ...) shows its items'
+//!   values, where HTCondor shows their unevaluated expressions;
+//! - `stringListMember`, `stringListIMember` and `stringListSize` follow
+//!   the HTCondor manual (the bare library lacks them).
+//!
+//! `policies/tests/differential.rs` checks everything else against
+//! HTCondor's library on random expressions.
 
 use super::{BinOp, Expr, Func, Scope, UnOp, Value};
 use crate::ad::Ad;
@@ -293,7 +300,7 @@ fn cmp_ignore_case(a: &str, b: &str) -> Ordering {
 }
 
 /// `=?=`: same type and same value, strings case-sensitive.
-fn identical(l: &Value, r: &Value) -> Option<bool> {
+fn identical_values(l: &Value, r: &Value) -> Option<bool> {
     Some(match (l, r) {
         (Value::Undefined, Value::Undefined) | (Value::Error, Value::Error) => true,
         (Value::Bool(a), Value::Bool(b)) => a == b,
@@ -308,8 +315,8 @@ fn identical(l: &Value, r: &Value) -> Option<bool> {
 
 fn binary(op: BinOp, l: &Value, r: &Value) -> Value {
     match op {
-        BinOp::MetaEq => identical(l, r).map_or(Value::Error, Value::Bool),
-        BinOp::MetaNe => identical(l, r).map_or(Value::Error, |b| Value::Bool(!b)),
+        BinOp::MetaEq => identical_values(l, r).map_or(Value::Error, Value::Bool),
+        BinOp::MetaNe => identical_values(l, r).map_or(Value::Error, |b| Value::Bool(!b)),
         _ if matches!(l, Value::Error) || matches!(r, Value::Error) => Value::Error,
         _ if matches!(l, Value::Undefined) || matches!(r, Value::Undefined) => Value::Undefined,
         BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod => match (num(l), num(r)) {
@@ -377,28 +384,6 @@ fn parse_real_prefix(s: &str) -> Option<f64> {
         })
 }
 
-/// A C-`strtoll`-like prefix parse.
-fn parse_int_prefix(s: &str) -> Option<i64> {
-    let s = s.trim_start();
-    let (neg, digits) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let end = digits
-        .bytes()
-        .position(|c| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for c in digits[..end].bytes() {
-        v = v.saturating_mul(10).saturating_add(i64::from(c - b'0'));
-    }
-    Some(if neg { v.saturating_neg() } else { v })
-}
-
 /// A real converted to an integer as C on x86 does: out-of-range and NaN
 /// give the most negative integer.
 fn real_to_int(r: f64) -> i64 {
@@ -429,15 +414,17 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
         Func::IsList => V::Bool(matches!(vals[0], V::List(_))),
         Func::Member | Func::IdenticalMember => {
             let (x, list) = (&vals[0], &vals[1]);
+            let identical = func == Func::IdenticalMember;
             match (x, list) {
-                (V::Error, _) | (_, V::Error) => V::Error,
+                (_, V::Undefined) => V::Undefined,
+                (V::Undefined, _) if !identical => V::Undefined,
+                (V::Error, _) if !identical => V::Error,
                 (V::List(_), _) => V::Error,
-                (V::Undefined, _) | (_, V::Undefined) => V::Undefined,
                 (x, V::List(items)) => V::Bool(items.iter().any(|i| {
-                    if func == Func::Member {
-                        binary(BinOp::Eq, x, i) == V::Bool(true)
+                    if identical {
+                        identical_values(x, i) == Some(true)
                     } else {
-                        identical(x, i) == Some(true)
+                        binary(BinOp::Eq, x, i) == V::Bool(true)
                     }
                 })),
                 _ => V::Error,
@@ -472,12 +459,8 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
             }
         }
         Func::Regexp => {
-            if let Some(v) = vals.iter().find(|v| matches!(v, V::Undefined | V::Error)) {
-                return if matches!(v, V::Error) {
-                    V::Error
-                } else {
-                    V::Undefined
-                };
+            if let Some(v) = strict(&vals) {
+                return v;
             }
             let opts = match vals.get(2) {
                 Some(V::Str(o)) => o.as_str(),
@@ -507,13 +490,20 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
             V::Str(vals.iter().map(Value::to_plain_string).collect())
         }
         Func::Substr => {
+            // Here `undefined` outranks `error`, as in HTCondor.
+            if vals.iter().any(|v| matches!(v, V::Undefined)) {
+                return V::Undefined;
+            }
             if let Some(v) = strict(&vals) {
                 return v;
             }
             let V::Str(s) = &vals[0] else { return V::Error };
+            // Offsets and lengths are C `int`s in HTCondor: larger values
+            // wrap the same way here.
             let V::Int(off) = vals[1] else {
                 return V::Error;
             };
+            let off = i64::from(off as i32);
             let chars: Vec<char> = s.chars().collect();
             let len = chars.len() as i64;
             let start = if off < 0 {
@@ -523,8 +513,10 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
             };
             let count = match vals.get(2) {
                 None => len - start,
-                Some(V::Int(n)) if *n < 0 => (len - start + n).max(0),
-                Some(V::Int(n)) => (*n).min(len - start),
+                Some(V::Int(n)) => match i64::from(*n as i32) {
+                    n if n < 0 => (len - start + n).max(0),
+                    n => n.min(len - start),
+                },
                 Some(_) => return V::Error,
             };
             V::Str(
@@ -572,7 +564,8 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
             V::Int(i) => V::Int(*i),
             V::Bool(b) => V::Int(i64::from(*b)),
             V::Real(r) => V::Int(real_to_int(r.trunc())),
-            V::Str(s) => parse_int_prefix(s).map_or(V::Error, V::Int),
+            // HTCondor reads the string as a real, then truncates it.
+            V::Str(s) => parse_real_prefix(s).map_or(V::Error, |r| V::Int(real_to_int(r.trunc()))),
             V::Undefined => V::Undefined,
             _ => V::Error,
         },
@@ -615,8 +608,14 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
                         best = Some(n);
                     }
                 }
+                let counted = items.iter().filter(|v| !matches!(v, V::Undefined)).count();
                 match best {
                     None => V::Undefined,
+                    // A single item comes back as it is (a boolean stays one).
+                    Some(_) if counted == 1 => items
+                        .into_iter()
+                        .find(|v| !matches!(v, V::Undefined))
+                        .unwrap_or(V::Undefined),
                     Some(n) if any_real => V::Real(real(n)),
                     Some(Num::I(i)) => V::Int(i),
                     Some(Num::R(r)) => V::Real(r),

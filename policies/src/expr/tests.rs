@@ -304,6 +304,16 @@ const TABLE: &[(&str, &str, Row)] = &[
     ("max({undefined})", "undefined", Same),
     ("min(undefined)", "undefined", Same),
     ("min(\"x\")", "error", Same),
+    ("int(\"2.5e1x\")", "25", Same),
+    ("substr(\"abc\", 9223372036854775807)", "\"c\"", Same),
+    ("substr(error, undefined)", "undefined", Same),
+    ("min({false})", "false", Same),
+    ("min({true, false})", "0", Same),
+    ("member(undefined, false)", "undefined", Same),
+    ("member(error, undefined)", "undefined", Same),
+    ("identicalMember(undefined, {undefined})", "true", Same),
+    ("regexp(undefined, error)", "error", Same),
+    ("regexp(1, \"x\", undefined)", "undefined", Same),
     ("time()", "1700000000", Differs),
 ];
 
