@@ -459,3 +459,45 @@ async fn large_files_through_cp_and_sha256sum() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn everyday_commands_in_a_script() {
+    let script = b"set -e
+mkdir -p d/e
+cp in.txt d/e/copy.txt
+ls d d/e
+mv d/e/copy.txt d/moved.txt
+ln -s moved.txt d/link.txt
+cat d/link.txt | head -3
+awk '{ n += NF } END { print n }' in.txt
+wc -l -c in.txt d/moved.txt
+find d | sort
+test -f d/moved.txt && echo exists
+test -d d/e && echo dir
+rm -r d/e
+dd if=in.txt of=part.txt bs=100 count=3 status=none
+tail -c 50 in.txt > tail.txt
+touch empty
+python3 -c 'import os, subprocess; print(sorted(os.listdir(\"d\"))); subprocess.run([\"cat\", \"part.txt\"], check=True)'
+"
+    .to_vec();
+    same_as_local(
+        &[("mix.sh", script), ("in.txt", words(2000))],
+        &["/bin/sh", "mix.sh"],
+        std_files(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sed_edits_a_file_in_place() {
+    // `sed -i` writes a temporary file next to the original (mkostemp)
+    // and renames it over it.
+    let files = [("in.txt", words(1000))];
+    same_as_local(
+        &files,
+        &["/bin/sed", "-i", "s/a/A/g", "in.txt"],
+        std_files(),
+    )
+    .await;
+}
