@@ -231,6 +231,11 @@ async fn job_gets_a_claim_pushed_to_ownerd_and_schedd() {
 
 #[tokio::test]
 async fn wrong_roles_forgeries_and_garbage_close_only_their_connection() {
+    // Debug logging formats everything peers send, as `RUST_LOG=debug` would.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
     let d = tempfile::tempdir().unwrap();
     pki(d.path());
     let addr = start(d.path()).await;
@@ -309,10 +314,20 @@ async fn wrong_roles_forgeries_and_garbage_close_only_their_connection() {
     };
     assert!(refused, "a foreign certificate was accepted");
 
+    // A schedd releasing a claim it never had, with a token that is not
+    // even ASCII, is ignored; its connection keeps working.
+    let mut sch = connect(d.path(), "submit", addr).await;
+    let odd = proto::ClaimId("aéééééééé".into());
+    send(&mut sch, &ToMatchmaker::Release { claim: odd }).await;
+    send(&mut sch, &ToMatchmaker::Status).await;
+    assert!(matches!(
+        recv(&mut sch).await,
+        Ok(FromMatchmaker::Machines(_))
+    ));
+
     // The legitimate ownerd is untouched and can still be matched.
     status_becomes(d.path(), addr, &[("exec1", "Owner")]).await;
     send(&mut own, &machine("exec1", "Unclaimed", None)).await;
-    let mut sch = connect(d.path(), "submit", addr).await;
     send(&mut sch, &jobs(&[3])).await;
     let FromMatchmaker::Claim { job, .. } = recv(&mut own).await.unwrap() else {
         panic!("no claim")

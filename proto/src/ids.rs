@@ -39,8 +39,10 @@ pub struct ClaimId(pub String);
 
 impl fmt::Display for ClaimId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the whole secret.
-        write!(f, "{}…", &self.0[..self.0.len().min(8)])
+        // Never print the whole secret. Counted in characters: a token off
+        // the wire need not be ASCII, and slicing bytes could split one.
+        let head: String = self.0.chars().take(8).collect();
+        write!(f, "{head}…")
     }
 }
 
@@ -57,3 +59,17 @@ impl fmt::Display for HostName {
 /// A remote open file (an open file description on the submit host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Handle(pub u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_display_shows_eight_characters_of_any_token() {
+        assert_eq!(ClaimId("0123456789abcdef".into()).to_string(), "01234567…");
+        assert_eq!(ClaimId("ab".into()).to_string(), "ab…");
+        assert_eq!(ClaimId("ééééééééé".into()).to_string(), "éééééééé…");
+        assert_eq!(ClaimId("aaaaaaaé".into()).to_string(), "aaaaaaaé…");
+        assert_eq!(ClaimId("aéééééééé".into()).to_string(), "aééééééé…");
+    }
+}
