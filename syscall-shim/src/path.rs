@@ -47,6 +47,10 @@ pub fn classify(path: &[u8], root: &[u8], scratch: &[u8], cwd_remote: bool) -> W
             Where::Local
         };
     }
+    if path.iter().all(|&b| b == b'/') {
+        // The execute host's root directory itself.
+        return Where::Local;
+    }
     let in_root = !root.is_empty() && under(path, root);
     let in_scratch = !scratch.is_empty() && under(path, scratch);
     if in_scratch && (!in_root || strip_slashes(scratch).len() > strip_slashes(root).len()) {
@@ -122,6 +126,8 @@ mod tests {
             Where::Remote,
             "prefix must end at a component"
         );
+        assert_eq!(c("/", true), Where::Local);
+        assert_eq!(c("//", true), Where::Local);
         assert_eq!(c("/etc/passwd", true), Where::Local);
         assert_eq!(c("/proc/self/maps", true), Where::Local);
         assert_eq!(c("/dev/null", true), Where::Local);

@@ -964,3 +964,126 @@ pub unsafe extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -
         },
     )
 }
+
+macro_rules! xattr_path_hooks {
+    ($($name:ident($($a:ident: $t:ty),*) list=$list:literal;)*) => {$(
+        /// # Safety
+        /// libc's contract for this xattr call.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(path: *const c_char, $($a: $t),*) -> ssize_t {
+            run(
+                -1,
+                // SAFETY: path is the caller's C string.
+                || unsafe { with_path(path, |p| meta::xattr(libc::AT_FDCWD, p, $list)) },
+                || {
+                    // SAFETY: passed on unchanged.
+                    unsafe { real!($name: fn(*const c_char, $($t),*) -> ssize_t)(path, $($a),*) }
+                },
+            )
+        }
+    )*};
+}
+
+xattr_path_hooks! {
+    getxattr(name: *const c_char, value: *mut libc::c_void, size: size_t) list=false;
+    lgetxattr(name: *const c_char, value: *mut libc::c_void, size: size_t) list=false;
+    listxattr(list: *mut c_char, size: size_t) list=true;
+    llistxattr(list: *mut c_char, size: size_t) list=true;
+}
+
+/// # Safety
+/// libc's contract for `fgetxattr`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fgetxattr(
+    fd: c_int,
+    name: *const c_char,
+    value: *mut libc::c_void,
+    size: size_t,
+) -> ssize_t {
+    run(
+        -1,
+        || meta::xattr(fd, b"", false),
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe {
+                real!(fgetxattr: fn(c_int, *const c_char, *mut libc::c_void, size_t) -> ssize_t)(
+                    fd, name, value, size,
+                )
+            }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `flistxattr`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flistxattr(fd: c_int, list: *mut c_char, size: size_t) -> ssize_t {
+    run(
+        -1,
+        || meta::xattr(fd, b"", true),
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(flistxattr: fn(c_int, *mut c_char, size_t) -> ssize_t)(fd, list, size) }
+        },
+    )
+}
+
+unsafe fn mktemp_impl(t: *mut c_char, suffix: c_int, flags: c_int) -> c_int {
+    run(
+        -1,
+        || {
+            if t.is_null() || suffix < 0 {
+                return Some(Err(libc::EINVAL));
+            }
+            // SAFETY: t is the caller's writable template.
+            unsafe { meta::mktemp(t.cast(), suffix as usize, flags, false) }
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(mkostemps64: fn(*mut c_char, c_int, c_int) -> c_int)(t, suffix, flags) }
+        },
+    )
+}
+
+macro_rules! mkstemp_hooks {
+    ($($name:ident($($a:ident: $t:ty),*) => ($s:expr, $f:expr);)*) => {$(
+        /// # Safety
+        /// libc's contract for this `mkstemp` variant.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(t: *mut c_char, $($a: $t),*) -> c_int {
+            // SAFETY: same contract.
+            unsafe { mktemp_impl(t, $s, $f) }
+        }
+    )*};
+}
+
+mkstemp_hooks! {
+    mkstemp() => (0, 0);
+    mkstemp64() => (0, 0);
+    mkostemp(flags: c_int) => (0, flags);
+    mkostemp64(flags: c_int) => (0, flags);
+    mkstemps(suffix: c_int) => (suffix, 0);
+    mkstemps64(suffix: c_int) => (suffix, 0);
+    mkostemps(suffix: c_int, flags: c_int) => (suffix, flags);
+    mkostemps64(suffix: c_int, flags: c_int) => (suffix, flags);
+}
+
+/// # Safety
+/// libc's contract for `mkdtemp`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mkdtemp(t: *mut c_char) -> *mut c_char {
+    run(
+        std::ptr::null_mut(),
+        || {
+            if t.is_null() {
+                return Some(Err(libc::EINVAL));
+            }
+            // SAFETY: t is the caller's writable template.
+            unsafe { meta::mktemp(t.cast(), 0, 0, true) }.map(|r| r.map(|_| t))
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(mkdtemp: fn(*mut c_char) -> *mut c_char)(t) }
+        },
+    )
+}

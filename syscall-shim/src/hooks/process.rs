@@ -60,11 +60,34 @@ fn with_env(
     Some(if r == -1 { Err(sys::errno()) } else { Ok(r) })
 }
 
-/// A local copy of a remote executable, if `path` is remote.
-fn local_exe(path: *const c_char) -> Result<Option<Vec<u8>>, i32> {
+/// A memfd holding a remote executable, if `path` is remote.
+fn remote_exe(path: *const c_char) -> Result<Option<i32>, i32> {
     // SAFETY: path is the caller's C string.
     let p = unsafe { crate::ops::cstr(path) }?;
     crate::ops::process::fetch_exec(p).transpose()
+}
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`; closes `fd` if it fails.
+fn exec_fd(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    let empty = b"\0";
+    let a = [
+        fd as usize,
+        empty.as_ptr() as usize,
+        argv as usize,
+        envp as usize,
+        libc::AT_EMPTY_PATH as usize,
+        0,
+    ];
+    // SAFETY: argv and envp are NULL-terminated arrays of C strings; empty is NUL-terminated.
+    let r = unsafe { sys::sc(libc::SYS_execveat, a) };
+    sys::close(fd);
+    match r {
+        Ok(_) => 0,
+        Err(e) => {
+            sys::set_errno(e);
+            -1
+        }
+    }
 }
 
 /// # Safety
@@ -80,13 +103,15 @@ pub unsafe extern "C" fn execve(
     run(
         -1,
         || {
-            let local = match local_exe(path) {
-                Ok(l) => l,
+            let exe = match remote_exe(path) {
+                Ok(x) => x,
                 Err(e) => return Some(Err(e)),
             };
-            let p = local.as_ref().map_or(path, |l| l.as_ptr().cast());
-            // SAFETY: the caller's arguments with a valid environment.
-            with_env(envp, |env| unsafe { real!(execve as F)(p, argv, env) })
+            with_env(envp, |env| match exe {
+                Some(fd) => exec_fd(fd, argv, env),
+                // SAFETY: the caller's arguments with a valid environment.
+                None => unsafe { real!(execve as F)(path, argv, env) },
+            })
         },
         || {
             // SAFETY: passed on unchanged.
@@ -118,17 +143,19 @@ pub unsafe extern "C" fn execvpe(
         || {
             // SAFETY: file is the caller's C string.
             let has_slash = unsafe { crate::ops::cstr(file) }.is_ok_and(|f| f.contains(&b'/'));
-            let local = if has_slash {
-                match local_exe(file) {
-                    Ok(l) => l,
+            let exe = if has_slash {
+                match remote_exe(file) {
+                    Ok(x) => x,
                     Err(e) => return Some(Err(e)),
                 }
             } else {
                 None
             };
-            let f = local.as_ref().map_or(file, |l| l.as_ptr().cast());
-            // SAFETY: the caller's arguments with a valid environment.
-            with_env(envp, |env| unsafe { real!(execvpe as F)(f, argv, env) })
+            with_env(envp, |env| match exe {
+                Some(fd) => exec_fd(fd, argv, env),
+                // SAFETY: the caller's arguments with a valid environment.
+                None => unsafe { real!(execvpe as F)(file, argv, env) },
+            })
         },
         || {
             // SAFETY: passed on unchanged.

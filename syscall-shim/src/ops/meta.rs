@@ -429,6 +429,72 @@ pub fn chown(dirfd: i32, path: &[u8], uid: u32, gid: u32, flags: i32) -> Op<i32>
     }))
 }
 
+/// Extended attributes of a remote file: there are none (and none can be
+/// set), which callers such as `ls -l` read as "no ACL". `path` empty: `fd`.
+pub fn xattr(fd: i32, path: &[u8], list: bool) -> Op<isize> {
+    let st = if path.is_empty() {
+        fstat(fd)?
+    } else {
+        stat_at(libc::AT_FDCWD, path, 0)?
+    };
+    Some(st.and(if list { Ok(0) } else { Err(libc::ENOTSUP) }))
+}
+
+/// `mkstemps`/`mkostemps`/`mkdtemp` on a remote template: fills the six
+/// `X`s before the `suffix` bytes with random characters (in place) until
+/// an exclusive create succeeds. `dir`: make a directory, return 0.
+///
+/// # Safety
+/// `template` must be a writable C string.
+pub unsafe fn mktemp(template: *mut u8, suffix: usize, flags: i32, dir: bool) -> Op<i32> {
+    // SAFETY: template is a writable C string (the caller's contract).
+    let len = unsafe { std::ffi::CStr::from_ptr(template.cast()) }
+        .to_bytes()
+        .len();
+    // SAFETY: as above; the slice covers the string without its NUL.
+    let t = unsafe { std::slice::from_raw_parts_mut(template, len) };
+    let mut s = SHIM.lock();
+    if s.route(libc::AT_FDCWD, t) == Route::Local {
+        return None;
+    }
+    if len < 6 + suffix || &t[len - suffix - 6..len - suffix] != b"XXXXXX" {
+        return Some(Err(libc::EINVAL));
+    }
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    for _ in 0..100 {
+        let mut rnd = [0u8; 6];
+        // SAFETY: rnd is writable for 6 bytes.
+        let _ = unsafe {
+            sys::sc(
+                libc::SYS_getrandom,
+                [rnd.as_mut_ptr() as usize, 6, 0, 0, 0, 0],
+            )
+        };
+        for (k, r) in rnd.iter().enumerate() {
+            t[len - suffix - 6 + k] = CHARS[*r as usize % CHARS.len()];
+        }
+        let Route::Remote { at, path } = s.route(libc::AT_FDCWD, t) else {
+            return Some(Err(libc::EINVAL));
+        };
+        let r = if dir {
+            s.call_ok(FileOp::Mkdir {
+                at,
+                path,
+                mode: 0o700,
+            })
+            .map(|_| 0)
+        } else {
+            let fl = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | (flags & !libc::O_ACCMODE);
+            super::file::open_remote(&mut s, at, path, fl, 0o600)
+        };
+        match r {
+            Err(libc::EEXIST) => continue,
+            r => return Some(r),
+        }
+    }
+    Some(Err(libc::EEXIST))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

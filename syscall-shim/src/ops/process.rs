@@ -159,10 +159,12 @@ pub fn exec_cwd() -> Vec<u8> {
     SHIM.lock().cwd.clone().unwrap_or_else(sys::real_cwd)
 }
 
-/// An executable on a remote path cannot be mapped by the kernel: copies it
-/// into the scratch directory and returns the local path (NUL-terminated),
-/// or `None` when `path` is local.
-pub fn fetch_exec(path: &[u8]) -> Option<Result<Vec<u8>, crate::ops::Errno>> {
+/// An executable on a remote path cannot be mapped by the kernel from
+/// there: copies it into a memfd (nothing is left in the scratch
+/// directory) for `execveat(fd, "", AT_EMPTY_PATH)`. `None` when `path` is
+/// local. A script's memfd stays open across the exec (its interpreter
+/// reads it as `/dev/fd/N`); an ELF file's is close-on-exec.
+pub fn fetch_exec(path: &[u8]) -> Option<Result<i32, crate::ops::Errno>> {
     let data = {
         let mut s = SHIM.lock();
         let super::Route::Remote { at, path } = s.route(libc::AT_FDCWD, path) else {
@@ -190,37 +192,27 @@ pub fn fetch_exec(path: &[u8]) -> Option<Result<Vec<u8>, crate::ops::Errno>> {
         }
         data
     };
-    let dir = if conf().scratch.is_empty() {
-        &b"/tmp"[..]
+    let flags = if data.starts_with(b"\x7fELF") {
+        libc::MFD_CLOEXEC
     } else {
-        &conf().scratch[..]
+        0
     };
-    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"exe");
-    let mut local = dir.to_vec();
-    local.extend_from_slice(format!("/.roost-exec-{}-", sys::getpid()).as_bytes());
-    local.extend_from_slice(name);
-    local.push(0);
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
-    // SAFETY: local is NUL-terminated.
+    let name = b"roost-exec\0";
+    // SAFETY: name is NUL-terminated.
     let fd = match unsafe {
         sys::sc(
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as usize,
-                local.as_ptr() as usize,
-                flags as usize,
-                0o700,
-                0,
-                0,
-            ],
+            libc::SYS_memfd_create,
+            [name.as_ptr() as usize, flags as usize, 0, 0, 0, 0],
         )
     } {
         Ok(fd) => fd as i32,
         Err(e) => return Some(Err(e)),
     };
-    let r = sys::write_all(fd, &data);
-    sys::close(fd);
-    Some(r.map(|_| local))
+    if let Err(e) = sys::write_all(fd, &data) {
+        sys::close(fd);
+        return Some(Err(e));
+    }
+    Some(Ok(fd))
 }
 
 #[cfg(test)]
