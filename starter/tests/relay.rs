@@ -620,3 +620,39 @@ async fn usage_counts_the_jobs_cpu_time() {
 fn binary(n: usize) -> Vec<u8> {
     (0..n).map(|i| ((i * 7919) ^ (i >> 9)) as u8).collect()
 }
+
+#[tokio::test]
+async fn a_process_that_left_the_group_cannot_hold_the_job_forever() {
+    let _forks = FORKS.read().await;
+    let submit = submit_dir();
+    let std = Std {
+        output: Some("out"),
+        ..Std::default()
+    };
+    let start = Instant::now();
+    // setsid(1) puts the sleep in a session of its own, out of reach of the
+    // process-group kill, with the job's stdout.
+    let ran = run_in(
+        submit.path(),
+        &["/bin/sh", "-c", "setsid sleep 60 & echo $!"],
+        std,
+        &[],
+        Path::new(NO_SHIM),
+        LIMIT,
+    )
+    .await;
+    let took = start.elapsed();
+    let pid: i32 = String::from_utf8(read(submit.path(), "out"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::Kill);
+    }
+    assert_eq!(ran.status, ExitStatus::Code(0));
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+}
