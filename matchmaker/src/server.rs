@@ -522,6 +522,12 @@ impl Shared {
                 Ok(None)
             }
             ToMatchmaker::Status => Ok(Some(FromMatchmaker::Machines(self.lock().status()))),
+            ToMatchmaker::Why { job } => Ok(Some(FromMatchmaker::Error {
+                message: format!(
+                    "this matchmaker cannot explain matches yet (job {})",
+                    job.job
+                ),
+            })),
         }
     }
 }

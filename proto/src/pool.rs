@@ -54,6 +54,8 @@ pub enum ToMatchmaker {
     Release { claim: ClaimId },
     /// `roost status`.
     Status,
+    /// `roost why`: explain why this job does not match.
+    Why { job: JobAd },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,13 @@ pub enum FromMatchmaker {
         claim: ClaimId,
     },
     Machines(Vec<MachineAd>),
+    /// To an ownerd: leave this claim (preempted by a better match); the
+    /// ownerd vacates it as its policy says.
+    Vacate {
+        claim: ClaimId,
+        reason: String,
+    },
+    Why(WhyReport),
     Ack,
     Error {
         message: String,
@@ -83,4 +92,20 @@ pub struct Match {
     pub job: JobId,
     pub machine: HostName,
     pub claim: ClaimId,
+}
+
+/// Why a job does (not) match, clause by clause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyReport {
+    pub job: JobId,
+    /// Machines the matchmaker knows.
+    pub machines: u32,
+    /// Each top-level `&&` clause of the job's requirements, with the number
+    /// of machines it rejects.
+    pub clauses: Vec<(String, u32)>,
+    /// Machines whose own requirements (or START) reject the job, and the
+    /// clause that does.
+    pub machine_refusals: Vec<(HostName, String)>,
+    /// Machines that match both ways right now.
+    pub matching: Vec<HostName>,
 }
