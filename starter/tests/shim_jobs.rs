@@ -37,6 +37,9 @@ fn shim() -> Option<PathBuf> {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libroost_shim.so")
         });
     let ok = path.is_file();
+    if ok {
+        warn_if_stale(&path);
+    }
     prerequisite(
         &format!(
             "{} (build it with `cargo build -p syscall-shim`)",
@@ -45,6 +48,33 @@ fn shim() -> Option<PathBuf> {
         ok,
     )
     .then_some(path)
+}
+
+/// Says so when the shim's sources are newer than the shim under test.
+fn warn_if_stale(shim: &Path) {
+    fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+        let mut t = None;
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let m = e.metadata().ok()?;
+            let this = if m.is_dir() {
+                newest(&e.path())
+            } else {
+                m.modified().ok()
+            };
+            t = t.max(this);
+        }
+        t
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../syscall-shim/src");
+    let built = std::fs::metadata(shim).and_then(|m| m.modified()).ok();
+    if let (Some(src), Some(built)) = (newest(&src), built)
+        && src > built
+    {
+        eprintln!(
+            "WARNING: {} is older than its sources; rebuild it with `cargo build -p syscall-shim`",
+            shim.display()
+        );
+    }
 }
 
 fn jobs_src() -> PathBuf {
