@@ -1021,3 +1021,32 @@ async fn an_unused_claim_is_given_back_and_the_job_matched_again() {
     assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
     assert_eq!(queue(&p, false).await[0].state, JobState::Idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_starters_racing_with_one_claim_get_one_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    let job = submit(&p, "executable = \"prog\"\noutput = \"out\"\n").await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "one");
+    let (a, b) = tokio::join!(
+        attach(&p, "exec1", job, "one"),
+        attach(&p, "exec1", job, "one")
+    );
+    let attached = [&a.1, &b.1]
+        .iter()
+        .filter(|r| matches!(r, FromShadow::Attached(_)))
+        .count();
+    let refused = [&a.1, &b.1]
+        .iter()
+        .filter(|r| matches!(r, FromShadow::Refused { .. }))
+        .count();
+    assert_eq!((attached, refused), (1, 1), "{:?} / {:?}", a.1, b.1);
+    wait_state(&p, job, JobState::Running).await;
+    let l = log(&p, job).await;
+    assert_eq!(events(&l), ["submitted", "matched", "executing"]);
+}
