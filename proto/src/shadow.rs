@@ -42,6 +42,39 @@ pub enum ToShadow {
     Failed {
         reason: String,
     },
+    /// The owner came back: the job's processes are stopped (event `suspended`).
+    Suspended,
+    /// The job's processes run again (event `unsuspended`).
+    Continued,
+    /// The job left this host and goes back to the queue; with
+    /// `checkpointed` it resumes from the image just committed (event
+    /// `vacated`), otherwise from its last image or from the start
+    /// (event `evicted`). Answered by `Done`.
+    Vacated {
+        reason: String,
+        checkpointed: bool,
+    },
+    /// A checkpoint image follows in `CkptChunk`s (zstd frames, in order).
+    CkptBegin {
+        reason: String,
+    },
+    CkptChunk {
+        data: Vec<u8>,
+    },
+    /// The image is complete: `raw_bytes` before compression, `seconds` to
+    /// take it; `streams` gives each read stream's offset as the job saw it.
+    /// Answered by `CkptCommitted` or `CkptFailed`.
+    CkptEnd {
+        raw_bytes: u64,
+        seconds: f64,
+        streams: Vec<(Handle, i64)>,
+    },
+    /// The image could not be taken (the reason names what the job holds).
+    CkptAbort {
+        reason: String,
+    },
+    /// Send the job's last committed image (`ImageChunk`s), or `NoImage`.
+    FetchImage,
 }
 
 // Messages are short-lived and moved once; boxing the big variant buys nothing.
@@ -64,8 +97,26 @@ pub enum FromShadow {
         data: Vec<u8>,
         last: bool,
     },
-    /// Acknowledges `Exited`/`Failed`: the result is committed to the queue.
+    /// Acknowledges `Exited`/`Failed`/`Vacated`: the result is committed.
     Done,
+    /// A user or administrator asks for a checkpoint now (`vacate`: then
+    /// leave the host).
+    Checkpoint {
+        vacate: bool,
+    },
+    /// The image is committed on the submit host (`bytes` stored).
+    CkptCommitted {
+        bytes: u64,
+    },
+    CkptFailed {
+        reason: String,
+    },
+    /// The last committed image, zstd-compressed, in order.
+    ImageChunk {
+        data: Vec<u8>,
+        last: bool,
+    },
+    NoImage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -119,6 +119,14 @@ fn kind(m: &ToShadow) -> &'static str {
         ToShadow::Started { .. } => "Started",
         ToShadow::Exited { .. } => "Exited",
         ToShadow::Failed { .. } => "Failed",
+        ToShadow::Suspended => "Suspended",
+        ToShadow::Continued => "Continued",
+        ToShadow::Vacated { .. } => "Vacated",
+        ToShadow::CkptBegin { .. } => "CkptBegin",
+        ToShadow::CkptChunk { .. } => "CkptChunk",
+        ToShadow::CkptEnd { .. } => "CkptEnd",
+        ToShadow::CkptAbort { .. } => "CkptAbort",
+        ToShadow::FetchImage => "FetchImage",
     }
 }
 
@@ -435,6 +443,36 @@ async fn session(
             ToShadow::Attach { .. } => {
                 return End::Lost("a second Attach on one connection".into());
             }
+            ToShadow::Suspended => {
+                info!("suspended on the execute host");
+                None
+            }
+            ToShadow::Continued => {
+                info!("unsuspended on the execute host");
+                None
+            }
+            ToShadow::Vacated {
+                reason,
+                checkpointed,
+            } => {
+                let event = if checkpointed { "vacated" } else { "evicted" };
+                let r = reason.clone();
+                match s.db(move |q| q.requeue(job, event, &r)).await {
+                    Ok(_) => {
+                        info!(checkpointed, "{event}: {reason}");
+                        let _ = write_frame_async(st, &FromShadow::Done).await;
+                        return End::Failed;
+                    }
+                    Err(e) => return End::Lost(format!("cannot commit the vacate: {}", chain(&e))),
+                }
+            }
+            ToShadow::CkptBegin { .. }
+            | ToShadow::CkptChunk { .. }
+            | ToShadow::CkptAbort { .. } => None,
+            ToShadow::CkptEnd { .. } => Some(FromShadow::CkptFailed {
+                reason: "this schedd keeps no checkpoint images".into(),
+            }),
+            ToShadow::FetchImage => Some(FromShadow::NoImage),
         };
         if let Some(m) = out
             && let Err(e) = write_frame_async(st, &m).await
