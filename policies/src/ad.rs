@@ -12,7 +12,7 @@ use std::fmt;
 /// ignoring ASCII case.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ad {
-    /// Sorted by lower-case name, so lookups need no allocation.
+    /// Sorted by [`cmp_key`], so lookups need no allocation.
     attrs: Vec<Entry>,
 }
 
@@ -23,10 +23,19 @@ struct Entry {
     expr: Expr,
 }
 
-fn cmp_ignore_case(a: &str, b: &str) -> Ordering {
-    a.bytes()
-        .map(|c| c.to_ascii_lowercase())
-        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+/// The order entries are kept in: by length, then by lower-case bytes.
+/// `key` is already lower-case; `name` is folded byte by byte, so a lookup
+/// allocates nothing and most probes stop at the length.
+fn cmp_key(key: &str, name: &str) -> Ordering {
+    key.len().cmp(&name.len()).then_with(|| {
+        for (k, n) in key.bytes().zip(name.bytes()) {
+            let n = n.to_ascii_lowercase();
+            if k != n {
+                return k.cmp(&n);
+            }
+        }
+        Ordering::Equal
+    })
 }
 
 impl Ad {
@@ -35,8 +44,7 @@ impl Ad {
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.attrs
-            .binary_search_by(|e| cmp_ignore_case(&e.key, name))
+        self.attrs.binary_search_by(|e| cmp_key(&e.key, name))
     }
 
     /// Sets `name` to `expr`, replacing any attribute of the same name
@@ -87,9 +95,11 @@ impl Ad {
         self.find(name).is_ok()
     }
 
-    /// Attributes in order of their lower-case names, names as written.
+    /// Attributes (names as written) in alphabetical order, ignoring case.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Expr)> {
-        self.attrs.iter().map(|e| (e.name.as_str(), &e.expr))
+        let mut entries: Vec<&Entry> = self.attrs.iter().collect();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        entries.into_iter().map(|e| (e.name.as_str(), &e.expr))
     }
 
     pub fn len(&self) -> usize {
@@ -240,8 +250,8 @@ impl TryFrom<&proto::pool::Ad> for Ad {
 /// Old-style ClassAd text: one `Name = expression` per line.
 impl fmt::Display for Ad {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for e in &self.attrs {
-            writeln!(f, "{} = {}", e.name, e.expr)?;
+        for (name, e) in self.iter() {
+            writeln!(f, "{name} = {e}")?;
         }
         Ok(())
     }

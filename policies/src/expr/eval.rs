@@ -20,6 +20,7 @@
 
 use super::{BinOp, Expr, Func, Scope, UnOp, Value};
 use crate::ad::Ad;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// How deep evaluation may recurse (attribute indirections included)
@@ -36,23 +37,27 @@ pub fn now() -> i64 {
 /// Evaluates `expr` with `my` as the ad it belongs to and `target` as the
 /// other ad.
 pub fn eval(expr: &Expr, my: &Ad, target: &Ad) -> Value {
-    eval_at(expr, my, target, now())
+    Evaluator::new(None).eval(expr, my, target).into_owned()
 }
 
 /// [`eval`] with `time()` fixed to `now`.
 pub fn eval_at(expr: &Expr, my: &Ad, target: &Ad, now: i64) -> Value {
-    let mut ev = Evaluator {
-        now,
-        stack: Vec::new(),
-        depth: 0,
-    };
-    ev.eval(expr, my, target)
+    Evaluator::new(Some(now))
+        .eval(expr, my, target)
+        .into_owned()
 }
 
-struct Evaluator<'a> {
-    now: i64,
-    /// Attributes being evaluated: (which ad, lower-case name).
-    stack: Vec<(*const Ad, &'a str)>,
+/// How many attribute references may be open at once (a longer chain
+/// evaluates to `error`).
+const MAX_OPEN_REFS: usize = 32;
+
+struct Evaluator {
+    /// `time()`, read from the clock on first use unless fixed.
+    now: Option<i64>,
+    /// Attributes being evaluated, as (ad address, key address): a
+    /// reference to one of them is a cycle.
+    open: [(usize, usize); MAX_OPEN_REFS],
+    n_open: usize,
     depth: usize,
 }
 
@@ -87,10 +92,34 @@ fn truth(v: &Value) -> Truth {
     }
 }
 
-impl<'a> Evaluator<'a> {
-    fn eval(&mut self, e: &'a Expr, my: &'a Ad, target: &'a Ad) -> Value {
+/// Values are borrowed from the expression or the ad where possible, so
+/// comparing two strings copies neither.
+type V<'a> = Cow<'a, Value>;
+
+const ERROR: V<'static> = Cow::Owned(Value::Error);
+const UNDEFINED: V<'static> = Cow::Owned(Value::Undefined);
+
+fn bool_v(b: bool) -> V<'static> {
+    Cow::Owned(Value::Bool(b))
+}
+
+impl Evaluator {
+    fn new(now: Option<i64>) -> Self {
+        Evaluator {
+            now,
+            open: [(0, 0); MAX_OPEN_REFS],
+            n_open: 0,
+            depth: 0,
+        }
+    }
+
+    fn now(&mut self) -> i64 {
+        *self.now.get_or_insert_with(now)
+    }
+
+    fn eval<'a>(&mut self, e: &'a Expr, my: &'a Ad, target: &'a Ad) -> V<'a> {
         if self.depth >= MAX_EVAL_DEPTH {
-            return Value::Error;
+            return ERROR;
         }
         self.depth += 1;
         let v = self.eval_inner(e, my, target);
@@ -98,125 +127,132 @@ impl<'a> Evaluator<'a> {
         v
     }
 
-    fn eval_inner(&mut self, e: &'a Expr, my: &'a Ad, target: &'a Ad) -> Value {
+    fn eval_inner<'a>(&mut self, e: &'a Expr, my: &'a Ad, target: &'a Ad) -> V<'a> {
         match e {
-            Expr::Lit(v) => v.clone(),
-            Expr::List(items) => {
-                Value::List(items.iter().map(|i| self.eval(i, my, target)).collect())
-            }
+            Expr::Lit(v) => Cow::Borrowed(v),
+            Expr::List(items) => Cow::Owned(Value::List(
+                items
+                    .iter()
+                    .map(|i| self.eval(i, my, target).into_owned())
+                    .collect(),
+            )),
             Expr::Attr { scope, name } => self.attr(*scope, name, my, target),
             Expr::Unary(op, a) => {
                 let v = self.eval(a, my, target);
-                unary(*op, v)
+                Cow::Owned(unary(*op, &v))
             }
             Expr::Binary(BinOp::And, a, b) => {
                 let l = self.eval(a, my, target);
                 match truth(&l) {
-                    Truth::Error => Value::Error,
-                    Truth::False => Value::Bool(false),
+                    Truth::Error => ERROR,
+                    Truth::False => bool_v(false),
                     Truth::True => match truth(&self.eval(b, my, target)) {
-                        Truth::True => Value::Bool(true),
-                        Truth::False => Value::Bool(false),
-                        Truth::Undefined => Value::Undefined,
-                        Truth::Error => Value::Error,
+                        Truth::True => bool_v(true),
+                        Truth::False => bool_v(false),
+                        Truth::Undefined => UNDEFINED,
+                        Truth::Error => ERROR,
                     },
                     Truth::Undefined => match truth(&self.eval(b, my, target)) {
-                        Truth::False => Value::Bool(false),
-                        Truth::True | Truth::Undefined => Value::Undefined,
-                        Truth::Error => Value::Error,
+                        Truth::False => bool_v(false),
+                        Truth::True | Truth::Undefined => UNDEFINED,
+                        Truth::Error => ERROR,
                     },
                 }
             }
             Expr::Binary(BinOp::Or, a, b) => {
                 let l = self.eval(a, my, target);
                 match truth(&l) {
-                    Truth::Error => Value::Error,
-                    Truth::True => Value::Bool(true),
+                    Truth::Error => ERROR,
+                    Truth::True => bool_v(true),
                     Truth::False => match truth(&self.eval(b, my, target)) {
-                        Truth::True => Value::Bool(true),
-                        Truth::False => Value::Bool(false),
-                        Truth::Undefined => Value::Undefined,
-                        Truth::Error => Value::Error,
+                        Truth::True => bool_v(true),
+                        Truth::False => bool_v(false),
+                        Truth::Undefined => UNDEFINED,
+                        Truth::Error => ERROR,
                     },
                     Truth::Undefined => match truth(&self.eval(b, my, target)) {
-                        Truth::True => Value::Bool(true),
-                        Truth::False | Truth::Undefined => Value::Undefined,
-                        Truth::Error => Value::Error,
+                        Truth::True => bool_v(true),
+                        Truth::False | Truth::Undefined => UNDEFINED,
+                        Truth::Error => ERROR,
                     },
                 }
             }
             Expr::Binary(op, a, b) => {
                 let l = self.eval(a, my, target);
                 let r = self.eval(b, my, target);
-                binary(*op, &l, &r)
+                Cow::Owned(binary(*op, &l, &r))
             }
             Expr::Cond(c, t, f) => match truth(&self.eval(c, my, target)) {
                 Truth::True => self.eval(t, my, target),
                 Truth::False => self.eval(f, my, target),
-                Truth::Undefined => Value::Undefined,
-                Truth::Error => Value::Error,
+                Truth::Undefined => UNDEFINED,
+                Truth::Error => ERROR,
             },
             Expr::Call { func, args, .. } => self.call(*func, args, my, target),
         }
     }
 
-    fn attr(&mut self, scope: Scope, name: &'a str, my: &'a Ad, target: &'a Ad) -> Value {
-        let (ad, other) = match scope {
-            Scope::My => (my, target),
-            Scope::Target => (target, my),
-            Scope::Auto => {
-                if my.get(name).is_some() {
-                    (my, target)
-                } else if target.get(name).is_some() {
-                    (target, my)
-                } else if name.eq_ignore_ascii_case("CurrentTime") {
-                    return Value::Int(self.now);
-                } else {
-                    return Value::Undefined;
-                }
+    fn attr<'a>(&mut self, scope: Scope, name: &str, my: &'a Ad, target: &'a Ad) -> V<'a> {
+        let found = match scope {
+            Scope::My => my.get_entry(name).map(|kv| (kv, my, target)),
+            Scope::Target => target.get_entry(name).map(|kv| (kv, target, my)),
+            Scope::Auto => match my.get_entry(name) {
+                Some(kv) => Some((kv, my, target)),
+                None => target.get_entry(name).map(|kv| (kv, target, my)),
+            },
+        };
+        let Some(((key, e), ad, other)) = found else {
+            if scope == Scope::Auto && name.eq_ignore_ascii_case("CurrentTime") {
+                return Cow::Owned(Value::Int(self.now()));
             }
+            return UNDEFINED;
         };
-        let Some((key, e)) = ad.get_entry(name) else {
-            return Value::Undefined;
-        };
-        let id = (ad as *const Ad, key);
-        if self.stack.contains(&id) {
-            return Value::Error;
+        if let Expr::Lit(v) = e {
+            return Cow::Borrowed(v);
         }
-        self.stack.push(id);
+        let id = (ad as *const Ad as usize, key.as_ptr() as usize);
+        if self.open[..self.n_open].contains(&id) || self.n_open == MAX_OPEN_REFS {
+            return ERROR;
+        }
+        self.open[self.n_open] = id;
+        self.n_open += 1;
         // The attribute is evaluated in its own ad: there, that ad is MY.
         let v = self.eval(e, ad, other);
-        self.stack.pop();
+        self.n_open -= 1;
         v
     }
 
-    fn call(&mut self, func: Func, args: &'a [Expr], my: &'a Ad, target: &'a Ad) -> Value {
+    fn call<'a>(&mut self, func: Func, args: &'a [Expr], my: &'a Ad, target: &'a Ad) -> V<'a> {
         if func == Func::IfThenElse {
             // Lazy: only the chosen branch is evaluated.
             return match truth(&self.eval(&args[0], my, target)) {
                 Truth::True => self.eval(&args[1], my, target),
                 Truth::False => self.eval(&args[2], my, target),
-                Truth::Undefined => Value::Undefined,
-                Truth::Error => Value::Error,
+                Truth::Undefined => UNDEFINED,
+                Truth::Error => ERROR,
             };
         }
-        let vals: Vec<Value> = args.iter().map(|a| self.eval(a, my, target)).collect();
-        call(func, vals, self.now)
+        let vals: Vec<Value> = args
+            .iter()
+            .map(|a| self.eval(a, my, target).into_owned())
+            .collect();
+        let now = if func == Func::Time { self.now() } else { 0 };
+        Cow::Owned(call(func, vals, now))
     }
 }
 
-fn unary(op: UnOp, v: Value) -> Value {
+fn unary(op: UnOp, v: &Value) -> Value {
     match (op, v) {
         (_, Value::Undefined) => Value::Undefined,
         (_, Value::Error) => Value::Error,
-        (UnOp::Not, v) => match truth(&v) {
+        (UnOp::Not, v) => match truth(v) {
             Truth::True => Value::Bool(false),
             Truth::False => Value::Bool(true),
             _ => Value::Error,
         },
         (UnOp::Neg, Value::Int(i)) => Value::Int(i.wrapping_neg()),
         (UnOp::Neg, Value::Real(r)) => Value::Real(-r),
-        (UnOp::Plus, v @ (Value::Int(_) | Value::Real(_))) => v,
+        (UnOp::Plus, v @ (Value::Int(_) | Value::Real(_))) => v.clone(),
         _ => Value::Error,
     }
 }
