@@ -91,11 +91,12 @@ fn built(source: &'static str) -> Option<PathBuf> {
         _ => panic!("no recipe for {source}"),
     };
     let r = cell.get_or_init(|| {
-        // Under /tmp: a local path for the shim, like a shipped executable
-        // in the scratch directory.
-        let dir = std::env::temp_dir().join(format!("roost-starter-jobs-{}", std::process::id()));
+        // The job's program is started by `run_job` itself, before any
+        // shim, so it may live anywhere on this host.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("starter-jobs");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let out = dir.join(source.split('.').next().unwrap());
+        let stem = source.split('.').next().unwrap();
+        let out = dir.join(format!("{stem}.{}.tmp", std::process::id()));
         let src = jobs_src().join(source);
         let (tool, mut cmd) = if source.ends_with(".c") {
             let mut c = Command::new("cc");
@@ -117,7 +118,10 @@ fn built(source: &'static str) -> Option<PathBuf> {
             "building {source} failed:\n{}",
             String::from_utf8_lossy(&o.stderr)
         );
-        Ok(out)
+        // Renamed into place: a test run elsewhere may be running the old one.
+        let done = dir.join(stem);
+        std::fs::rename(&out, &done).map_err(|e| e.to_string())?;
+        Ok(done)
     });
     match r {
         Ok(p) => Some(p.clone()),
