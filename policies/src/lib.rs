@@ -14,7 +14,7 @@ pub mod submit;
 
 pub use ad::{Ad, job_ad};
 pub use expr::{Expr, ParseError, Value};
-pub use matching::{rank, requirements_hold, symmetric_match};
+pub use matching::{Explanation, explain, rank, requirements_hold, symmetric_match};
 pub use source::Loc;
 
 /// Everything that can be wrong with a job file, a policy file or an

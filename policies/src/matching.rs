@@ -35,6 +35,52 @@ pub fn rank(ad: &Ad, other: &Ad) -> f64 {
     }
 }
 
+/// Why a job does or does not match a set of machines: what `roost why`
+/// prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// Each top-level `&&` clause of the job's `Requirements`, as text, with
+    /// how many machines it rejects (evaluates to anything but true).
+    pub clauses: Vec<(String, usize)>,
+    /// Machines whose own `Requirements` reject the job.
+    pub rejected_by_machine: usize,
+    /// Machines the job matches (both sides accept).
+    pub matches: usize,
+    pub machines: usize,
+}
+
+/// Evaluates the job's requirements clause by clause, and the machines'
+/// requirements, against every machine.
+pub fn explain(job: &Ad, machines: &[Ad]) -> Explanation {
+    let clauses: Vec<&crate::expr::Expr> = match job.get("Requirements") {
+        Some(e) => e.clauses(),
+        None => Vec::new(),
+    };
+    let mut counts = vec![0usize; clauses.len()];
+    let mut rejected_by_machine = 0;
+    let mut matches = 0;
+    for m in machines {
+        for (c, n) in clauses.iter().zip(counts.iter_mut()) {
+            if !expr::eval(c, job, m).is_true() {
+                *n += 1;
+            }
+        }
+        let machine_ok = requirements_hold(m, job);
+        if !machine_ok {
+            rejected_by_machine += 1;
+        }
+        if machine_ok && requirements_hold(job, m) {
+            matches += 1;
+        }
+    }
+    Explanation {
+        clauses: clauses.iter().map(|c| c.to_string()).zip(counts).collect(),
+        rejected_by_machine,
+        matches,
+        machines: machines.len(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +130,30 @@ mod tests {
         assert_eq!(rank(&ad("Rank = TARGET.Memory > 2000"), &a), 1.0);
         assert_eq!(rank(&ad("Rank = 2.5"), &a), 2.5);
         assert_eq!(rank(&Ad::new(), &a), 0.0);
+    }
+
+    #[test]
+    fn explain_counts_rejections_per_clause() {
+        let job = ad(
+            "Requirements = Memory >= 2048 && OpSys == \"LINUX\" && TARGET.Cpus > 1\nOwner = \"alice\"",
+        );
+        let machines = [
+            ad("Memory = 4096\nOpSys = \"LINUX\"\nCpus = 4"),
+            ad("Memory = 1024\nOpSys = \"LINUX\"\nCpus = 4"),
+            ad("Memory = 8192\nOpSys = \"WINDOWS\"\nCpus = 1"),
+            ad(
+                "Memory = 8192\nOpSys = \"LINUX\"\nCpus = 8\nRequirements = TARGET.Owner == \"bob\"",
+            ),
+        ];
+        let e = explain(&job, &machines);
+        assert_eq!(
+            e.clauses,
+            [
+                ("Memory >= 2048".to_string(), 1),
+                ("OpSys == \"LINUX\"".to_string(), 1),
+                ("TARGET.Cpus > 1".to_string(), 1),
+            ]
+        );
+        assert_eq!((e.rejected_by_machine, e.matches, e.machines), (1, 1, 4));
     }
 }
