@@ -17,6 +17,7 @@ pub enum FileOp {
     /// `openat(at, path, flags, mode)`. Replies `Opened`.
     Open {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         flags: i32,
         mode: u32,
@@ -28,9 +29,18 @@ pub enum FileOp {
     /// `pread`. Replies `Data`.
     Pread { h: Handle, len: u32, off: i64 },
     /// `write` at the handle's offset. Replies `Count`.
-    Write { h: Handle, data: Vec<u8> },
+    Write {
+        h: Handle,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// `pwrite`. Replies `Count`.
-    Pwrite { h: Handle, data: Vec<u8>, off: i64 },
+    Pwrite {
+        h: Handle,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        off: i64,
+    },
     /// `lseek`. Replies `Offset`.
     Lseek { h: Handle, off: i64, whence: i32 },
     /// `fstat`. Replies `Stat`.
@@ -38,12 +48,14 @@ pub enum FileOp {
     /// `fstatat` (`nofollow` = `AT_SYMLINK_NOFOLLOW`). Replies `Stat`.
     Stat {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         nofollow: bool,
     },
     /// `faccessat(at, path, mode, flags)`. Replies `Ok`.
     Access {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         mode: i32,
         flags: i32,
@@ -51,20 +63,24 @@ pub enum FileOp {
     /// `unlinkat` (`dir` = `AT_REMOVEDIR`). Replies `Ok`.
     Unlink {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         dir: bool,
     },
     /// `renameat2`. Replies `Ok`.
     Rename {
         from_at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
         to_at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
         flags: u32,
     },
     /// `mkdirat`. Replies `Ok`.
     Mkdir {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         mode: u32,
     },
@@ -73,7 +89,11 @@ pub enum FileOp {
     Getdents { h: Handle, max: u32 },
     /// `chdir`/`fchdir`: validate a directory and make it the job's current
     /// directory. Replies `Path` with its absolute submit-host path.
-    Chdir { at: Option<Handle>, path: Vec<u8> },
+    Chdir {
+        at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
     /// The job's current directory. Replies `Path`.
     Getcwd,
     /// `ftruncate`. Replies `Ok`.
@@ -81,6 +101,7 @@ pub enum FileOp {
     /// `truncate`. Replies `Ok`.
     Truncate {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         len: i64,
     },
@@ -90,31 +111,41 @@ pub enum FileOp {
     /// GET commands, the conflicting lock or `F_UNLCK`) or `Ok`.
     Lock { h: Handle, cmd: i32, lock: Flock },
     /// `readlinkat`. Replies `Path`.
-    Readlink { at: Option<Handle>, path: Vec<u8> },
+    Readlink {
+        at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
     /// `fchmodat`/`fchmod` (`h` set: by handle). Replies `Ok`.
     Chmod {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         mode: u32,
     },
     /// `utimensat` (times as (sec, nsec); `None` = now). Replies `Ok`.
     Utimens {
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
         times: [Option<(i64, i64)>; 2],
         nofollow: bool,
     },
     /// `symlinkat(target, at, path)`. Replies `Ok`.
     Symlink {
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         path: Vec<u8>,
     },
     /// `linkat`. Replies `Ok`.
     Link {
         from_at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
         to_at: Option<Handle>,
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
     },
     /// Does nothing; replies `Ok` once every earlier `Write` is applied
@@ -148,12 +179,12 @@ pub enum FileReply {
     Ok,
     Err(Errno),
     Opened { h: Handle, stat: Stat },
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Count(u64),
     Offset(i64),
     Stat(Stat),
     Dirents(Vec<Dirent>),
-    Path(Vec<u8>),
+    Path(#[serde(with = "serde_bytes")] Vec<u8>),
     Lock(Flock),
 }
 
@@ -181,6 +212,7 @@ pub struct Dirent {
     pub ino: u64,
     /// `DT_*` type.
     pub kind: u8,
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
 }
 

@@ -26,6 +26,7 @@ pub enum ToShadow {
     /// Stream data the job wrote to a handle, applied at its offset, in order.
     Write {
         h: Handle,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Send the executable (`ExecChunk`s until `last`).
@@ -59,6 +60,7 @@ pub enum ToShadow {
         reason: String,
     },
     CkptChunk {
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The image is complete: `raw_bytes` before compression, `seconds` to
@@ -94,6 +96,7 @@ pub enum FromShadow {
         errno: Errno,
     },
     ExecChunk {
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         last: bool,
     },
@@ -113,6 +116,7 @@ pub enum FromShadow {
     },
     /// The last committed image, zstd-compressed, in order.
     ImageChunk {
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         last: bool,
     },
