@@ -13,6 +13,7 @@ use proto::fileop::{Dirent, Errno, FileOp, FileReply, Flock, Stat};
 use proto::ids::Handle;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, SeekFrom};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::mem::MaybeUninit;
@@ -39,6 +40,75 @@ pub enum FsError {
 struct Open {
     fd: OwnedFd,
     flags: i32,
+    /// Where it was opened, relative to the root (a fallback for
+    /// [`JobFs::snapshot`] when the file's current name cannot be read).
+    path: Vec<u8>,
+}
+
+/// One handle in an [`FsSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleSnapshot {
+    pub id: u64,
+    /// The file's path relative to the initialdir at the snapshot (its
+    /// current name, so renames since the open are followed).
+    pub path: Vec<u8>,
+    /// Open flags as the job gave them.
+    pub flags: i32,
+    /// Offset as the job sees it.
+    pub offset: i64,
+    pub dir: bool,
+    /// The file's size, for a handle open for writing.
+    pub size: Option<u64>,
+    /// The file has no name any more (unlinked while open): it cannot be
+    /// reopened by a restart.
+    pub deleted: bool,
+}
+
+/// A job's files at a checkpoint: what [`JobFs::restore`] needs to put
+/// them back as they were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsSnapshot {
+    /// Current directory relative to the initialdir (empty: the initialdir).
+    pub cwd: Vec<u8>,
+    pub handles: Vec<HandleSnapshot>,
+    /// The next handle id the job would have been given.
+    pub next: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// The handles that were the job's stdin, stdout and stderr.
+    #[serde(default)]
+    pub std: [Option<Handle>; 3],
+}
+
+impl FsSnapshot {
+    /// Handles that a restart could not reopen, with their paths.
+    pub fn unrestorable(&self) -> Vec<String> {
+        self.handles
+            .iter()
+            .filter(|h| h.deleted)
+            .map(|h| String::from_utf8_lossy(&h.path).into_owned())
+            .collect()
+    }
+}
+
+/// Why [`JobFs::restore`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("cannot reopen `{path}` (handle {id}): {source}")]
+    Reopen {
+        id: u64,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot change to the saved directory `{path}`: {source}")]
+    Cwd {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The job's files on the submit host: open handles, current directory and
@@ -383,11 +453,126 @@ impl JobFs {
         })
     }
 
-    fn insert(&mut self, fd: OwnedFd, flags: i32) -> Handle {
+    fn insert(&mut self, fd: OwnedFd, flags: i32, path: Vec<u8>) -> Handle {
         let h = self.next;
         self.next += 1;
-        self.handles.insert(h, Open { fd, flags });
+        self.handles.insert(h, Open { fd, flags, path });
         Handle(h)
+    }
+
+    /// The job's files as they are now. `streams` gives the offset the job
+    /// sees for handles whose data the starter reads ahead (the handle's own
+    /// offset is further on).
+    pub fn snapshot(&self, streams: &[(Handle, i64)]) -> FsSnapshot {
+        let mut ids: Vec<u64> = self.handles.keys().copied().collect();
+        ids.sort_unstable();
+        let handles = ids
+            .into_iter()
+            .map(|id| {
+                let o = &self.handles[&id];
+                let st = rustix::fs::fstat(&o.fd).ok();
+                let dir = st.is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                let deleted = st.is_some_and(|s| s.st_nlink == 0);
+                let path = match self.handle_rel(Handle(id)) {
+                    Ok(p) if !deleted => p,
+                    _ => o.path.clone(),
+                };
+                let offset = match streams.iter().find(|(h, _)| h.0 == id) {
+                    Some(&(_, off)) => off,
+                    None => rustix::fs::seek(&o.fd, SeekFrom::Current(0))
+                        .map(|n| n as i64)
+                        .unwrap_or(0),
+                };
+                let acc = o.flags & libc::O_ACCMODE;
+                let writing =
+                    o.flags & libc::O_PATH == 0 && (acc == libc::O_WRONLY || acc == libc::O_RDWR);
+                HandleSnapshot {
+                    id,
+                    path,
+                    flags: o.flags,
+                    offset,
+                    dir,
+                    size: if writing {
+                        st.map(|s| s.st_size as u64)
+                    } else {
+                        None
+                    },
+                    deleted,
+                }
+            })
+            .collect();
+        FsSnapshot {
+            cwd: self.cwd.clone(),
+            handles,
+            next: self.next,
+            bytes_read: self.read,
+            bytes_written: self.written,
+            std: [None; 3],
+        }
+    }
+
+    /// The job's files as `snap` recorded them: every handle reopened under
+    /// its id by path (without `O_CREAT`, `O_TRUNC`, `O_EXCL`) at its
+    /// offset, and every file that was open for writing cut back to its
+    /// size then, so writes replayed after the restart are not doubled.
+    pub fn restore(initialdir: &Path, snap: &FsSnapshot) -> Result<JobFs, RestoreError> {
+        let mut fs = JobFs::new(initialdir)?;
+        let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+        if !snap.cwd.is_empty() {
+            fs.open_rel(
+                &snap.cwd,
+                &snap.cwd,
+                OFlags::PATH | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(|e| RestoreError::Cwd {
+                path: show(&snap.cwd),
+                source: std::io::Error::from_raw_os_error(e),
+            })?;
+            fs.cwd = snap.cwd.clone();
+        }
+        let mut highest = 0;
+        for h in &snap.handles {
+            let err = |e: Errno| RestoreError::Reopen {
+                id: h.id,
+                path: show(&h.path),
+                source: std::io::Error::from_raw_os_error(e),
+            };
+            let flags = h.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+            let rel = if h.path.is_empty() {
+                b".".to_vec()
+            } else {
+                h.path.clone()
+            };
+            let fd = fs
+                .open_rel(
+                    &rel,
+                    &h.path,
+                    OFlags::from_bits_retain(flags as u32),
+                    Mode::empty(),
+                )
+                .map_err(err)?;
+            if let Some(size) = h.size {
+                rustix::fs::ftruncate(&fd, size).map_err(|e| err(errno(e)))?;
+            }
+            if flags & libc::O_PATH == 0 && h.offset > 0 {
+                rustix::fs::seek(&fd, SeekFrom::Start(h.offset as u64))
+                    .map_err(|e| err(errno(e)))?;
+            }
+            fs.handles.insert(
+                h.id,
+                Open {
+                    fd,
+                    flags: h.flags,
+                    path: rel,
+                },
+            );
+            highest = highest.max(h.id);
+        }
+        fs.next = snap.next.max(highest + 1);
+        fs.read = snap.bytes_read;
+        fs.written = snap.bytes_written;
+        Ok(fs)
     }
 
     /// Opens the job's input/output/error (relative to the initialdir, or
@@ -408,7 +593,7 @@ impl JobFs {
             OFlags::from_bits_retain(flags as u32),
             Mode::from_raw_mode(0o644),
         )?;
-        Ok(self.insert(fd, flags))
+        Ok(self.insert(fd, flags, rel))
     }
 
     /// Opens a path given relative to the initialdir (or absolute inside
@@ -491,7 +676,7 @@ impl JobFs {
                     Mode::from_raw_mode(mode),
                 )?;
                 let stat = to_stat(&rustix::fs::fstat(&fd).map_err(errno)?);
-                let h = self.insert(fd, flags);
+                let h = self.insert(fd, flags, rel);
                 FileReply::Opened { h, stat }
             }
             Close { h } => {

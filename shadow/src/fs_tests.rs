@@ -966,3 +966,135 @@ fn an_empty_path_with_a_handle_names_the_handle() {
     };
     assert_eq!(t.fs.call(op), FileReply::Err(libc::EBADF));
 }
+
+fn rd(fs: &mut JobFs, h: Handle, len: u32) -> Vec<u8> {
+    data(fs.call(FileOp::Read { h, len }))
+}
+
+#[test]
+fn snapshot_then_restore_cuts_files_back_and_keeps_offsets() {
+    let mut t = setup();
+    let input = open(&mut t.fs, "in.txt", libc::O_RDONLY, 0).unwrap();
+    let out = open(
+        &mut t.fs,
+        "sub/out.txt",
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        0o644,
+    )
+    .unwrap();
+    let log = open(
+        &mut t.fs,
+        "log.txt",
+        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        0o644,
+    )
+    .unwrap();
+    assert_eq!(rd(&mut t.fs, input, 6), b"hello ");
+    t.fs.write(out, b"first part\n").unwrap();
+    t.fs.write(log, b"log 1\n").unwrap();
+    assert!(matches!(
+        t.fs.call(FileOp::Chdir {
+            at: None,
+            path: b"sub".to_vec()
+        }),
+        FileReply::Path(_)
+    ));
+    // The starter had read the input further ahead than the job had.
+    let snap = t.fs.snapshot(&[]);
+    let h = |id: Handle| snap.handles.iter().find(|x| x.id == id.0).unwrap().clone();
+    assert_eq!((h(input).offset, h(input).size), (6, None));
+    assert_eq!((h(out).offset, h(out).size), (11, Some(11)));
+    assert_eq!(h(out).path, b"sub/out.txt");
+    assert_eq!(h(log).size, Some(6));
+    assert_eq!(snap.cwd, b"sub");
+    assert!(snap.unrestorable().is_empty());
+    let json = serde_json::to_string(&snap).unwrap();
+    let back: FsSnapshot = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, snap);
+
+    // The job goes on past the checkpoint, then its host is lost.
+    assert_eq!(rd(&mut t.fs, input, 6), b"world\n");
+    t.fs.write(out, b"written after the checkpoint\n").unwrap();
+    t.fs.write(log, b"log 2\n").unwrap();
+    drop(t.fs.call(FileOp::Close { h: out }));
+
+    let mut fs = JobFs::restore(&t.root, &snap).unwrap();
+    assert_eq!(
+        std::fs::read(t.root.join("sub/out.txt")).unwrap(),
+        b"first part\n"
+    );
+    assert_eq!(std::fs::read(t.root.join("log.txt")).unwrap(), b"log 1\n");
+    assert_eq!(fs.cwd(), join_abs(t.root.as_os_str().as_bytes(), b"sub"));
+    // Same handles, same offsets: the replayed run writes the same bytes.
+    assert_eq!(rd(&mut fs, input, 6), b"world\n");
+    fs.write(out, b"written after the checkpoint\n").unwrap();
+    fs.write(log, b"log 2\n").unwrap();
+    assert_eq!(
+        std::fs::read(t.root.join("sub/out.txt")).unwrap(),
+        b"first part\nwritten after the checkpoint\n"
+    );
+    assert_eq!(
+        std::fs::read(t.root.join("log.txt")).unwrap(),
+        b"log 1\nlog 2\n"
+    );
+    // Restoring again from the same snapshot gives the same files again.
+    let fs2 = JobFs::restore(&t.root, &snap).unwrap();
+    assert_eq!(
+        std::fs::read(t.root.join("sub/out.txt")).unwrap(),
+        b"first part\n"
+    );
+    // New handles do not collide with restored ones.
+    let mut fs2 = fs2;
+    let n = open(&mut fs2, "/dev/null", libc::O_RDONLY, 0);
+    assert!(n.is_err(), "absolute paths outside stay refused");
+    let n = open(&mut fs2, "more.txt", libc::O_WRONLY | libc::O_CREAT, 0o644).unwrap();
+    assert!(n.0 > log.0, "{n:?}");
+    assert_eq!(fs2.bytes_written(), snap.bytes_written);
+}
+
+#[test]
+fn snapshot_follows_renames_uses_stream_offsets_and_sees_deleted_files() {
+    let mut t = setup();
+    let out = open(&mut t.fs, "a.txt", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    t.fs.write(out, b"0123456789").unwrap();
+    let op = FileOp::Rename {
+        from_at: None,
+        from: b"a.txt".to_vec(),
+        to_at: None,
+        to: b"sub/b.txt".to_vec(),
+        flags: 0,
+    };
+    assert_eq!(t.fs.call(op), FileReply::Ok);
+    let input = open(&mut t.fs, "in.txt", libc::O_RDONLY, 0).unwrap();
+    assert_eq!(rd(&mut t.fs, input, 12).len(), 12);
+    let d = open(&mut t.fs, "sub", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+    let snap = t.fs.snapshot(&[(input, 3)]);
+    let h = |id: Handle| snap.handles.iter().find(|x| x.id == id.0).unwrap().clone();
+    assert_eq!(h(out).path, b"sub/b.txt");
+    assert_eq!(h(input).offset, 3);
+    assert!(h(d).dir && !h(out).dir);
+    let mut fs = JobFs::restore(&t.root, &snap).unwrap();
+    assert_eq!(rd(&mut fs, input, 4), b"lo w");
+    assert_eq!(
+        fs.call(FileOp::Pread {
+            h: out,
+            len: 100,
+            off: 0
+        }),
+        FileReply::Data(b"0123456789".to_vec())
+    );
+
+    // A file unlinked while open cannot come back: the snapshot says so.
+    let tmp = open(&mut t.fs, "scratch", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    let op = FileOp::Unlink {
+        at: None,
+        path: b"scratch".to_vec(),
+        dir: false,
+    };
+    assert_eq!(t.fs.call(op), FileReply::Ok);
+    let snap = t.fs.snapshot(&[]);
+    assert!(snap.handles.iter().any(|x| x.id == tmp.0 && x.deleted));
+    assert_eq!(snap.unrestorable(), ["scratch"]);
+    let e = JobFs::restore(&t.root, &snap).unwrap_err().to_string();
+    assert!(e.contains("scratch"), "{e}");
+}
