@@ -1,5 +1,15 @@
 //! The expression language, ads, owner policy and job description files.
 //!
+//! - [`jobfile`]: job description files (TOML) → [`jobfile::JobDescription`]
+//!   → one `proto::job::JobSpec` per process; [`submit`] reads the HTCondor
+//!   `.sub` subset into the same type; [`jobfile::parse_any`] picks by name.
+//! - [`expr`]: the ClassAd-like expression language (parse, print, eval).
+//! - [`ad`]: ads (case-insensitive attribute → expression maps), their wire
+//!   form, their text form, and [`ad::job_ad`] for a queued job.
+//! - [`matching`]: symmetric requirements, rank, and [`matching::explain`]
+//!   for `roost why`.
+//! - [`policy`]: the workstation owner's policy file and its desktop default.
+//!
 //! Every fallible entry point returns [`PolicyError`], whose `Display` names
 //! the file, the line and column, and the key that is wrong.
 #![forbid(unsafe_code)]

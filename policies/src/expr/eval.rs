@@ -437,6 +437,45 @@ fn split_list<'s>(list: &'s str, delims: &'s str) -> impl Iterator<Item = &'s st
         .filter(|s| !s.is_empty())
 }
 
+/// How many compiled patterns each thread keeps: matchmaking evaluates the
+/// same `regexp` against every machine.
+const REGEX_CACHE: usize = 64;
+
+/// A pattern with its `i`, `m` and `s` options, and what it compiled to.
+type CachedRegex = ((String, [bool; 3]), Option<regex::Regex>);
+
+thread_local! {
+    static REGEXES: std::cell::RefCell<Vec<CachedRegex>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `None` when the pattern is not a valid regular expression.
+fn regex_match(pat: &str, opts: &str, target: &str) -> Option<bool> {
+    let flags = [opts.contains('i'), opts.contains('m'), opts.contains('s')];
+    REGEXES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let hit = cache.iter().position(|((p, f), _)| p == pat && *f == flags);
+        let i = match hit {
+            Some(i) => i,
+            None => {
+                let re = regex::RegexBuilder::new(pat)
+                    .case_insensitive(flags[0])
+                    .multi_line(flags[1])
+                    .dot_matches_new_line(flags[2])
+                    .size_limit(1 << 20)
+                    .build()
+                    .ok();
+                if cache.len() == REGEX_CACHE {
+                    cache.remove(0);
+                }
+                cache.push(((pat.to_string(), flags), re));
+                cache.len() - 1
+            }
+        };
+        cache[i].1.as_ref().map(|re| re.is_match(target))
+    })
+}
+
 fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
     use Value as V;
     match func {
@@ -504,13 +543,9 @@ fn call(func: Func, mut vals: Vec<Value>, now: i64) -> Value {
                 None => "",
             };
             match (&vals[0], &vals[1]) {
-                (V::Str(pat), V::Str(target)) => regex::RegexBuilder::new(pat)
-                    .case_insensitive(opts.contains('i'))
-                    .multi_line(opts.contains('m'))
-                    .dot_matches_new_line(opts.contains('s'))
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_or(V::Error, |re| V::Bool(re.is_match(target))),
+                (V::Str(pat), V::Str(target)) => {
+                    regex_match(pat, opts, target).map_or(V::Error, V::Bool)
+                }
                 _ => V::Error,
             }
         }
