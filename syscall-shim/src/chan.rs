@@ -21,11 +21,17 @@ pub const CHAN_FD_MIN: i32 = 900;
 pub struct Chan {
     pub fd: i32,
     pub pid: i32,
+    /// Inode of the socket, to tell it from a reused fd number.
+    pub ino: u64,
 }
 
 impl Chan {
     pub const fn none() -> Chan {
-        Chan { fd: -1, pid: 0 }
+        Chan {
+            fd: -1,
+            pid: 0,
+            ino: 0,
+        }
     }
 
     /// Connected in this process (a forked child must reconnect).
@@ -70,14 +76,18 @@ impl Chan {
             }
             Err(_) => s,
         };
+        let ino = sys::fstat(fd).map(|st| st.st_ino).unwrap_or(0);
         Ok(Chan {
             fd,
             pid: sys::getpid(),
+            ino,
         })
     }
 
+    /// Closes the socket (in a forked child: this process's copy), unless
+    /// its fd number now holds something else.
     pub fn close(&mut self) {
-        if self.fd >= 0 {
+        if self.fd >= 0 && sys::fstat(self.fd).is_ok_and(|st| st.st_ino == self.ino) {
             sys::close(self.fd);
         }
         self.fd = -1;

@@ -75,15 +75,42 @@ impl Fake {
             Some(h) => st.handles.get(&h.0).ok_or(libc::EBADF)?.path.clone(),
             None => st.cwd.clone(),
         };
-        let full = if p.is_absolute() {
+        let joined = if p.is_absolute() {
             p.to_path_buf()
         } else {
             base.join(p)
         };
-        if !full.starts_with(&self.root) || full.components().any(|c| c.as_os_str() == "..") {
+        let mut full = PathBuf::new();
+        for c in joined.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    full.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => full.push(c),
+            }
+        }
+        if !full.starts_with(&self.root) {
             return Err(libc::EACCES);
         }
         Ok(full)
+    }
+
+    /// An empty path with a handle names the handle's file.
+    fn by_handle_or_path(
+        &self,
+        st: &State,
+        at: Option<Handle>,
+        path: &[u8],
+    ) -> Result<PathBuf, i32> {
+        match at {
+            Some(h) if path.is_empty() => st
+                .handles
+                .get(&h.0)
+                .map(|o| o.path.clone())
+                .ok_or(libc::EBADF),
+            _ => self.resolve(st, at, path),
+        }
     }
 
     /// Applies whatever the job wrote into placeholders; forgets closed ones.
@@ -327,6 +354,67 @@ impl Fake {
                     Err(e) => errno(e),
                 },
                 None => FileReply::Err(libc::EBADF),
+            },
+            FileOp::Symlink { target, at, path } => match self.resolve(st, at, &path) {
+                Ok(p) => match std::os::unix::fs::symlink(std::str::from_utf8(&target).unwrap(), p)
+                {
+                    Ok(()) => FileReply::Ok,
+                    Err(e) => errno(e),
+                },
+                Err(e) => FileReply::Err(e),
+            },
+            FileOp::Readlink { at, path } => match self.resolve(st, at, &path) {
+                Ok(p) => match std::fs::read_link(p) {
+                    Ok(t) => FileReply::Path(t.into_os_string().into_encoded_bytes()),
+                    Err(e) => errno(e),
+                },
+                Err(e) => FileReply::Err(e),
+            },
+            FileOp::Chmod { at, path, mode } => match self.by_handle_or_path(st, at, &path) {
+                Ok(p) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    match std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)) {
+                        Ok(()) => FileReply::Ok,
+                        Err(e) => errno(e),
+                    }
+                }
+                Err(e) => FileReply::Err(e),
+            },
+            FileOp::Utimens {
+                at, path, times, ..
+            } => match self.by_handle_or_path(st, at, &path) {
+                Ok(p) => {
+                    let ts = |t: Option<(i64, i64)>| match t {
+                        Some((s, n)) => libc::timespec {
+                            tv_sec: s,
+                            tv_nsec: n,
+                        },
+                        None => libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: libc::UTIME_NOW,
+                        },
+                    };
+                    let t = [ts(times[0]), ts(times[1])];
+                    let c = CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+                    // SAFETY: c is a C string and t two timespecs.
+                    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) } == 0 {
+                        FileReply::Ok
+                    } else {
+                        errno(std::io::Error::last_os_error())
+                    }
+                }
+                Err(e) => FileReply::Err(e),
+            },
+            FileOp::Truncate { at, path, len } => match self.resolve(st, at, &path) {
+                Ok(p) => match std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .and_then(|f| f.set_len(len as u64))
+                {
+                    Ok(()) => FileReply::Ok,
+                    Err(e) => errno(e),
+                },
+                Err(e) => FileReply::Err(e),
             },
             FileOp::Fsync { .. } | FileOp::Barrier => FileReply::Ok,
             FileOp::Close { h } => {
@@ -798,5 +886,102 @@ fn realpath_scandir_and_exec_with_a_cleared_environment_and_a_remote_script() {
         out,
         "realpath-ok=1\nrealpath-missing=1\nmmap=data\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
          data\nhelper arg\nstatus=0\n1\ndata\ndata\ndata\nstatus=0\n"
+    );
+}
+
+/// Every file under `dir` (relative names) with its bytes, `None` for a
+/// directory and the target for a symlink.
+fn tree(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.file_type().is_symlink() {
+                out.push((
+                    name,
+                    Some(
+                        std::fs::read_link(&p)
+                            .unwrap()
+                            .into_os_string()
+                            .into_encoded_bytes(),
+                    ),
+                ));
+            } else if m.is_dir() {
+                out.push((name, None));
+                todo.push(p);
+            } else {
+                out.push((name, Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_coreutils_tour_matches_a_local_run() {
+    let script = "set -e\n\
+mkdir -p d/e && echo hi > d/e/f.txt && cp -r d d2 && mv d2/e/f.txt d2/g.txt\n\
+ln -s g.txt d2/link && readlink d2/link > rl.txt && cat d2/link >> rl.txt\n\
+chmod 600 d2/g.txt && ls -l d2/g.txt | cut -c1-10 > perms.txt\n\
+find d d2 | sort > find.txt\n\
+touch -d 2020-01-01 d/e/f.txt && stat -c %Y d/e/f.txt > mtime.txt\n\
+rm -r d\n\
+head -c 100 in.txt > head.txt && tail -n 3 in.txt > tail.txt && grep -c a in.txt > grep.txt\n\
+sed -i s/a/A/g in.txt\n\
+tar cf t.tar in.txt head.txt && tar tf t.tar > tar.txt && rm t.tar\n\
+wc in.txt > wc.txt\n\
+printf '#!/bin/sh\\necho helper $1\\n' > helper.sh && chmod +x helper.sh && ./helper.sh x > helper.txt\n\
+(cd d2 && pwd | sed 's|.*/||' > ../sub.txt)\n\
+ls > ls.txt\n\
+cat < in.txt | md5sum > md5.txt\n\
+echo done\n";
+    let input: Vec<u8> = (0..2000u32)
+        .flat_map(|i| format!("a{i} b{} c\n", i * 7 % 13).into_bytes())
+        .collect();
+
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("in.txt"), &input).unwrap();
+    std::fs::write(local.path().join("tour.sh"), script).unwrap();
+    let out = std::fs::File::create(local.path().join("out.txt")).unwrap();
+    let st = Command::new("/bin/sh")
+        .arg("tour.sh")
+        .current_dir(local.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let job = Job::new();
+    std::fs::remove_dir(job.root().join("sub")).unwrap();
+    job.put("in.txt", &input);
+    job.put("tour.sh", script.as_bytes());
+    let (code, err) = job.run(&["/bin/sh", "tour.sh"], None, "out.txt");
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(err, "");
+    let (want, got) = (tree(local.path()), tree(&job.root()));
+    assert_eq!(
+        want.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        got.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for ((n, w), (_, g)) in want.iter().zip(&got) {
+        assert!(
+            w == g,
+            "{n} differs: local {:?}, job {:?}",
+            w.as_ref().map(|b| String::from_utf8_lossy(b)),
+            g.as_ref().map(|b| String::from_utf8_lossy(b))
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(job.dir.path().join("scratch"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing left in the scratch directory"
     );
 }

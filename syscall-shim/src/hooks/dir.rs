@@ -310,3 +310,76 @@ pub unsafe extern "C" fn scandir64(
     // SAFETY: same contract.
     unsafe { scandir_impl(path, list, filter, compar, true) }
 }
+
+/// `readdir_r` on the shim's streams copies the entry into the caller's
+/// buffer; returns an error number, not -1.
+///
+/// # Safety
+/// libc's contract for `readdir_r`.
+unsafe fn readdir_r_impl(
+    d: *mut DIR,
+    entry: *mut libc::dirent64,
+    result: *mut *mut libc::dirent64,
+    is64: bool,
+) -> c_int {
+    const LOCAL: c_int = -1;
+    let r = run(
+        libc::EIO,
+        || {
+            let rd = dir::ours(d)?;
+            // SAFETY: rd is a live registered stream.
+            Some(Ok(match unsafe { dir::readdir(rd) } {
+                Ok(e) => {
+                    // SAFETY: entry and result are the caller's buffers; e is NULL or a valid entry.
+                    unsafe {
+                        if e.is_null() {
+                            *result = std::ptr::null_mut();
+                        } else {
+                            std::ptr::copy_nonoverlapping(e, entry, 1);
+                            *result = entry;
+                        }
+                    }
+                    0
+                }
+                Err(e) => e,
+            }))
+        },
+        || LOCAL,
+    );
+    if r != LOCAL {
+        return r;
+    }
+    type F = unsafe extern "C" fn(*mut DIR, *mut libc::dirent64, *mut *mut libc::dirent64) -> c_int;
+    // SAFETY: passed on unchanged (glibc's stream).
+    unsafe {
+        if is64 {
+            real!(readdir64_r as F)(d, entry, result)
+        } else {
+            real!(readdir_r as F)(d, entry, result)
+        }
+    }
+}
+
+/// # Safety
+/// libc's contract for `readdir_r`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir_r(
+    d: *mut DIR,
+    entry: *mut libc::dirent64,
+    result: *mut *mut libc::dirent64,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { readdir_r_impl(d, entry, result, false) }
+}
+
+/// # Safety
+/// libc's contract for `readdir64_r`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir64_r(
+    d: *mut DIR,
+    entry: *mut libc::dirent64,
+    result: *mut *mut libc::dirent64,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { readdir_r_impl(d, entry, result, true) }
+}

@@ -862,3 +862,83 @@ pub unsafe extern "C" fn mmap64(
 ) -> *mut c_void {
     mmap_impl(addr, len, prot, flags, fd, off)
 }
+
+/// `poll`/`ppoll` with remote files: those are ready at once (like regular
+/// files); the rest are polled without waiting.
+///
+/// # Safety
+/// `fds` must point to `n` pollfds.
+unsafe fn poll_remote(fds: *mut libc::pollfd, n: libc::nfds_t) -> Option<Result<c_int, i32>> {
+    if fds.is_null() || n == 0 || n > 4096 {
+        return None;
+    }
+    // SAFETY: fds holds n pollfds (the caller's contract).
+    let v = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    let nums: Vec<i32> = v.iter().map(|p| p.fd).collect();
+    let ready = match file::always_ready(&nums)? {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    for (p, &r) in v.iter_mut().zip(&ready) {
+        if r {
+            p.fd = -p.fd - 1;
+        }
+    }
+    // SAFETY: fds is valid; the remote entries are negative (ignored) for now.
+    let others = unsafe { sys::sc(libc::SYS_poll, [fds as usize, n as usize, 0, 0, 0, 0]) };
+    let mut count = others.unwrap_or(0) as c_int;
+    let mask = libc::POLLIN | libc::POLLRDNORM | libc::POLLOUT | libc::POLLWRNORM;
+    for (p, &r) in v.iter_mut().zip(&ready) {
+        if r {
+            p.fd = -p.fd - 1;
+            p.revents = p.events & mask;
+            if p.revents != 0 {
+                count += 1;
+            }
+        }
+    }
+    Some(Ok(count))
+}
+
+/// # Safety
+/// libc's contract for `poll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    run(
+        -1,
+        // SAFETY: poll's contract.
+        || unsafe { poll_remote(fds, n) },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe {
+                real!(poll: fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int)(fds, n, timeout)
+            }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `ppoll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    type F = unsafe extern "C" fn(
+        *mut libc::pollfd,
+        libc::nfds_t,
+        *const libc::timespec,
+        *const libc::sigset_t,
+    ) -> c_int;
+    run(
+        -1,
+        // SAFETY: ppoll's contract.
+        || unsafe { poll_remote(fds, n) },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(ppoll as F)(fds, n, timeout, sigmask) }
+        },
+    )
+}

@@ -65,6 +65,10 @@ pub fn close(fd: i32) -> Op<i32> {
         // The shim's own descriptors stay open; the job sees a success.
         return Some(Ok(0));
     }
+    if s.chan.fd == fd {
+        // A forked child closing its copy of the parent's channel.
+        s.chan.fd = -1;
+    }
     s.vfds.get(fd)?;
     if s.chan.live() {
         let v = s.vfd(fd)?;
@@ -664,4 +668,18 @@ pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -
     // SAFETY: changing the protection of our own fresh mapping.
     let _ = unsafe { sys::sc(libc::SYS_mprotect, [p, len, prot as usize, 0, 0, 0]) };
     Some(Ok(p))
+}
+
+/// Which of `fds` are remote files that are not streams (always ready, as
+/// regular files are for `poll`).
+pub fn always_ready(fds: &[i32]) -> Op<Vec<bool>> {
+    let mut s = SHIM.lock();
+    if fds.iter().all(|&f| s.vfds.get(f).is_none()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(fds.len());
+    for &f in fds {
+        out.push(s.vfds.get(f).is_some() && s.vfd(f).is_some_and(|v| !v.stream));
+    }
+    out.iter().any(|&b| b).then_some(Ok(out))
 }
