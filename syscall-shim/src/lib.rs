@@ -12,6 +12,7 @@
 //! starter (raw system calls only), [`path`] path classification.
 
 pub mod chan;
+pub mod ckpt;
 pub mod hooks;
 pub mod lock;
 pub mod log;
@@ -29,7 +30,10 @@ extern "C" fn roost_shim_init(
     _argv: *const *const c_char,
     envp: *const *const c_char,
 ) {
+    // A restart becomes its image here and never returns.
+    ckpt::restart_if_asked(envp);
     ops::init(envp);
+    ckpt::install(envp);
 }
 
 /// Runs at `exit`: applies this process's writes on the submit host.

@@ -21,6 +21,15 @@ impl<T> Spin<T> {
         }
     }
 
+    /// The lock if it is free now (a signal handler must not spin on a
+    /// lock the code it interrupted holds).
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
     pub fn lock(&self) -> SpinGuard<'_, T> {
         let mut spins = 0u32;
         while self

@@ -58,6 +58,12 @@ pub fn conf() -> &'static Conf {
     CONF.get().unwrap_or(&EMPTY)
 }
 
+/// This thread is running shim code (a signal handler must not use the
+/// shim's state then).
+pub fn in_shim() -> bool {
+    BUSY.try_with(|b| b.get()).unwrap_or(true)
+}
+
 /// The shim is connected to a starter (not inert).
 pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
@@ -185,6 +191,11 @@ impl Shim {
             if let Some((_, o)) = old.iter_mut().find(|(f, o)| *f == r.fd && o.h == r.h) {
                 v.kind = o.kind;
                 v.dents = std::mem::take(&mut o.dents);
+                // A restarted image keeps what it had read ahead (the shadow's
+                // offset was restored past it); a forked child has none.
+                v.ra = std::mem::take(&mut o.ra);
+                v.ra_pos = o.ra_pos;
+                v.ra_win = o.ra_win;
             }
             if new_image
                 && r.fd == 0
