@@ -820,15 +820,24 @@ const C_PROGRAM_2: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <utime.h>
 #include <unistd.h>
 
 int main(void) {
     char *r = realpath("sub/../data.txt", NULL);
     printf("realpath-ok=%d\n", r != NULL && strlen(r) > 9 && strcmp(r + strlen(r) - 9, "/data.txt") == 0);
     printf("realpath-missing=%d\n", realpath("nope.txt", NULL) == NULL);
+    struct utimbuf ub = {1000000000, 1000000000};
+    struct stat sb;
+    printf("utime=%d ", utime("data.txt", &ub));
+    printf("mtime=%lld\n", stat("data.txt", &sb) == 0 ? (long long)sb.st_mtime : -1LL);
+    int fifo = mkfifo("fifo", 0600);
+    printf("mkfifo=%d eperm=%d\n", fifo, errno == EPERM);
     int mfd = open("data.txt", O_RDONLY);
     char *m = mmap(NULL, 5, PROT_READ, MAP_PRIVATE, mfd, 0);
     printf("mmap=%.4s\n", m == MAP_FAILED ? "FAIL" : m);
@@ -884,7 +893,7 @@ fn realpath_scandir_and_exec_with_a_cleared_environment_and_a_remote_script() {
     let out = String::from_utf8(job.get("out.txt")).unwrap();
     assert_eq!(
         out,
-        "realpath-ok=1\nrealpath-missing=1\nmmap=data\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
+        "realpath-ok=1\nrealpath-missing=1\nutime=0 mtime=1000000000\nmkfifo=-1 eperm=1\nmmap=data\nscandir=data.txt\nscandir=helper.sh\nscandir=out.txt\nscandir=sub\n\
          data\nhelper arg\nstatus=0\n1\ndata\ndata\ndata\nstatus=0\n"
     );
 }

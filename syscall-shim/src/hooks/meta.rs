@@ -1087,3 +1087,132 @@ pub unsafe extern "C" fn mkdtemp(t: *mut c_char) -> *mut c_char {
         },
     )
 }
+
+/// # Safety
+/// libc's contract for `utime`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn utime(path: *const c_char, buf: *const libc::utimbuf) -> c_int {
+    run(
+        -1,
+        || {
+            // SAFETY: buf is NULL or a utimbuf (utime's contract).
+            let t = (!buf.is_null()).then(|| unsafe { [((*buf).actime, 0), ((*buf).modtime, 0)] });
+            // SAFETY: path is the caller's C string.
+            unsafe { with_path(path, |p| meta::utimens(libc::AT_FDCWD, p, t, 0)) }
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(utime: fn(*const c_char, *const libc::utimbuf) -> c_int)(path, buf) }
+        },
+    )
+}
+
+/// Two timevals as (sec, nsec) pairs, or `None` for "now".
+///
+/// # Safety
+/// `tv` must be NULL or point to two timevals.
+unsafe fn timevals(tv: *const libc::timeval) -> Option<[(i64, i64); 2]> {
+    if tv.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    let (a, m) = unsafe { (*tv, *tv.add(1)) };
+    Some([(a.tv_sec, a.tv_usec * 1000), (m.tv_sec, m.tv_usec * 1000)])
+}
+
+/// # Safety
+/// libc's contract for `lutimes`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lutimes(path: *const c_char, tv: *const libc::timeval) -> c_int {
+    run(
+        -1,
+        || {
+            // SAFETY: tv is NULL or two timevals (lutimes's contract).
+            let t = unsafe { timevals(tv) };
+            // SAFETY: path is the caller's C string.
+            unsafe {
+                with_path(path, |p| {
+                    meta::utimens(libc::AT_FDCWD, p, t, libc::AT_SYMLINK_NOFOLLOW)
+                })
+            }
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(lutimes: fn(*const c_char, *const libc::timeval) -> c_int)(path, tv) }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `futimes`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn futimes(fd: c_int, tv: *const libc::timeval) -> c_int {
+    run(
+        -1,
+        || {
+            // SAFETY: tv is NULL or two timevals (futimes's contract).
+            let t = unsafe { timevals(tv) };
+            meta::utimens(fd, b"", t, 0)
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe { real!(futimes: fn(c_int, *const libc::timeval) -> c_int)(fd, tv) }
+        },
+    )
+}
+
+/// Special files (FIFOs, devices) cannot be made on the submit host.
+unsafe fn mknod_impl(dirfd: c_int, path: *const c_char, mode: mode_t, dev: libc::dev_t) -> c_int {
+    run(
+        -1,
+        || {
+            // SAFETY: path is the caller's C string.
+            unsafe { with_path(path, |p| meta::refuse_special(dirfd, p)) }
+        },
+        || {
+            // SAFETY: passed on unchanged.
+            unsafe {
+                real!(mknodat: fn(c_int, *const c_char, mode_t, libc::dev_t) -> c_int)(
+                    dirfd, path, mode, dev,
+                )
+            }
+        },
+    )
+}
+
+/// # Safety
+/// libc's contract for `mknod`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mknod(path: *const c_char, mode: mode_t, dev: libc::dev_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { mknod_impl(libc::AT_FDCWD, path, mode, dev) }
+}
+
+/// # Safety
+/// libc's contract for `mknodat`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mknodat(
+    dirfd: c_int,
+    path: *const c_char,
+    mode: mode_t,
+    dev: libc::dev_t,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { mknod_impl(dirfd, path, mode, dev) }
+}
+
+/// # Safety
+/// libc's contract for `mkfifo`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mkfifo(path: *const c_char, mode: mode_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { mknod_impl(libc::AT_FDCWD, path, mode | libc::S_IFIFO, 0) }
+}
+
+/// # Safety
+/// libc's contract for `mkfifoat`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mkfifoat(dirfd: c_int, path: *const c_char, mode: mode_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { mknod_impl(dirfd, path, mode | libc::S_IFIFO, 0) }
+}

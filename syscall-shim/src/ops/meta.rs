@@ -495,6 +495,16 @@ pub unsafe fn mktemp(template: *mut u8, suffix: usize, flags: i32, dir: bool) ->
     Some(Err(libc::EEXIST))
 }
 
+/// `mknod`/`mkfifo` on a remote path: refused (`EPERM`), rather than
+/// made in the scratch directory where the job would not find it.
+pub fn refuse_special(dirfd: i32, path: &[u8]) -> Op<i32> {
+    let mut s = SHIM.lock();
+    match s.route(dirfd, path) {
+        Route::Local => None,
+        Route::Remote { .. } => Some(Err(libc::EPERM)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
