@@ -238,6 +238,11 @@ mod tests {
             submitted: 0,
             exit,
             runs: 1,
+            checkpoints: 0,
+            ckpt_bytes: None,
+            ckpt_time: None,
+            finished: None,
+            hold_reason: None,
         }
     }
 

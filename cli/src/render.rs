@@ -428,6 +428,11 @@ mod tests {
             submitted: 0,
             exit: (state == JobState::Completed).then_some(ExitStatus::Code(0)),
             runs: u32::from(host.is_some()),
+            checkpoints: 0,
+            ckpt_bytes: None,
+            ckpt_time: None,
+            finished: None,
+            hold_reason: None,
         }
     }
 

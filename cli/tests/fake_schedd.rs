@@ -54,6 +54,11 @@ fn job(proc: u32, state: JobState, exit: Option<ExitStatus>) -> JobSummary {
         submitted: 1_795_464_062,
         exit,
         runs: u32::from(state != JobState::Idle),
+        checkpoints: 0,
+        ckpt_bytes: None,
+        ckpt_time: None,
+        finished: None,
+        hold_reason: None,
     }
 }
 

@@ -25,6 +25,28 @@ pub enum CliRequest {
         job: JobId,
     },
     Ping,
+    /// Ask running jobs' starters for a checkpoint now; the jobs go on.
+    Checkpoint {
+        jobs: Vec<JobId>,
+    },
+    /// Ask running jobs to checkpoint and leave their hosts; they go back
+    /// to the queue and resume from the image elsewhere.
+    Vacate {
+        jobs: Vec<JobId>,
+    },
+    /// Keep jobs from running until released (a running one is vacated first).
+    Hold {
+        jobs: Vec<JobId>,
+        reason: String,
+    },
+    /// Let held jobs run again.
+    Release {
+        jobs: Vec<JobId>,
+    },
+    /// Completed and removed jobs, newest first (`limit`: at most that many).
+    History {
+        limit: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +65,19 @@ pub enum CliReply {
         lines: Vec<String>,
     },
     Pong,
+    /// Answer to `Checkpoint`, `Vacate`, `Hold` and `Release`: `done` were
+    /// acted on (a running job's starter was asked; what happened follows
+    /// in the job's event log); `vacating` are those of them that leave
+    /// their hosts first (`Vacate`, or `Hold` of a running job); `refused`
+    /// says why the others were not.
+    Acted {
+        done: Vec<JobId>,
+        vacating: Vec<JobId>,
+        refused: Vec<(JobId, String)>,
+    },
+    History {
+        jobs: Vec<JobSummary>,
+    },
     Error {
         message: String,
     },

@@ -98,4 +98,19 @@ pub struct JobSummary {
     pub submitted: i64,
     pub exit: Option<ExitStatus>,
     pub runs: u32,
+    /// Checkpoints committed so far.
+    #[serde(default)]
+    pub checkpoints: u32,
+    /// The last committed checkpoint's image size (compressed, as stored).
+    #[serde(default)]
+    pub ckpt_bytes: Option<u64>,
+    /// When the last checkpoint was committed (unix seconds).
+    #[serde(default)]
+    pub ckpt_time: Option<i64>,
+    /// When the job completed or was removed (unix seconds).
+    #[serde(default)]
+    pub finished: Option<i64>,
+    /// Why the job is held.
+    #[serde(default)]
+    pub hold_reason: Option<String>,
 }

@@ -7,10 +7,11 @@
 //! send several requests, each answered by one reply. A frame that is
 //! oversized or does not decode closes that connection only.
 
-use crate::Schedd;
 use crate::queue::{NewJob, QueueError};
+use crate::{Schedd, ShadowCmd};
 use proto::cli::{CliReply, CliRequest};
 use proto::frame::{read_frame_async, write_frame_async};
+use proto::job::JobState;
 use proto::{JobId, ProtoError};
 use std::path::Path;
 use std::sync::Arc;
@@ -153,8 +154,8 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
                     for r in &removed {
                         let _g = info_span!("job", job = %r.id).entered();
                         info!(by = owner, was_running = r.was_running, "removed");
-                        if r.was_running {
-                            s.end_shadow(r.id);
+                        if !(r.was_running && s.end_shadow(r.id)) {
+                            s.images.discard(r.id);
                         }
                         if let Some(c) = &r.claim {
                             s.release(c.clone());
@@ -171,5 +172,103 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
                 Err(e) => queue_error(e),
             }
         }
+        CliRequest::Checkpoint { jobs } => ask_running(s, &jobs, false).await,
+        CliRequest::Vacate { jobs } => ask_running(s, &jobs, true).await,
+        CliRequest::Hold { jobs, reason } => {
+            let reason = if reason.trim().is_empty() {
+                format!("held by {owner}")
+            } else {
+                reason
+            };
+            let by = owner.to_string();
+            let r = reason.clone();
+            match s.db(move |q| q.hold(&jobs, &r, &by)).await {
+                Ok(out) => {
+                    for c in out.claims {
+                        s.release(c);
+                    }
+                    let mut vacating = Vec::new();
+                    for &id in &out.vacating {
+                        info!(job = %id, by = owner, reason, "hold: vacating the running job first");
+                        if s.tell_shadow(id, ShadowCmd::Checkpoint { vacate: true }) {
+                            vacating.push(id);
+                        }
+                    }
+                    for id in &out.done {
+                        if !out.vacating.contains(id) {
+                            info!(job = %id, by = owner, reason, "held");
+                        }
+                    }
+                    s.changed.notify_one();
+                    CliReply::Acted {
+                        done: out.done,
+                        vacating,
+                        refused: out.refused,
+                    }
+                }
+                Err(e) => queue_error(e),
+            }
+        }
+        CliRequest::Release { jobs } => {
+            let by = owner.to_string();
+            match s.db(move |q| q.release(&jobs, &by)).await {
+                Ok((done, refused)) => {
+                    for id in &done {
+                        info!(job = %id, by = owner, "released");
+                    }
+                    s.changed.notify_one();
+                    CliReply::Acted {
+                        done,
+                        vacating: Vec::new(),
+                        refused,
+                    }
+                }
+                Err(e) => queue_error(e),
+            }
+        }
+        CliRequest::History { limit } => match s.db(move |q| q.history(limit)).await {
+            Ok(jobs) => CliReply::History { jobs },
+            Err(e) => queue_error(e),
+        },
+    }
+}
+
+/// `roost checkpoint` / `roost vacate`: asks each running job's starter.
+async fn ask_running(s: &Arc<Schedd>, jobs: &[JobId], vacate: bool) -> CliReply {
+    let ids = jobs.to_vec();
+    let rows = match s
+        .db(move |q| {
+            ids.iter()
+                .map(|&id| Ok((id, q.get(id)?)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return queue_error(e),
+    };
+    let mut done = Vec::new();
+    let mut refused = Vec::new();
+    for (id, row) in rows {
+        match row {
+            None => refused.push((id, "no such job".to_string())),
+            Some(r) if r.state != JobState::Running => {
+                refused.push((id, format!("the job is {}, not running", r.state.as_str())));
+            }
+            Some(_) => {
+                if s.tell_shadow(id, ShadowCmd::Checkpoint { vacate }) {
+                    info!(job = %id, vacate, "checkpoint asked for");
+                    done.push(id);
+                } else {
+                    refused.push((id, "the job's starter is not attached".to_string()));
+                }
+            }
+        }
+    }
+    let vacating = if vacate { done.clone() } else { Vec::new() };
+    CliReply::Acted {
+        done,
+        vacating,
+        refused,
     }
 }

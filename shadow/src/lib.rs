@@ -5,12 +5,14 @@
 //! - [`cli`]: the `roost` CLI server on `DIR/schedd.sock` (0600, `SO_PEERCRED`).
 //! - [`shadow`]: the TLS server starters attach to; one task per job.
 //! - [`mm`]: the matchmaker client (idle jobs out, matches in).
+//! - [`ckpt`]: the checkpoint image store (`DIR/ckpt/C.P/`).
 //!
 //! [`Schedd::bind`] opens the queue and binds both servers; [`Bound::run`]
 //! serves until the shutdown future resolves. An error on one connection
 //! ends that connection only.
 #![forbid(unsafe_code)]
 
+pub mod ckpt;
 pub mod cli;
 pub mod fs;
 pub mod mm;
@@ -28,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 /// How long a claim may wait for its starter before it is given back
 /// (the default of [`Config::claim_timeout`]).
@@ -57,6 +59,12 @@ pub enum ScheddError {
     },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("checkpoint store {path}")]
+    Images {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a queue task failed")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -68,7 +76,7 @@ pub struct Config {
     pub pki: PathBuf,
     /// This schedd's name (its certificate's name).
     pub name: String,
-    /// State directory: `schedd.sock`, `queue.db`.
+    /// State directory: `schedd.sock`, `queue.db`, `ckpt/`.
     pub dir: PathBuf,
     /// Where starters reach the shadows (TLS), `IP:PORT`.
     pub listen: String,
@@ -91,9 +99,20 @@ pub struct Schedd {
     pub(crate) changed: Notify,
     releases: mpsc::UnboundedSender<ClaimId>,
     pub(crate) claim_timeout: Duration,
-    /// Running jobs' shadows: send to end one (its job was removed).
-    running: Mutex<HashMap<JobId, (u64, oneshot::Sender<()>)>>,
+    /// Running jobs' shadows (by connection id) and their command channels.
+    running: Mutex<HashMap<JobId, (u64, mpsc::UnboundedSender<ShadowCmd>)>>,
     conns: AtomicU64,
+    /// The checkpoint image store.
+    pub(crate) images: ckpt::Store,
+}
+
+/// What the rest of the schedd asks of a running job's shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShadowCmd {
+    /// The job was removed: close the starter's connection.
+    End,
+    /// Ask the starter for a checkpoint (`vacate`: then leave the host).
+    Checkpoint { vacate: bool },
 }
 
 impl std::fmt::Debug for Schedd {
@@ -118,7 +137,14 @@ impl Schedd {
             source,
         })?;
         let db = cfg.dir.join("queue.db");
-        let queue = tokio::task::spawn_blocking(move || Queue::open(&db)).await??;
+        let images = ckpt::Store::new(&cfg.dir);
+        let store = images.clone();
+        let queue = tokio::task::spawn_blocking(move || {
+            let mut q = Queue::open(&db)?;
+            store.recover(&mut q)?;
+            Ok::<_, ScheddError>(q)
+        })
+        .await??;
         let sock = cfg.dir.join("schedd.sock");
         let cli = bind_unix(&sock)?;
         let shadow = TcpListener::bind(&cfg.listen)
@@ -141,6 +167,7 @@ impl Schedd {
             claim_timeout: cfg.claim_timeout,
             running: Mutex::new(HashMap::new()),
             conns: AtomicU64::new(0),
+            images,
         });
         let advertise = cfg
             .advertise
@@ -184,14 +211,24 @@ impl Schedd {
 
     /// Claims the job for the shadow on connection `conn`; `None` when
     /// another shadow has it.
-    pub(crate) fn register_running(&self, job: JobId, conn: u64) -> Option<oneshot::Receiver<()>> {
+    pub(crate) fn register_running(
+        &self,
+        job: JobId,
+        conn: u64,
+    ) -> Option<mpsc::UnboundedReceiver<ShadowCmd>> {
         let mut m = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if m.contains_key(&job) {
             return None;
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         m.insert(job, (conn, tx));
         Some(rx)
+    }
+
+    /// Sends a command to a running job's shadow; false when the job has none.
+    pub(crate) fn tell_shadow(&self, job: JobId, cmd: ShadowCmd) -> bool {
+        let m = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&job).is_some_and(|(_, tx)| tx.send(cmd).is_ok())
     }
 
     /// Lets go of the job if connection `conn` holds it.
@@ -209,7 +246,7 @@ impl Schedd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&job);
-        tx.is_some_and(|(_, tx)| tx.send(()).is_ok())
+        tx.is_some_and(|(_, tx)| tx.send(ShadowCmd::End).is_ok())
     }
 }
 

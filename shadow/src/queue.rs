@@ -7,7 +7,13 @@
 //!
 //! Event records are JSON lines:
 //! `{"time":UNIX_SECS,"job":"1.0","event":"submitted"|"matched"|"executing"|
-//! "completed"|"evicted"|"shadow_error"|"held"|"removed", ...}`.
+//! "resumed"|"suspended"|"unsuspended"|"checkpointed"|"checkpoint_refused"|
+//! "checkpoint_failed"|"checkpoint_lost"|"vacated"|"evicted"|"completed"|
+//! "shadow_error"|"held"|"released"|"removed", ...}`.
+//!
+//! A job's committed checkpoint is a row's `ckpt_seq` (the image file
+//! `ckpt/C.P/image.SEQ.zst`, see [`crate::ckpt`]) with its size and the
+//! job's files at that moment (`ckpt_fs`, a [`crate::fs::FsSnapshot`]).
 
 use proto::job::{ExitStatus, JobSpec, JobState, JobSummary, Usage};
 use proto::{ClaimId, HostName, JobId};
@@ -62,6 +68,54 @@ pub struct JobRow {
     pub runs: u32,
     pub failures: u32,
     pub submitted: i64,
+    /// Checkpoints committed so far.
+    pub checkpoints: u32,
+    /// The committed checkpoint, if any.
+    pub image: Option<Image>,
+    pub finished: Option<i64>,
+    pub hold_reason: Option<String>,
+    /// A hold asked for while the job ran: it is held once it has left its host.
+    pub hold_pending: Option<String>,
+}
+
+/// A job's committed checkpoint as the queue records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// Names the image file (`image.SEQ.zst`).
+    pub seq: u32,
+    /// Stored (compressed) size.
+    pub bytes: u64,
+    pub raw_bytes: u64,
+    /// When it was committed.
+    pub time: i64,
+    /// The job's files at the checkpoint ([`crate::fs::FsSnapshot`] as JSON).
+    pub fs: String,
+}
+
+/// A checkpoint to commit: the image file is already in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewImage {
+    pub seq: u32,
+    pub bytes: u64,
+    pub raw_bytes: u64,
+    pub seconds: f64,
+    pub fs: String,
+    pub reason: String,
+}
+
+/// Jobs a request did not act on, with why.
+pub type Refused = Vec<(JobId, String)>;
+
+/// What a hold did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HoldOutcome {
+    /// Held now, or (running ones) once they have left their hosts.
+    pub done: Vec<JobId>,
+    /// The running ones among `done`: their shadows must vacate them.
+    pub vacating: Vec<JobId>,
+    pub refused: Refused,
+    /// Claims of idle jobs that were held: give them back.
+    pub claims: Vec<ClaimId>,
 }
 
 /// A job to queue: its description and, if the user asked for one, the
@@ -106,6 +160,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     user_log TEXT,
     started INTEGER,
     finished INTEGER,
+    checkpoints INTEGER NOT NULL DEFAULT 0,
+    ckpt_seq INTEGER,
+    ckpt_bytes INTEGER,
+    ckpt_raw INTEGER,
+    ckpt_time INTEGER,
+    ckpt_secs REAL,
+    ckpt_fs TEXT,
+    hold_reason TEXT,
+    hold_pending TEXT,
+    hold_by TEXT,
     PRIMARY KEY (cluster, proc)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -174,9 +238,57 @@ type RawRow = (
     i64,
 );
 
-const COLS: &str = "cluster, proc, owner, state, spec, host, claim, claimed_at, exit_kind, exit_value, runs, failures, submitted";
+/// Columns added after the first schema, with their types: added to an
+/// older database when it is opened.
+const ADDED: &[(&str, &str)] = &[
+    ("user_log", "TEXT"),
+    ("checkpoints", "INTEGER NOT NULL DEFAULT 0"),
+    ("ckpt_seq", "INTEGER"),
+    ("ckpt_bytes", "INTEGER"),
+    ("ckpt_raw", "INTEGER"),
+    ("ckpt_time", "INTEGER"),
+    ("ckpt_secs", "REAL"),
+    ("ckpt_fs", "TEXT"),
+    ("hold_reason", "TEXT"),
+    ("hold_pending", "TEXT"),
+    ("hold_by", "TEXT"),
+];
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+const COLS: &str = "cluster, proc, owner, state, spec, host, claim, claimed_at, exit_kind, exit_value, runs, failures, submitted, \
+     checkpoints, ckpt_seq, ckpt_bytes, ckpt_raw, ckpt_time, ckpt_fs, finished, hold_reason, hold_pending";
+
+/// The columns of [`COLS`] after the first twelve.
+struct More {
+    checkpoints: u32,
+    ckpt_seq: Option<u32>,
+    ckpt_bytes: Option<i64>,
+    ckpt_raw: Option<i64>,
+    ckpt_time: Option<i64>,
+    ckpt_fs: Option<String>,
+    finished: Option<i64>,
+    hold_reason: Option<String>,
+    hold_pending: Option<String>,
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawRow, More)> {
+    Ok((first(r)?, more(r)?))
+}
+
+fn more(r: &rusqlite::Row<'_>) -> rusqlite::Result<More> {
+    Ok(More {
+        checkpoints: r.get(13)?,
+        ckpt_seq: r.get(14)?,
+        ckpt_bytes: r.get(15)?,
+        ckpt_raw: r.get(16)?,
+        ckpt_time: r.get(17)?,
+        ckpt_fs: r.get(18)?,
+        finished: r.get(19)?,
+        hold_reason: r.get(20)?,
+        hold_pending: r.get(21)?,
+    })
+}
+
+fn first(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     Ok((
         JobId {
             cluster: r.get::<_, i64>(0)? as u64,
@@ -196,7 +308,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     ))
 }
 
-fn decode(raw: RawRow) -> Result<JobRow> {
+fn decode((raw, m): (RawRow, More)) -> Result<JobRow> {
     let (
         id,
         owner,
@@ -230,6 +342,20 @@ fn decode(raw: RawRow) -> Result<JobRow> {
         runs,
         failures,
         submitted,
+        checkpoints: m.checkpoints,
+        image: match (m.ckpt_seq, m.ckpt_fs) {
+            (Some(seq), Some(fs)) => Some(Image {
+                seq,
+                bytes: m.ckpt_bytes.unwrap_or(0) as u64,
+                raw_bytes: m.ckpt_raw.unwrap_or(0) as u64,
+                time: m.ckpt_time.unwrap_or(0),
+                fs,
+            }),
+            _ => None,
+        },
+        finished: m.finished,
+        hold_reason: m.hold_reason,
+        hold_pending: m.hold_pending,
     })
 }
 
@@ -251,13 +377,15 @@ impl Queue {
         db.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
         db.execute_batch(SCHEMA).map_err(open_err)?;
-        let has_user_log: bool = db
-            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'user_log'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(open_err)?;
-        if !has_user_log {
-            db.execute_batch("ALTER TABLE jobs ADD COLUMN user_log TEXT")
+        for (col, ty) in ADDED {
+            let has: bool = db
+                .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1")
+                .and_then(|mut st| st.exists([col]))
                 .map_err(open_err)?;
+            if !has {
+                db.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {col} {ty}"))
+                    .map_err(open_err)?;
+            }
         }
         let mut q = Queue { db };
         q.recover()?;
@@ -278,16 +406,12 @@ impl Queue {
             .collect::<rusqlite::Result<_>>()?
         };
         for id in running {
-            tx.execute(
-                "UPDATE jobs SET state = 'idle', host = NULL, claim = NULL, claimed_at = NULL WHERE cluster = ?1 AND proc = ?2",
-                params![id.cluster as i64, id.proc],
-            )?;
-            event(
+            leave_host(
                 &tx,
                 &mut ev,
                 id,
                 "evicted",
-                json!({ "reason": "the schedd restarted while the job ran" }),
+                "the schedd restarted while the job ran",
             )?;
             tracing::info!(job = %id, "running at start-up; back to idle");
         }
@@ -421,7 +545,7 @@ impl Queue {
         let mut st = self.db.prepare(&format!(
             "SELECT {COLS} FROM jobs {filter} ORDER BY cluster, proc"
         ))?;
-        let raws: Vec<RawRow> = st.query_map([], row)?.collect::<rusqlite::Result<_>>()?;
+        let raws: Vec<(RawRow, More)> = st.query_map([], row)?.collect::<rusqlite::Result<_>>()?;
         raws.into_iter().map(decode).collect()
     }
 
@@ -437,20 +561,20 @@ impl Queue {
         } else {
             self.select("WHERE state NOT IN ('completed', 'removed')")?
         };
-        Ok(rows
-            .into_iter()
-            .map(|r| JobSummary {
-                id: r.id,
-                owner: r.owner,
-                state: r.state,
-                executable: r.spec.executable,
-                arguments: r.spec.arguments,
-                host: r.host,
-                submitted: r.submitted,
-                exit: r.exit,
-                runs: r.runs,
-            })
-            .collect())
+        Ok(rows.into_iter().map(summary).collect())
+    }
+
+    /// Completed and removed jobs, the most recently finished first.
+    pub fn history(&self, limit: Option<u32>) -> Result<Vec<JobSummary>> {
+        let limit = limit.map_or(-1, i64::from);
+        let mut st = self.db.prepare(&format!(
+            "SELECT {COLS} FROM jobs WHERE state IN ('completed', 'removed')
+             ORDER BY finished DESC, cluster DESC, proc DESC LIMIT ?1"
+        ))?;
+        let raws: Vec<(RawRow, More)> = st
+            .query_map(params![limit], row)?
+            .collect::<rusqlite::Result<_>>()?;
+        raws.into_iter().map(|r| decode(r).map(summary)).collect()
     }
 
     /// The job's event log, JSON lines in order; `None` for an unknown job.
@@ -547,19 +671,7 @@ impl Queue {
     /// The job started on `host`. Returns false when it is no longer idle
     /// with this claim.
     pub fn mark_running(&mut self, id: JobId, claim: &ClaimId, host: &HostName) -> Result<bool> {
-        let tx = self.db.transaction()?;
-        let mut ev = Vec::new();
-        let n = tx.execute(
-            "UPDATE jobs SET state = 'running', host = ?4, runs = runs + 1, started = ?5
-             WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim = ?3",
-            params![id.cluster as i64, id.proc, claim.0, host.0, now()],
-        )?;
-        if n == 1 {
-            event(&tx, &mut ev, id, "executing", json!({ "host": host.0 }))?;
-        }
-        tx.commit()?;
-        self.user_logs(&ev);
-        Ok(n == 1)
+        self.mark_running_from(id, claim, host, None)
     }
 
     /// The job's process ended. Returns false when the job was not running
@@ -569,7 +681,7 @@ impl Queue {
         let mut ev = Vec::new();
         let (kind, value) = exit_cols(&status);
         let n = tx.execute(
-            "UPDATE jobs SET state = 'completed', exit_kind = ?3, exit_value = ?4, finished = ?5, claim = NULL, claimed_at = NULL
+            "UPDATE jobs SET state = 'completed', exit_kind = ?3, exit_value = ?4, finished = ?5, claim = NULL, claimed_at = NULL, hold_pending = NULL
              WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
             params![id.cluster as i64, id.proc, kind, value, now()],
         )?;
@@ -595,20 +707,266 @@ impl Queue {
 
     /// A running job goes back to idle to be matched again (`event` is
     /// `evicted` or `shadow_error`). Returns false when it was not running.
+    ///
+    /// The event says whether the job will resume from a checkpoint
+    /// (`from_checkpoint`); a job whose hold was asked for while it ran is
+    /// held now instead (event `held`).
     pub fn requeue(&mut self, id: JobId, event_name: &str, reason: &str) -> Result<bool> {
         let tx = self.db.transaction()?;
         let mut ev = Vec::new();
+        let running: bool = tx
+            .query_row(
+                "SELECT 1 FROM jobs WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
+                params![id.cluster as i64, id.proc],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if running {
+            leave_host(&tx, &mut ev, id, event_name, reason)?;
+        }
+        tx.commit()?;
+        self.user_logs(&ev);
+        Ok(running)
+    }
+
+    /// The job started on `host`; `resumed` gives the size of the image it
+    /// restarts from (event `resumed` after `executing`). Returns false
+    /// when it is no longer idle with this claim.
+    pub fn mark_running_from(
+        &mut self,
+        id: JobId,
+        claim: &ClaimId,
+        host: &HostName,
+        resumed: Option<u64>,
+    ) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
         let n = tx.execute(
-            "UPDATE jobs SET state = 'idle', host = NULL, claim = NULL, claimed_at = NULL
-             WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
-            params![id.cluster as i64, id.proc],
+            "UPDATE jobs SET state = 'running', host = ?4, runs = runs + 1, started = ?5
+             WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim = ?3",
+            params![id.cluster as i64, id.proc, claim.0, host.0, now()],
         )?;
         if n == 1 {
-            event(&tx, &mut ev, id, event_name, json!({ "reason": reason }))?;
+            event(&tx, &mut ev, id, "executing", json!({ "host": host.0 }))?;
+            if let Some(bytes) = resumed {
+                event(
+                    &tx,
+                    &mut ev,
+                    id,
+                    "resumed",
+                    json!({ "host": host.0, "image_bytes": bytes }),
+                )?;
+            }
         }
         tx.commit()?;
         self.user_logs(&ev);
         Ok(n == 1)
+    }
+
+    /// Records an event for a running job (`suspended`, `unsuspended`,
+    /// `checkpoint_refused`, `checkpoint_failed`). Returns false when the
+    /// job is not running.
+    pub fn note(&mut self, id: JobId, name: &str, extra: Value) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
+        let running = tx
+            .query_row(
+                "SELECT 1 FROM jobs WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
+                params![id.cluster as i64, id.proc],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if running {
+            event(&tx, &mut ev, id, name, extra)?;
+        }
+        tx.commit()?;
+        self.user_logs(&ev);
+        Ok(running)
+    }
+
+    /// Commits a checkpoint of a running job whose image file is in place
+    /// (event `checkpointed`). Returns false, storing nothing, when the job
+    /// is not running.
+    pub fn checkpointed(&mut self, id: JobId, img: &NewImage) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
+        let n = tx.execute(
+            "UPDATE jobs SET ckpt_seq = ?3, ckpt_bytes = ?4, ckpt_raw = ?5, ckpt_time = ?6,
+                 ckpt_secs = ?7, ckpt_fs = ?8, checkpoints = checkpoints + 1
+             WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
+            params![
+                id.cluster as i64,
+                id.proc,
+                img.seq,
+                img.bytes as i64,
+                img.raw_bytes as i64,
+                now(),
+                img.seconds,
+                img.fs
+            ],
+        )?;
+        if n == 1 {
+            event(
+                &tx,
+                &mut ev,
+                id,
+                "checkpointed",
+                json!({
+                    "bytes": img.bytes,
+                    "raw_bytes": img.raw_bytes,
+                    "seconds": img.seconds,
+                    "reason": img.reason,
+                }),
+            )?;
+        }
+        tx.commit()?;
+        self.user_logs(&ev);
+        Ok(n == 1)
+    }
+
+    /// The job's image file is gone: forget the checkpoint (event
+    /// `checkpoint_lost`); the job will start from the beginning.
+    pub fn image_lost(&mut self, id: JobId, reason: &str) -> Result<()> {
+        let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
+        let n = tx.execute(
+            "UPDATE jobs SET ckpt_seq = NULL, ckpt_fs = NULL WHERE cluster = ?1 AND proc = ?2 AND ckpt_seq IS NOT NULL",
+            params![id.cluster as i64, id.proc],
+        )?;
+        if n == 1 {
+            event(
+                &tx,
+                &mut ev,
+                id,
+                "checkpoint_lost",
+                json!({ "reason": reason }),
+            )?;
+        }
+        tx.commit()?;
+        self.user_logs(&ev);
+        Ok(())
+    }
+
+    /// Every job that has a committed image, with its state and image number.
+    pub fn images(&self) -> Result<Vec<(JobId, JobState, u32)>> {
+        let mut st = self.db.prepare(
+            "SELECT cluster, proc, state, ckpt_seq FROM jobs WHERE ckpt_seq IS NOT NULL",
+        )?;
+        let v = st
+            .query_map([], |r| {
+                Ok((
+                    JobId {
+                        cluster: r.get::<_, i64>(0)? as u64,
+                        proc: r.get(1)?,
+                    },
+                    JobState::parse(&r.get::<_, String>(2)?).unwrap_or(JobState::Held),
+                    r.get(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Holds jobs: idle ones at once (their claims are given back), running
+    /// ones once they have left their hosts (the caller vacates them).
+    pub fn hold(&mut self, ids: &[JobId], reason: &str, by: &str) -> Result<HoldOutcome> {
+        let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
+        let mut out = HoldOutcome::default();
+        for &id in ids {
+            let cur: Option<(String, Option<String>, Option<String>)> = tx
+                .query_row(
+                    "SELECT state, claim, hold_pending FROM jobs WHERE cluster = ?1 AND proc = ?2",
+                    params![id.cluster as i64, id.proc],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((state, claim, pending)) = cur else {
+                out.refused.push((id, "no such job".into()));
+                continue;
+            };
+            match JobState::parse(&state).unwrap_or(JobState::Held) {
+                JobState::Idle => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'held', hold_reason = ?3, claim = NULL, claimed_at = NULL
+                         WHERE cluster = ?1 AND proc = ?2",
+                        params![id.cluster as i64, id.proc, reason],
+                    )?;
+                    event(
+                        &tx,
+                        &mut ev,
+                        id,
+                        "held",
+                        json!({ "reason": reason, "by": by }),
+                    )?;
+                    out.claims.extend(claim.map(ClaimId));
+                    out.done.push(id);
+                }
+                JobState::Running if pending.is_some() => {
+                    out.refused
+                        .push((id, "already being held (it is leaving its host)".into()));
+                }
+                JobState::Running => {
+                    tx.execute(
+                        "UPDATE jobs SET hold_pending = ?3, hold_by = ?4 WHERE cluster = ?1 AND proc = ?2",
+                        params![id.cluster as i64, id.proc, reason, by],
+                    )?;
+                    out.done.push(id);
+                    out.vacating.push(id);
+                }
+                JobState::Held => out.refused.push((id, "already held".into())),
+                s => out.refused.push((id, format!("the job is {}", s.as_str()))),
+            }
+        }
+        tx.commit()?;
+        self.user_logs(&ev);
+        Ok(out)
+    }
+
+    /// Lets held jobs run again (their failure count starts over); for a
+    /// running job, cancels a hold that waits for it to leave its host.
+    pub fn release(&mut self, ids: &[JobId], by: &str) -> Result<(Vec<JobId>, Refused)> {
+        let tx = self.db.transaction()?;
+        let mut ev = Vec::new();
+        let (mut done, mut refused) = (Vec::new(), Vec::new());
+        for &id in ids {
+            let cur: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT state, hold_pending FROM jobs WHERE cluster = ?1 AND proc = ?2",
+                    params![id.cluster as i64, id.proc],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((state, pending)) = cur else {
+                refused.push((id, "no such job".into()));
+                continue;
+            };
+            match JobState::parse(&state).unwrap_or(JobState::Held) {
+                JobState::Held => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'idle', hold_reason = NULL, failures = 0
+                         WHERE cluster = ?1 AND proc = ?2",
+                        params![id.cluster as i64, id.proc],
+                    )?;
+                    event(&tx, &mut ev, id, "released", json!({ "by": by }))?;
+                    done.push(id);
+                }
+                JobState::Running if pending.is_some() => {
+                    tx.execute(
+                        "UPDATE jobs SET hold_pending = NULL, hold_by = NULL WHERE cluster = ?1 AND proc = ?2",
+                        params![id.cluster as i64, id.proc],
+                    )?;
+                    event(&tx, &mut ev, id, "released", json!({ "by": by }))?;
+                    done.push(id);
+                }
+                s => refused.push((id, format!("the job is {}, not held", s.as_str()))),
+            }
+        }
+        tx.commit()?;
+        self.user_logs(&ev);
+        Ok((done, refused))
     }
 
     /// The job could not run. It goes back to idle, or is held once it has
@@ -643,6 +1001,14 @@ impl Queue {
             json!({ "reason": reason }),
         )?;
         if state == JobState::Held {
+            tx.execute(
+                "UPDATE jobs SET hold_reason = ?3 WHERE cluster = ?1 AND proc = ?2",
+                params![
+                    id.cluster as i64,
+                    id.proc,
+                    format!("failed {failures} times; last: {reason}")
+                ],
+            )?;
             event(
                 &tx,
                 &mut ev,
@@ -681,7 +1047,7 @@ impl Queue {
                 continue;
             }
             tx.execute(
-                "UPDATE jobs SET state = 'removed', claim = NULL, claimed_at = NULL, finished = ?3 WHERE cluster = ?1 AND proc = ?2",
+                "UPDATE jobs SET state = 'removed', claim = NULL, claimed_at = NULL, hold_pending = NULL, finished = ?3 WHERE cluster = ?1 AND proc = ?2",
                 params![id.cluster as i64, id.proc, now()],
             )?;
             event(
@@ -701,6 +1067,69 @@ impl Queue {
         self.user_logs(&ev);
         Ok((removed, not_found))
     }
+}
+
+/// The summary line of a job for `roost q` and `roost history`.
+fn summary(r: JobRow) -> JobSummary {
+    JobSummary {
+        id: r.id,
+        owner: r.owner,
+        state: r.state,
+        executable: r.spec.executable,
+        arguments: r.spec.arguments,
+        host: r.host,
+        submitted: r.submitted,
+        exit: r.exit,
+        runs: r.runs,
+        checkpoints: r.checkpoints,
+        ckpt_bytes: r.image.as_ref().map(|i| i.bytes),
+        ckpt_time: r.image.as_ref().map(|i| i.time),
+        finished: r.finished,
+        hold_reason: r.hold_reason,
+    }
+}
+
+/// A running job leaves its host (inside `tx`): back to idle with event
+/// `event_name`, or held if a hold waits for it. The event says whether it
+/// will resume from a checkpoint.
+fn leave_host(
+    tx: &Transaction<'_>,
+    ev: &mut Vec<(JobId, String)>,
+    id: JobId,
+    event_name: &str,
+    reason: &str,
+) -> Result<()> {
+    type Cols = (Option<String>, Option<String>, Option<u32>, Option<i64>);
+    let (pending, by, seq, bytes): Cols = tx.query_row(
+        "SELECT hold_pending, hold_by, ckpt_seq, ckpt_bytes FROM jobs WHERE cluster = ?1 AND proc = ?2",
+        params![id.cluster as i64, id.proc],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let image = seq.map(|_| bytes.unwrap_or(0));
+    let mut extra = json!({ "reason": reason, "from_checkpoint": image.is_some() });
+    if let Some(b) = image {
+        extra["image_bytes"] = json!(b);
+    }
+    event(tx, ev, id, event_name, extra)?;
+    match pending {
+        Some(why) => {
+            tx.execute(
+                "UPDATE jobs SET state = 'held', hold_reason = ?3, hold_pending = NULL, hold_by = NULL,
+                     host = NULL, claim = NULL, claimed_at = NULL
+                 WHERE cluster = ?1 AND proc = ?2",
+                params![id.cluster as i64, id.proc, why],
+            )?;
+            event(tx, ev, id, "held", json!({ "reason": why, "by": by }))?;
+        }
+        None => {
+            tx.execute(
+                "UPDATE jobs SET state = 'idle', host = NULL, claim = NULL, claimed_at = NULL
+                 WHERE cluster = ?1 AND proc = ?2",
+                params![id.cluster as i64, id.proc],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

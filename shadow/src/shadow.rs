@@ -7,11 +7,13 @@
 //! order, through the job's [`JobFs`] until `Exited` (committed, then
 //! `Done`). A connection that ends before that puts the job back to idle.
 
-use crate::Schedd;
+use crate::ckpt::{IMAGE_CHUNK, Incoming};
 use crate::cli::chain;
-use crate::fs::JobFs;
+use crate::fs::{FsSnapshot, JobFs};
+use crate::queue::NewImage;
+use crate::{Schedd, ShadowCmd};
 use proto::fileop::FileReply;
-use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
+use proto::frame::{MAX_FRAME, check_header, decode_body, read_frame_async, write_frame_async};
 use proto::ids::Handle;
 use proto::job::{JobSpec, JobState};
 use proto::shadow::{Attached, FromShadow, ToShadow};
@@ -181,12 +183,78 @@ fn open_std(fs: &mut JobFs, spec: &JobSpec) -> Result<[Option<Handle>; 3], Strin
 enum End {
     /// `Exited` committed and acknowledged.
     Completed,
-    /// `Failed` committed and acknowledged.
+    /// `Failed` or `Vacated` committed and acknowledged.
     Failed,
     /// The job was removed; the connection is closed on purpose.
     Removed,
     /// The starter went away or broke the protocol.
     Lost(String),
+}
+
+/// The job's files at attach: restored from its checkpoint, or opened afresh.
+struct Prepared {
+    fs: JobFs,
+    std: [Option<Handle>; 3],
+    /// The size of the image the job resumes from.
+    resumed: Option<u64>,
+}
+
+/// Opens the job's files, or puts them back as its committed checkpoint
+/// recorded them. An image whose file has gone is forgotten (event
+/// `checkpoint_lost`) and the job starts from the beginning.
+async fn prepare(s: &Schedd, row: &crate::queue::JobRow) -> Result<Prepared, String> {
+    let spec = &row.spec;
+    let dir = std::path::Path::new(&spec.initialdir);
+    if let Some(img) = &row.image {
+        let path = s.images.image_path(row.id, img.seq);
+        let snap = serde_json::from_str::<FsSnapshot>(&img.fs);
+        match (path.is_file(), snap) {
+            (true, Ok(snap)) => {
+                let fs = JobFs::restore(dir, &snap).map_err(|e| {
+                    format!(
+                        "cannot restore the job's files from its checkpoint: {}",
+                        chain(&e)
+                    )
+                })?;
+                let open =
+                    |h: Option<Handle>| h.filter(|h| snap.handles.iter().any(|x| x.id == h.0));
+                let std = [open(snap.std[0]), open(snap.std[1]), open(snap.std[2])];
+                if spec.transfer_executable {
+                    check_executable(&fs, &spec.executable)?;
+                }
+                return Ok(Prepared {
+                    fs,
+                    std,
+                    resumed: Some(img.bytes),
+                });
+            }
+            (exists, snap) => {
+                let reason = if !exists {
+                    format!("the image file {} is missing", path.display())
+                } else {
+                    format!(
+                        "the checkpoint's file table does not decode: {}",
+                        snap.err().map(|e| e.to_string()).unwrap_or_default()
+                    )
+                };
+                warn!("{reason}; the job starts from the beginning");
+                let (job, r) = (row.id, reason.clone());
+                s.db(move |q| q.image_lost(job, &r))
+                    .await
+                    .map_err(|e| format!("queue error: {}", chain(&e)))?;
+            }
+        }
+    }
+    let mut fs = JobFs::new(dir).map_err(|e| chain(&e))?;
+    let std = open_std(&mut fs, spec)?;
+    if spec.transfer_executable {
+        check_executable(&fs, &spec.executable)?;
+    }
+    Ok(Prepared {
+        fs,
+        std,
+        resumed: None,
+    })
 }
 
 async fn attach(
@@ -219,21 +287,12 @@ async fn attach(
     // One shadow per job: a second starter with the same claim is refused
     // before it can touch the job's files. Registered before the commit so
     // that a removal right after it finds this shadow.
-    let Some(kill) = s.register_running(job, conn_id) else {
+    let Some(cmds) = s.register_running(job, conn_id) else {
         return refuse(&mut st, format!("job {job} already has a starter attached")).await;
     };
     let spec = row.spec.clone();
-    let prepared = JobFs::new(std::path::Path::new(&spec.initialdir))
-        .map_err(|e| chain(&e))
-        .and_then(|mut fs| open_std(&mut fs, &spec).map(|h| (fs, h)))
-        .and_then(|(fs, h)| {
-            if spec.transfer_executable {
-                check_executable(&fs, &spec.executable)?;
-            }
-            Ok((fs, h))
-        });
-    let (fs, [stdin, stdout, stderr]) = match prepared {
-        Ok(x) => x,
+    let Prepared { fs, std, resumed } = match prepare(&s, &row).await {
+        Ok(p) => p,
         Err(reason) => {
             s.unregister_running(job, conn_id);
             let r = reason.clone();
@@ -248,7 +307,10 @@ async fn attach(
         }
     };
     let (c, h) = (claim.clone(), host.clone());
-    match s.db(move |q| q.mark_running(job, &c, &h)).await {
+    match s
+        .db(move |q| q.mark_running_from(job, &c, &h, resumed))
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
             s.unregister_running(job, conn_id);
@@ -263,28 +325,50 @@ async fn attach(
             return refuse(&mut st, format!("queue error: {}", chain(&e))).await;
         }
     }
-    info!("executing");
+    match resumed {
+        Some(bytes) => info!(
+            image_bytes = bytes,
+            "executing, resumed from its checkpoint"
+        ),
+        None => info!("executing"),
+    }
     let attached = Attached {
         job,
         spec: spec.clone(),
         owner: row.owner.clone(),
-        stdin,
-        stdout,
-        stderr,
+        stdin: std[0],
+        stdout: std[1],
+        stderr: std[2],
     };
     let end = match write_frame_async(&mut st, &FromShadow::Attached(attached)).await {
-        Ok(()) => session(&s, &mut st, fs, &spec, job, kill).await,
+        Ok(()) => {
+            let mut sess = Session {
+                s: &s,
+                fs,
+                spec: &spec,
+                job,
+                std,
+                incoming: None,
+                next_seq: row.checkpoints + 1,
+                vacate_by: None,
+            };
+            sess.run(&mut st, cmds).await
+        }
         Err(e) => End::Lost(format!("cannot send Attached: {}", chain(&e))),
     };
     s.unregister_running(job, conn_id);
     match end {
-        End::Completed | End::Failed => {}
-        End::Removed => info!("job removed; connection to the starter closed"),
+        End::Completed => s.images.discard(job),
+        End::Failed => {}
+        End::Removed => {
+            info!("job removed; connection to the starter closed");
+            s.images.discard(job);
+        }
         End::Lost(reason) => {
             warn!("starter connection closed before the job exited: {reason}");
             let r = reason.clone();
             match s.db(move |q| q.requeue(job, "evicted", &r)).await {
-                Ok(true) => info!("back to idle"),
+                Ok(true) => info!("back to the queue"),
                 Ok(false) => {}
                 Err(e) => warn!("cannot requeue: {}", chain(&e)),
             }
@@ -329,64 +413,195 @@ fn check_executable(fs: &JobFs, path: &str) -> Result<(), String> {
     }
 }
 
-async fn session(
-    s: &Schedd,
-    st: &mut Stream,
-    mut fs: JobFs,
-    spec: &JobSpec,
-    job: JobId,
-    mut kill: tokio::sync::oneshot::Receiver<()>,
-) -> End {
-    loop {
-        let msg = tokio::select! {
-            m = read_frame_async::<_, ToShadow>(st, MAX_FRAME) => m,
-            _ = &mut kill => return End::Removed,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(ProtoError::Closed) => {
-                return End::Lost("the starter closed the connection".into());
+/// Reads the starter's frames so that a `select!` that takes another
+/// branch loses nothing: a partly read frame stays in `buf`.
+#[derive(Default)]
+struct Frames {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Frames {
+    async fn next(&mut self, r: &mut Stream) -> Result<ToShadow, ProtoError> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let avail = &self.buf[self.start..];
+            if avail.len() >= 4 {
+                let len = check_header([avail[0], avail[1], avail[2], avail[3]], MAX_FRAME)?;
+                if avail.len() >= 4 + len {
+                    let m = decode_body(&avail[4..4 + len]);
+                    self.start += 4 + len;
+                    return m;
+                }
             }
-            Err(e) => return End::Lost(format!("bad frame: {}", chain(&e))),
-        };
-        let out = match msg {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let want = match self.buf.len() {
+                n if n >= 4 => {
+                    4 + check_header(
+                        [self.buf[0], self.buf[1], self.buf[2], self.buf[3]],
+                        MAX_FRAME,
+                    )?
+                }
+                _ => 4,
+            };
+            self.buf
+                .reserve(want.saturating_sub(self.buf.len()).max(64 << 10));
+            // Cancel-safe: bytes read are in `buf` even if this await is dropped.
+            if r.read_buf(&mut self.buf).await? == 0 {
+                return Err(ProtoError::Closed);
+            }
+        }
+    }
+}
+
+/// How long a job asked to leave its host may take before its starter's
+/// connection is closed (the starter then kills the job).
+const VACATE_WAIT: Duration = Duration::from_secs(300);
+
+/// One attached job.
+struct Session<'a> {
+    s: &'a Schedd,
+    fs: JobFs,
+    spec: &'a JobSpec,
+    job: JobId,
+    std: [Option<Handle>; 3],
+    /// The checkpoint image being received.
+    incoming: Option<Incoming>,
+    /// The number of the next image.
+    next_seq: u32,
+    /// Asked to vacate: when to give up waiting.
+    vacate_by: Option<tokio::time::Instant>,
+}
+
+/// What one message asks of the session loop (moved once; not boxed).
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Reply(FromShadow),
+    Nothing,
+    End(End),
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        st: &mut Stream,
+        mut cmds: tokio::sync::mpsc::UnboundedReceiver<ShadowCmd>,
+    ) -> End {
+        let mut frames = Frames::default();
+        loop {
+            let deadline = self.vacate_by;
+            let msg = tokio::select! {
+                m = frames.next(st) => m,
+                c = cmds.recv() => match c {
+                    Some(ShadowCmd::Checkpoint { vacate }) => {
+                        if let Some(end) = self.ask_checkpoint(st, vacate).await {
+                            return end;
+                        }
+                        continue;
+                    }
+                    Some(ShadowCmd::End) | None => return End::Removed,
+                },
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    return End::Lost(format!(
+                        "the job did not leave its host within {} s of being asked",
+                        VACATE_WAIT.as_secs()
+                    ));
+                }
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(ProtoError::Closed) => {
+                    return End::Lost("the starter closed the connection".into());
+                }
+                Err(e) => return End::Lost(format!("bad frame: {}", chain(&e))),
+            };
+            match self.handle(st, &mut cmds, msg).await {
+                Step::Reply(m) => {
+                    if let Err(e) = write_frame_async(st, &m).await {
+                        return End::Lost(format!("cannot reply: {}", chain(&e)));
+                    }
+                }
+                Step::Nothing => {}
+                Step::End(e) => return e,
+            }
+        }
+    }
+
+    /// Sends `Checkpoint` to the starter; with `vacate`, starts the clock.
+    async fn ask_checkpoint(&mut self, st: &mut Stream, vacate: bool) -> Option<End> {
+        info!(vacate, "asking the starter for a checkpoint");
+        if vacate && self.vacate_by.is_none() {
+            self.vacate_by = Some(tokio::time::Instant::now() + VACATE_WAIT);
+        }
+        match write_frame_async(st, &FromShadow::Checkpoint { vacate }).await {
+            Ok(()) => None,
+            Err(e) => Some(End::Lost(format!(
+                "cannot ask for a checkpoint: {}",
+                chain(&e)
+            ))),
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        st: &mut Stream,
+        cmds: &mut tokio::sync::mpsc::UnboundedReceiver<ShadowCmd>,
+        msg: ToShadow,
+    ) -> Step {
+        let (s, job) = (self.s, self.job);
+        match msg {
             ToShadow::Call { id, op } => {
                 let reply = match crate::fs::nonblocking_lock(&op) {
                     // A waiting lock is retried here so that no thread
                     // blocks and a removal still ends the shadow.
                     Some(try_op) => loop {
-                        match fs.call(try_op.clone()) {
+                        match self.fs.call(try_op.clone()) {
                             FileReply::Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
                                 tokio::select! {
                                     _ = tokio::time::sleep(LOCK_RETRY) => {}
-                                    _ = &mut kill => return End::Removed,
+                                    c = cmds.recv() => match c {
+                                        Some(ShadowCmd::Checkpoint { vacate }) => {
+                                            if let Some(end) = self.ask_checkpoint(st, vacate).await {
+                                                return Step::End(end);
+                                            }
+                                        }
+                                        Some(ShadowCmd::End) | None => return Step::End(End::Removed),
+                                    },
                                 }
                             }
                             r => break r,
                         }
                     },
-                    None => fs.call(op),
+                    None => self.fs.call(op),
                 };
-                Some(FromShadow::Reply { id, reply })
+                Step::Reply(FromShadow::Reply { id, reply })
             }
-            ToShadow::Write { h, data } => match fs.write(h, &data) {
-                Ok(_) => None,
+            ToShadow::Write { h, data } => match self.fs.write(h, &data) {
+                Ok(_) => Step::Nothing,
                 Err(errno) => {
                     debug!(handle = h.0, errno, "stream write failed");
-                    Some(FromShadow::WriteFailed { h, errno })
+                    Step::Reply(FromShadow::WriteFailed { h, errno })
                 }
             },
-            ToShadow::FetchExecutable => match fs.executable(&spec.executable) {
-                Ok(data) => {
-                    if let Err(e) = send_executable(st, &data).await {
-                        return End::Lost(format!("sending the executable: {}", chain(&e)));
+            ToShadow::FetchExecutable => match self.fs.executable(&self.spec.executable) {
+                Ok(data) => match send_executable(st, &data).await {
+                    Ok(()) => Step::Nothing,
+                    Err(e) => {
+                        Step::End(End::Lost(format!("sending the executable: {}", chain(&e))))
                     }
-                    None
-                }
+                },
                 Err(e) => {
                     let reason = format!(
                         "cannot read executable `{}`: {}",
-                        spec.executable,
+                        self.spec.executable,
                         std::io::Error::from_raw_os_error(e)
                     );
                     let _ = write_frame_async(
@@ -401,16 +616,16 @@ async fn session(
                         warn!("cannot record the failure: {}", chain(&e));
                     }
                     warn!("{reason}");
-                    return End::Failed;
+                    Step::End(End::Failed)
                 }
             },
             ToShadow::Started { pid } => {
                 debug!(pid, "job process started");
-                None
+                Step::Nothing
             }
             ToShadow::Exited { status, mut usage } => {
-                usage.bytes_read = fs.bytes_read();
-                usage.bytes_written = fs.bytes_written();
+                usage.bytes_read = self.fs.bytes_read();
+                usage.bytes_written = self.fs.bytes_written();
                 match s.db(move |q| q.complete(job, status, &usage)).await {
                     Ok(_) => {
                         info!(
@@ -421,10 +636,12 @@ async fn session(
                             "completed"
                         );
                         let _ = write_frame_async(st, &FromShadow::Done).await;
-                        return End::Completed;
+                        Step::End(End::Completed)
                     }
                     // Not acknowledged: the starter keeps the result and the job is retried.
-                    Err(e) => return End::Lost(format!("cannot commit the exit: {}", chain(&e))),
+                    Err(e) => {
+                        Step::End(End::Lost(format!("cannot commit the exit: {}", chain(&e))))
+                    }
                 }
             }
             ToShadow::Failed { reason } => {
@@ -433,24 +650,19 @@ async fn session(
                     Ok(state) => {
                         warn!(?state, "the starter could not run the job: {reason}");
                         let _ = write_frame_async(st, &FromShadow::Done).await;
-                        return End::Failed;
+                        Step::End(End::Failed)
                     }
-                    Err(e) => {
-                        return End::Lost(format!("cannot commit the failure: {}", chain(&e)));
-                    }
+                    Err(e) => Step::End(End::Lost(format!(
+                        "cannot commit the failure: {}",
+                        chain(&e)
+                    ))),
                 }
             }
             ToShadow::Attach { .. } => {
-                return End::Lost("a second Attach on one connection".into());
+                Step::End(End::Lost("a second Attach on one connection".into()))
             }
-            ToShadow::Suspended => {
-                info!("suspended on the execute host");
-                None
-            }
-            ToShadow::Continued => {
-                info!("unsuspended on the execute host");
-                None
-            }
+            ToShadow::Suspended => self.note("suspended", serde_json::json!({})).await,
+            ToShadow::Continued => self.note("unsuspended", serde_json::json!({})).await,
             ToShadow::Vacated {
                 reason,
                 checkpointed,
@@ -461,23 +673,180 @@ async fn session(
                     Ok(_) => {
                         info!(checkpointed, "{event}: {reason}");
                         let _ = write_frame_async(st, &FromShadow::Done).await;
-                        return End::Failed;
+                        Step::End(End::Failed)
                     }
-                    Err(e) => return End::Lost(format!("cannot commit the vacate: {}", chain(&e))),
+                    Err(e) => Step::End(End::Lost(format!(
+                        "cannot commit the vacate: {}",
+                        chain(&e)
+                    ))),
                 }
             }
-            ToShadow::CkptBegin { .. }
-            | ToShadow::CkptChunk { .. }
-            | ToShadow::CkptAbort { .. } => None,
-            ToShadow::CkptEnd { .. } => Some(FromShadow::CkptFailed {
-                reason: "this schedd keeps no checkpoint images".into(),
-            }),
-            ToShadow::FetchImage => Some(FromShadow::NoImage),
+            ToShadow::CkptBegin { reason } => {
+                // A new image replaces one still arriving (Drop removes its file).
+                self.incoming = None;
+                match Incoming::begin(&s.images, job, reason) {
+                    Ok(inc) => {
+                        debug!("checkpoint image arriving");
+                        self.incoming = Some(inc);
+                        Step::Nothing
+                    }
+                    Err(e) => {
+                        // The chunks that follow are dropped; CkptEnd gets CkptFailed.
+                        warn!("cannot store a checkpoint image: {e}");
+                        Step::Nothing
+                    }
+                }
+            }
+            ToShadow::CkptChunk { data } => {
+                if let Some(inc) = self.incoming.as_mut() {
+                    inc.append(&data);
+                }
+                Step::Nothing
+            }
+            ToShadow::CkptEnd {
+                raw_bytes,
+                seconds,
+                streams,
+            } => Step::Reply(self.commit(raw_bytes, seconds, &streams).await),
+            ToShadow::CkptAbort { reason } => {
+                self.incoming = None;
+                info!("checkpoint refused: {reason}");
+                self.note(
+                    "checkpoint_refused",
+                    serde_json::json!({ "reason": reason }),
+                )
+                .await
+            }
+            ToShadow::FetchImage => match self.send_image(st).await {
+                Ok(()) => Step::Nothing,
+                Err(e) => Step::End(End::Lost(format!("sending the image: {e}"))),
+            },
+        }
+    }
+
+    /// Records an event of the running job; a queue error ends the session.
+    async fn note(&self, name: &'static str, extra: serde_json::Value) -> Step {
+        let job = self.job;
+        info!("{name}");
+        match self.s.db(move |q| q.note(job, name, extra)).await {
+            Ok(_) => Step::Nothing,
+            Err(e) => Step::End(End::Lost(format!("cannot record `{name}`: {}", chain(&e)))),
+        }
+    }
+
+    /// Makes the arrived image the job's checkpoint (see [`crate::ckpt`]).
+    async fn commit(
+        &mut self,
+        raw_bytes: u64,
+        seconds: f64,
+        streams: &[(Handle, i64)],
+    ) -> FromShadow {
+        let (s, job) = (self.s, self.job);
+        let failed = |reason: String| async move {
+            warn!("checkpoint failed: {reason}");
+            let r = reason.clone();
+            if let Err(e) = s
+                .db(move |q| q.note(job, "checkpoint_failed", serde_json::json!({ "reason": r })))
+                .await
+            {
+                warn!("cannot record the failure: {}", chain(&e));
+            }
+            FromShadow::CkptFailed { reason }
         };
-        if let Some(m) = out
-            && let Err(e) = write_frame_async(st, &m).await
-        {
-            return End::Lost(format!("cannot reply: {}", chain(&e)));
+        let Some(inc) = self.incoming.take() else {
+            return failed(
+                "no checkpoint image arrived (CkptBegin missing or not storable)".into(),
+            )
+            .await;
+        };
+        let mut snap = self.fs.snapshot(streams);
+        snap.std = self.std;
+        let lost = snap.unrestorable();
+        if !lost.is_empty() {
+            return failed(format!(
+                "the job holds files deleted while open, which a restart cannot reopen: {}",
+                lost.join(", ")
+            ))
+            .await;
+        }
+        let fs_json = match serde_json::to_string(&snap) {
+            Ok(j) => j,
+            Err(e) => return failed(format!("cannot record the job's files: {e}")).await,
+        };
+        let (bytes, reason, seq) = (inc.bytes(), inc.reason.clone(), self.next_seq);
+        let store = s.images.clone();
+        let placed = tokio::task::spawn_blocking(move || inc.finish(&store, job, seq)).await;
+        let path = match placed {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return failed(format!("cannot store the image: {e}")).await,
+            Err(e) => return failed(format!("cannot store the image: {e}")).await,
+        };
+        let img = NewImage {
+            seq,
+            bytes,
+            raw_bytes,
+            seconds,
+            fs: fs_json,
+            reason: reason.clone(),
+        };
+        match s.db(move |q| q.checkpointed(job, &img)).await {
+            Ok(true) => {
+                self.next_seq += 1;
+                s.images.prune(job, seq);
+                info!(bytes, raw_bytes, seconds, reason, "checkpointed");
+                FromShadow::CkptCommitted { bytes }
+            }
+            Ok(false) => {
+                let _ = std::fs::remove_file(&path);
+                FromShadow::CkptFailed {
+                    reason: format!("job {job} is no longer running here"),
+                }
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                failed(format!("cannot commit the checkpoint: {}", chain(&e))).await
+            }
+        }
+    }
+
+    /// Sends the job's last committed image in `ImageChunk`s, or `NoImage`.
+    async fn send_image(&self, st: &mut Stream) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let job = self.job;
+        let row = self
+            .s
+            .db(move |q| q.get(job))
+            .await
+            .map_err(|e| chain(&e))?;
+        let Some(img) = row.and_then(|r| r.image) else {
+            return write_frame_async(st, &FromShadow::NoImage)
+                .await
+                .map_err(|e| chain(&e));
+        };
+        let path = self.s.images.image_path(job, img.seq);
+        let mut f = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("cannot open the image {}: {e}", path.display());
+                return write_frame_async(st, &FromShadow::NoImage)
+                    .await
+                    .map_err(|e| chain(&e));
+            }
+        };
+        let total = f.metadata().await.map_err(|e| e.to_string())?.len();
+        let mut sent = 0u64;
+        loop {
+            let want = (total - sent).min(IMAGE_CHUNK as u64) as usize;
+            let mut data = vec![0u8; want];
+            f.read_exact(&mut data).await.map_err(|e| e.to_string())?;
+            sent += want as u64;
+            let last = sent >= total;
+            write_frame_async(st, &FromShadow::ImageChunk { data, last })
+                .await
+                .map_err(|e| chain(&e))?;
+            if last {
+                return Ok(());
+            }
         }
     }
 }

@@ -1,0 +1,253 @@
+//! The checkpoint image store: `DIR/ckpt/C.P/image.SEQ.zst`, one committed
+//! image per job, stored as the starter sent it (zstd frames).
+//!
+//! An image arrives in `image.tmp` ([`Incoming`]), is fsynced, renamed to
+//! `image.SEQ.zst` (a name no committed row uses yet), the directory is
+//! fsynced, and only then does the queue row point at it (`ckpt_seq = SEQ`,
+//! [`crate::queue::Queue::checkpointed`]); older images go after that. So
+//! at every moment the row names a complete, durable file, whatever is
+//! killed when. At start-up ([`Store::recover`]) temporary files and images
+//! no row names are removed, and a row whose file is missing forgets its
+//! checkpoint (event `checkpoint_lost`) so the job starts from the beginning.
+
+use crate::ScheddError;
+use crate::queue::Queue;
+use proto::JobId;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Largest `ImageChunk` payload.
+pub const IMAGE_CHUNK: usize = 1 << 20;
+const TMP: &str = "image.tmp";
+
+/// Where images live.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parse_job(name: &str) -> Option<JobId> {
+    name.parse().ok()
+}
+
+fn image_name(seq: u32) -> String {
+    format!("image.{seq}.zst")
+}
+
+impl Store {
+    /// The store under the schedd's state directory.
+    pub fn new(state_dir: &Path) -> Store {
+        Store {
+            root: state_dir.join("ckpt"),
+        }
+    }
+
+    /// The job's directory.
+    pub fn job_dir(&self, job: JobId) -> PathBuf {
+        self.root.join(job.to_string())
+    }
+
+    /// The file of the job's image number `seq`.
+    pub fn image_path(&self, job: JobId, seq: u32) -> PathBuf {
+        self.job_dir(job).join(image_name(seq))
+    }
+
+    /// Removes the job's images but number `keep`.
+    pub fn prune(&self, job: JobId, keep: u32) {
+        let keep = image_name(keep);
+        let Ok(rd) = std::fs::read_dir(self.job_dir(job)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let old = name.starts_with("image.") && name.ends_with(".zst") && name != keep;
+            if old && let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(job = %job, "cannot remove the old image {}: {err}", e.path().display());
+            }
+        }
+    }
+
+    /// Removes everything of the job (it completed or was removed).
+    pub fn discard(&self, job: JobId) {
+        match std::fs::remove_dir_all(self.job_dir(job)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(job = %job, "cannot remove the job's checkpoints: {e}"),
+        }
+    }
+
+    /// Brings the store and the queue into agreement after a start (see
+    /// the module doc).
+    pub fn recover(&self, q: &mut Queue) -> Result<(), ScheddError> {
+        let err = |source| ScheddError::Images {
+            path: self.root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.root).map_err(err)?;
+        for (job, state, seq) in q.images()? {
+            if state.is_final() {
+                continue;
+            }
+            let path = self.image_path(job, seq);
+            if !path.is_file() {
+                tracing::warn!(job = %job, path = %path.display(), "checkpoint image missing; the job starts from the beginning");
+                q.image_lost(
+                    job,
+                    &format!("the image file {} is missing", path.display()),
+                )?;
+            }
+        }
+        for e in std::fs::read_dir(&self.root).map_err(err)?.flatten() {
+            let name = e.file_name();
+            let Some(job) = parse_job(&name.to_string_lossy()) else {
+                continue;
+            };
+            let row = q.get(job)?;
+            match row {
+                Some(r) if !r.state.is_final() => {
+                    let tmp = e.path().join(TMP);
+                    if tmp.exists() {
+                        tracing::info!(job = %job, "removing an unfinished checkpoint transfer");
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                    match r.image {
+                        Some(img) => self.prune(job, img.seq),
+                        None => self.discard(job),
+                    }
+                }
+                _ => self.discard(job),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An image being received into `image.tmp`. Dropped before
+/// [`Incoming::finish`], it removes the file.
+#[derive(Debug)]
+pub struct Incoming {
+    file: Option<File>,
+    path: PathBuf,
+    bytes: u64,
+    error: Option<std::io::Error>,
+    pub reason: String,
+    pub started: Instant,
+}
+
+impl Incoming {
+    /// Creates (or empties) the job's `image.tmp`.
+    pub fn begin(store: &Store, job: JobId, reason: String) -> std::io::Result<Incoming> {
+        let dir = store.job_dir(job);
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)?;
+            fsync_dir(&store.root)?;
+        }
+        let path = dir.join(TMP);
+        let file = File::create(&path)?;
+        Ok(Incoming {
+            file: Some(file),
+            path,
+            bytes: 0,
+            error: None,
+            reason,
+            started: Instant::now(),
+        })
+    }
+
+    /// Appends a chunk as it came. The first write error is kept for
+    /// [`Incoming::finish`]; later chunks are then dropped.
+    pub fn append(&mut self, data: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut() {
+            match f.write_all(data) {
+                Ok(()) => self.bytes += data.len() as u64,
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
+    /// Bytes stored so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Makes the image durable as `image.SEQ.zst` (fsync, rename, fsync of
+    /// the directory); returns its path. The queue row is the caller's.
+    pub fn finish(mut self, store: &Store, job: JobId, seq: u32) -> std::io::Result<PathBuf> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let f = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("no file"))?;
+        f.sync_all()?;
+        drop(f);
+        let dest = store.image_path(job, seq);
+        std::fs::rename(&self.path, &dest)?;
+        // Renamed: nothing left for Drop to remove.
+        self.path = PathBuf::new();
+        fsync_dir(&store.job_dir(job))?;
+        Ok(dest)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.file.take();
+        if !self.path.as_os_str().is_empty() {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    "cannot remove the unfinished image {}: {e}",
+                    self.path.display()
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(cluster: u64) -> JobId {
+        JobId { cluster, proc: 0 }
+    }
+
+    #[test]
+    fn dropped_transfer_leaves_no_file_and_finish_renames() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        let mut inc = Incoming::begin(&s, id(1), "test".into()).unwrap();
+        inc.append(b"abc");
+        assert!(s.job_dir(id(1)).join(TMP).exists());
+        drop(inc);
+        assert!(!s.job_dir(id(1)).join(TMP).exists());
+
+        let mut inc = Incoming::begin(&s, id(1), "test".into()).unwrap();
+        inc.append(b"abc");
+        inc.append(b"def");
+        assert_eq!(inc.bytes(), 6);
+        let p = inc.finish(&s, id(1), 3).unwrap();
+        assert_eq!(p, s.image_path(id(1), 3));
+        assert_eq!(std::fs::read(&p).unwrap(), b"abcdef");
+        assert!(!s.job_dir(id(1)).join(TMP).exists());
+        std::fs::write(s.image_path(id(1), 2), b"old").unwrap();
+        s.prune(id(1), 3);
+        assert!(!s.image_path(id(1), 2).exists());
+        assert!(s.image_path(id(1), 3).exists());
+        s.discard(id(1));
+        assert!(!s.job_dir(id(1)).exists());
+    }
+}
