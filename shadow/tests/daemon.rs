@@ -1050,3 +1050,533 @@ async fn two_starters_racing_with_one_claim_get_one_job() {
     let l = log(&p, job).await;
     assert_eq!(events(&l), ["submitted", "matched", "executing"]);
 }
+
+async fn next(s: &mut Starter) -> FromShadow {
+    tokio::time::timeout(T, read_frame_async(s, MAX_FRAME))
+        .await
+        .expect("no message from the shadow")
+        .unwrap()
+}
+
+async fn send(s: &mut Starter, m: ToShadow) {
+    write_frame_async(s, &m).await.unwrap();
+}
+
+/// Streams `image` as a checkpoint in chunks of `chunk` bytes and returns
+/// the shadow's answer.
+async fn checkpoint(s: &mut Starter, image: &[u8], chunk: usize, reason: &str) -> FromShadow {
+    send(
+        s,
+        ToShadow::CkptBegin {
+            reason: reason.into(),
+        },
+    )
+    .await;
+    for c in image.chunks(chunk) {
+        send(s, ToShadow::CkptChunk { data: c.to_vec() }).await;
+    }
+    send(
+        s,
+        ToShadow::CkptEnd {
+            raw_bytes: image.len() as u64 * 3,
+            seconds: 0.25,
+            streams: Vec::new(),
+        },
+    )
+    .await;
+    next(s).await
+}
+
+async fn fetch_image(s: &mut Starter) -> Option<Vec<u8>> {
+    send(s, ToShadow::FetchImage).await;
+    let mut img = Vec::new();
+    loop {
+        match next(s).await {
+            FromShadow::ImageChunk { data, last } => {
+                assert!(data.len() <= 1 << 20, "chunk of {}", data.len());
+                img.extend_from_slice(&data);
+                if last {
+                    return Some(img);
+                }
+            }
+            FromShadow::NoImage => return None,
+            r => panic!("{r:?}"),
+        }
+    }
+}
+
+/// The files in the job's checkpoint directory.
+fn ckpt_files(p: &Pool, job: JobId) -> Vec<String> {
+    let d = p.dir().join("submit/ckpt").join(job.to_string());
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn image_bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_committed_fetched_back_and_the_job_resumes_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    std::fs::write(w.join("in.txt"), b"line 1\nline 2\nline 3\n").unwrap();
+    std::fs::write(w.join("data.csv"), b"a,b\n1,2\n3,4\n").unwrap();
+    let text =
+        "executable = \"prog\"\ninput = \"in.txt\"\noutput = \"out.txt\"\nerror = \"err.txt\"\n";
+    let job = submit(&p, text).await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "c1");
+    let (mut s, r) = attach(&p, "exec1", job, "c1").await;
+    let FromShadow::Attached(a) = r else {
+        panic!("{r:?}")
+    };
+    let std1 = (a.stdin, a.stdout, a.stderr);
+    let (stdin, stdout) = (a.stdin.unwrap(), a.stdout.unwrap());
+    assert_eq!(
+        fetch_image(&mut s).await,
+        None,
+        "no image before the first checkpoint"
+    );
+
+    // The job reads a line, opens a data file, writes some output.
+    assert_eq!(
+        call(&mut s, 1, FileOp::Read { h: stdin, len: 7 }).await,
+        FileReply::Data(b"line 1\n".to_vec())
+    );
+    let FileReply::Opened { h: data, .. } = call(
+        &mut s,
+        2,
+        FileOp::Open {
+            at: None,
+            path: b"data.csv".to_vec(),
+            flags: libc::O_RDONLY,
+            mode: 0,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        call(&mut s, 3, FileOp::Read { h: data, len: 4 }).await,
+        FileReply::Data(b"a,b\n".to_vec())
+    );
+    send(
+        &mut s,
+        ToShadow::Write {
+            h: stdout,
+            data: b"result 1\n".to_vec(),
+        },
+    )
+    .await;
+
+    // A checkpoint of 2.5 MB in uneven chunks is stored as it came.
+    let image = image_bytes(2_500_000, 1);
+    let r = checkpoint(&mut s, &image, 700_001, "periodic").await;
+    assert_eq!(
+        r,
+        FromShadow::CkptCommitted {
+            bytes: image.len() as u64
+        }
+    );
+    assert_eq!(ckpt_files(&p, job), ["image.1.zst"]);
+    assert_eq!(
+        fetch_image(&mut s).await.unwrap(),
+        image,
+        "fetched back byte-identical"
+    );
+    let q = queue(&p, false).await;
+    assert_eq!(
+        (q[0].checkpoints, q[0].ckpt_bytes),
+        (1, Some(image.len() as u64))
+    );
+    assert!(q[0].ckpt_time.is_some());
+    let l = log(&p, job).await;
+    let c = l.iter().find(|e| e["event"] == "checkpointed").unwrap();
+    assert_eq!(c["bytes"], image.len() as u64);
+    assert_eq!(c["raw_bytes"], image.len() as u64 * 3);
+    assert_eq!(c["seconds"], 0.25);
+    assert_eq!(c["reason"], "periodic");
+
+    // The job goes on past the checkpoint.
+    send(
+        &mut s,
+        ToShadow::Write {
+            h: stdout,
+            data: b"result 2 (lost with the host)\n".to_vec(),
+        },
+    )
+    .await;
+    assert_eq!(
+        call(&mut s, 4, FileOp::Read { h: data, len: 4 }).await,
+        FileReply::Data(b"1,2\n".to_vec())
+    );
+    // A refused checkpoint and one that cannot be committed leave the image as it was.
+    send(
+        &mut s,
+        ToShadow::CkptAbort {
+            reason: "2 threads".into(),
+        },
+    )
+    .await;
+    send(
+        &mut s,
+        ToShadow::CkptEnd {
+            raw_bytes: 1,
+            seconds: 0.0,
+            streams: Vec::new(),
+        },
+    )
+    .await;
+    assert!(matches!(next(&mut s).await, FromShadow::CkptFailed { .. }));
+    // The execute host dies in the middle of the next checkpoint.
+    send(
+        &mut s,
+        ToShadow::CkptBegin {
+            reason: "vacate".into(),
+        },
+    )
+    .await;
+    send(
+        &mut s,
+        ToShadow::CkptChunk {
+            data: image_bytes(300_000, 2),
+        },
+    )
+    .await;
+    assert_eq!(call(&mut s, 5, FileOp::Barrier).await, FileReply::Ok);
+    assert!(ckpt_files(&p, job).contains(&"image.tmp".to_string()));
+    drop(s);
+    wait_state(&p, job, JobState::Idle).await;
+    mm.released("c1").await;
+    assert_eq!(
+        ckpt_files(&p, job),
+        ["image.1.zst"],
+        "previous image kept, no tmp"
+    );
+    assert_eq!(
+        std::fs::read(w.join("out.txt")).unwrap(),
+        b"result 1\nresult 2 (lost with the host)\n"
+    );
+
+    // Matched again elsewhere: the job's files are as they were at the checkpoint.
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec2", "c2");
+    let (mut s, r) = attach(&p, "exec2", job, "c2").await;
+    let FromShadow::Attached(a) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (a.stdin, a.stdout, a.stderr),
+        std1,
+        "the snapshot's std handles"
+    );
+    assert_eq!(std::fs::read(w.join("out.txt")).unwrap(), b"result 1\n");
+    assert_eq!(fetch_image(&mut s).await.unwrap(), image);
+    assert_eq!(
+        call(&mut s, 1, FileOp::Read { h: stdin, len: 7 }).await,
+        FileReply::Data(b"line 2\n".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, 2, FileOp::Read { h: data, len: 4 }).await,
+        FileReply::Data(b"1,2\n".to_vec())
+    );
+    send(
+        &mut s,
+        ToShadow::Write {
+            h: stdout,
+            data: b"result 2\n".to_vec(),
+        },
+    )
+    .await;
+    send(
+        &mut s,
+        ToShadow::Exited {
+            status: ExitStatus::Code(0),
+            usage: Usage::default(),
+        },
+    )
+    .await;
+    assert_eq!(next(&mut s).await, FromShadow::Done);
+    assert_eq!(
+        std::fs::read(w.join("out.txt")).unwrap(),
+        b"result 1\nresult 2\n",
+        "the output of a run that never moved"
+    );
+    let l = log(&p, job).await;
+    assert_eq!(
+        events(&l),
+        [
+            "submitted",
+            "matched",
+            "executing",
+            "checkpointed",
+            "checkpoint_refused",
+            "checkpoint_failed",
+            "evicted",
+            "matched",
+            "executing",
+            "resumed",
+            "completed"
+        ]
+    );
+    assert_eq!(l[4]["reason"], "2 threads");
+    assert_eq!(l[6]["from_checkpoint"], true);
+    assert_eq!(l[9]["host"], "exec2");
+    assert_eq!(l[9]["image_bytes"], image.len() as u64);
+    assert!(
+        ckpt_files(&p, job).is_empty(),
+        "images go when the job completes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_and_missing_images_are_handled_at_start_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let mut p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    let ids = submit(
+        &p,
+        "executable = \"prog\"\noutput = \"out.$(Process)\"\nqueue = 2\n",
+    )
+    .await;
+    assert_eq!(mm.idle_jobs(2).await, ids);
+    for (i, &job) in ids.iter().enumerate() {
+        let claim = format!("c{i}");
+        mm.matched(job, "exec1", &claim);
+        let (mut s, r) = attach(&p, "exec1", job, &claim).await;
+        assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+        let r = checkpoint(&mut s, &image_bytes(1000, 3), 100, "periodic").await;
+        assert!(matches!(r, FromShadow::CkptCommitted { .. }), "{r:?}");
+        // A checkpoint that was still arriving, and one renamed into place
+        // whose row was never written, when the schedd was killed.
+        send(
+            &mut s,
+            ToShadow::CkptBegin {
+                reason: "periodic".into(),
+            },
+        )
+        .await;
+        send(&mut s, ToShadow::CkptChunk { data: vec![1; 10] }).await;
+        assert_eq!(call(&mut s, 1, FileOp::Barrier).await, FileReply::Ok);
+        std::fs::write(
+            p.dir()
+                .join("submit/ckpt")
+                .join(job.to_string())
+                .join("image.2.zst"),
+            b"never committed",
+        )
+        .unwrap();
+        std::mem::forget(s);
+    }
+    // The first job's image is lost from under the schedd.
+    std::fs::remove_file(
+        p.dir()
+            .join("submit/ckpt")
+            .join(ids[0].to_string())
+            .join("image.1.zst"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.dir().join("submit/ckpt/77.0")).unwrap();
+    p.stop().await;
+    let Pool { tmp, pki, .. } = p;
+    let p = start_in(tmp, pki, None).await;
+    assert!(
+        !p.dir().join("submit/ckpt/77.0").exists(),
+        "unknown job's directory removed"
+    );
+    assert_eq!(ckpt_files(&p, ids[0]), Vec::<String>::new());
+    assert_eq!(ckpt_files(&p, ids[1]), ["image.1.zst"]);
+    let q = queue(&p, false).await;
+    assert_eq!(q[0].ckpt_bytes, None);
+    assert_eq!(q[1].ckpt_bytes, Some(1000));
+    assert!(
+        q.iter()
+            .all(|j| j.state == JobState::Idle && j.checkpoints == 1)
+    );
+    let l = log(&p, ids[0]).await;
+    assert!(events(&l).contains(&"checkpoint_lost".to_string()), "{l:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_vacate_hold_release_and_history_over_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    let ids = submit(&p, "executable = \"prog\"\nqueue = 3\n").await;
+    let (job, other, third) = (ids[0], ids[1], ids[2]);
+    assert_eq!(mm.idle_jobs(3).await, ids);
+    mm.matched(job, "exec1", "k1");
+    let (mut s, r) = attach(&p, "exec1", job, "k1").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    wait_state(&p, job, JobState::Running).await;
+    let nobody = JobId {
+        cluster: 99,
+        proc: 0,
+    };
+
+    // roost checkpoint: the attached starter is asked; others are refused with why.
+    let r = cli(
+        &p.sock,
+        &CliRequest::Checkpoint {
+            jobs: vec![job, other, nobody],
+        },
+    )
+    .await;
+    let CliReply::Acted {
+        done,
+        vacating,
+        refused,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((done, vacating), (vec![job], vec![]));
+    assert_eq!(refused.len(), 2);
+    assert!(refused[0].1.contains("idle"), "{refused:?}");
+    assert!(refused[1].1.contains("no such job"), "{refused:?}");
+    assert_eq!(next(&mut s).await, FromShadow::Checkpoint { vacate: false });
+    // The session still serves calls after the push.
+    assert_eq!(call(&mut s, 1, FileOp::Barrier).await, FileReply::Ok);
+    let r = cli(&p.sock, &CliRequest::Vacate { jobs: vec![job] }).await;
+    assert!(
+        matches!(&r, CliReply::Acted { done, vacating, .. } if *done == vec![job] && *vacating == vec![job]),
+        "{r:?}"
+    );
+    assert_eq!(next(&mut s).await, FromShadow::Checkpoint { vacate: true });
+
+    // roost hold of the running job: it is vacated first, then held.
+    let r = cli(
+        &p.sock,
+        &CliRequest::Hold {
+            jobs: vec![job, other],
+            reason: "disk full".into(),
+        },
+    )
+    .await;
+    let CliReply::Acted { done, vacating, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((done, vacating), (vec![job, other], vec![job]));
+    assert_eq!(next(&mut s).await, FromShadow::Checkpoint { vacate: true });
+    send(&mut s, ToShadow::Suspended).await;
+    send(&mut s, ToShadow::Continued).await;
+    send(
+        &mut s,
+        ToShadow::Vacated {
+            reason: "2 threads: killed".into(),
+            checkpointed: false,
+        },
+    )
+    .await;
+    assert_eq!(next(&mut s).await, FromShadow::Done);
+    wait_state(&p, job, JobState::Held).await;
+    mm.released("k1").await;
+    let l = log(&p, job).await;
+    assert_eq!(
+        events(&l),
+        [
+            "submitted",
+            "matched",
+            "executing",
+            "suspended",
+            "unsuspended",
+            "evicted",
+            "held"
+        ]
+    );
+    assert_eq!(l[5]["from_checkpoint"], false);
+    assert_eq!(l[6]["reason"], "disk full");
+    let q = queue(&p, false).await;
+    assert_eq!(q[0].hold_reason.as_deref(), Some("disk full"));
+    assert_eq!(q[1].state, JobState::Held, "an idle job is held at once");
+    // Held jobs are not offered to the matchmaker.
+    assert_eq!(mm.idle_jobs(1).await, vec![third]);
+
+    let r = cli(
+        &p.sock,
+        &CliRequest::Hold {
+            jobs: vec![job],
+            reason: String::new(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(&r, CliReply::Acted { done, refused, .. } if done.is_empty() && refused[0].1.contains("already held")),
+        "{r:?}"
+    );
+    let r = cli(
+        &p.sock,
+        &CliRequest::Release {
+            jobs: vec![job, other, third],
+        },
+    )
+    .await;
+    let CliReply::Acted { done, refused, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(done, vec![job, other]);
+    assert_eq!(refused[0].0, third);
+    assert_eq!(mm.idle_jobs(3).await, ids);
+    assert_eq!(events(&log(&p, job).await).last().unwrap(), "released");
+
+    // roost history: finished jobs, newest first.
+    mm.matched(third, "exec2", "k3");
+    let (mut s, r) = attach(&p, "exec2", third, "k3").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    send(
+        &mut s,
+        ToShadow::Exited {
+            status: ExitStatus::Code(3),
+            usage: Usage::default(),
+        },
+    )
+    .await;
+    assert_eq!(next(&mut s).await, FromShadow::Done);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let CliReply::Removed { .. } = cli(&p.sock, &CliRequest::Remove { jobs: vec![other] }).await
+    else {
+        panic!()
+    };
+    let r = cli(&p.sock, &CliRequest::History { limit: None }).await;
+    let CliReply::History { jobs } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![other, third]
+    );
+    assert_eq!(jobs[1].exit, Some(ExitStatus::Code(3)));
+    assert!(jobs.iter().all(|j| j.finished.is_some()));
+    let r = cli(&p.sock, &CliRequest::History { limit: Some(1) }).await;
+    assert!(
+        matches!(&r, CliReply::History { jobs } if jobs.len() == 1 && jobs[0].id == other),
+        "{r:?}"
+    );
+}
