@@ -77,6 +77,25 @@ pub enum Command {
     Log(LogArgs),
     /// Wait until jobs end, then exit with the last one's exit code.
     Wait(WaitArgs),
+    /// Checkpoint running jobs now; they go on running.
+    #[command(after_help = "\
+The job's starter takes the image and sends it to the schedd; `roost log JOB` shows
+`checkpointed` (size, seconds) or why the job could not be checkpointed, and the CKPT
+column of `roost q` the checkpoints taken so far.")]
+    Checkpoint(JobsArgs),
+    /// Move running jobs off their hosts: checkpoint, leave, run again elsewhere.
+    #[command(after_help = "\
+Each job is checkpointed, leaves its execute host and goes back to the queue; it
+resumes from that image on the next machine it is matched with. A job that cannot be
+checkpointed at that moment is stopped and restarts from its last image (or from the
+beginning); `roost log JOB` says which.")]
+    Vacate(JobsArgs),
+    /// Keep jobs from running until released; running ones are vacated first.
+    Hold(HoldArgs),
+    /// Let held jobs run again.
+    Release(JobsArgs),
+    /// List finished (completed and removed) jobs, the most recent first.
+    History(HistoryArgs),
     /// Run the demo: a personal pool, a job on an execute host, its files on
     /// the submit host.
     Demo(DemoArgs),
@@ -201,6 +220,33 @@ pub struct RmArgs {
     /// Jobs to remove: CLUSTER.PROC, or CLUSTER for all of its jobs.
     #[arg(value_name = "JOB", required = true)]
     pub jobs: Vec<JobSel>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The jobs: CLUSTER.PROC, or CLUSTER for all of its jobs.
+    #[arg(value_name = "JOB", required = true)]
+    pub jobs: Vec<JobSel>,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// The jobs: CLUSTER.PROC, or CLUSTER for all of its jobs.
+    #[arg(value_name = "JOB", required = true)]
+    pub jobs: Vec<JobSel>,
+    /// Why, for `roost q` and the job's event log [default: held by USER].
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Print the job summaries as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most this many jobs.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +448,53 @@ mod tests {
             ]
         );
         assert_eq!(w.timeout, Some(1.5));
+    }
+
+    #[test]
+    fn checkpoint_vacate_hold_release_history() {
+        for sub in ["checkpoint", "vacate", "hold", "release"] {
+            assert!(parse(&[sub]).is_err(), "{sub} needs jobs");
+        }
+        let cli = parse(&["checkpoint", "1.0", "2"]).unwrap();
+        let Command::Checkpoint(a) = cli.command else {
+            panic!("not checkpoint")
+        };
+        assert_eq!(
+            a.jobs,
+            vec![
+                JobSel::Job(JobId {
+                    cluster: 1,
+                    proc: 0
+                }),
+                JobSel::Cluster(2)
+            ]
+        );
+        let cli = parse(&["hold", "3", "--reason", "input not ready"]).unwrap();
+        let Command::Hold(h) = cli.command else {
+            panic!("not hold")
+        };
+        assert_eq!(
+            (h.jobs, h.reason.as_str()),
+            (vec![JobSel::Cluster(3)], "input not ready")
+        );
+        let cli = parse(&["hold", "3"]).unwrap();
+        let Command::Hold(h) = cli.command else {
+            panic!("not hold")
+        };
+        assert_eq!(h.reason, "");
+        let cli = parse(&["history", "--json", "--limit", "5"]).unwrap();
+        let Command::History(h) = cli.command else {
+            panic!("not history")
+        };
+        assert_eq!((h.json, h.limit), (true, Some(5)));
+        assert!(matches!(
+            parse(&["vacate", "4.1"]).unwrap().command,
+            Command::Vacate(_)
+        ));
+        assert!(matches!(
+            parse(&["release", "4"]).unwrap().command,
+            Command::Release(_)
+        ));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The job commands, each one or a few schedd requests: `submit`, `q`,
-//! `rm`, `log`, `wait`.
+//! `rm`, `log`, `wait`, `checkpoint`, `vacate`, `hold`, `release`, `history`.
 
 use crate::args::JobSel;
 use crate::client::Schedd;
@@ -75,6 +75,16 @@ pub fn select<'a>(sels: &[JobSel], jobs: &'a [JobSummary]) -> Result<Vec<&'a Job
 
 /// `roost rm`: returns the jobs removed and those the schedd did not know.
 pub fn remove(schedd: &Schedd, sels: &[JobSel]) -> Result<(Vec<JobId>, Vec<JobId>)> {
+    let ids = expand(schedd, sels)?;
+    match schedd.request(&CliRequest::Remove { jobs: ids })? {
+        CliReply::Removed { jobs, not_found } => Ok((jobs, not_found)),
+        other => Err(unexpected("Remove", other)),
+    }
+}
+
+/// The job ids `sels` name: a cluster stands for its unfinished jobs (or
+/// for CLUSTER.0, for the schedd to say it does not know it).
+fn expand(schedd: &Schedd, sels: &[JobSel]) -> Result<Vec<JobId>> {
     let mut ids: Vec<JobId> = Vec::new();
     if sels.iter().any(|s| matches!(s, JobSel::Cluster(_))) {
         let jobs = queue(schedd, false)?;
@@ -94,9 +104,56 @@ pub fn remove(schedd: &Schedd, sels: &[JobSel]) -> Result<(Vec<JobId>, Vec<JobId
         ids.extend(sels.iter().map(|s| s.first()));
     }
     ids.dedup();
-    match schedd.request(&CliRequest::Remove { jobs: ids })? {
-        CliReply::Removed { jobs, not_found } => Ok((jobs, not_found)),
-        other => Err(unexpected("Remove", other)),
+    Ok(ids)
+}
+
+/// What `roost checkpoint`, `vacate`, `hold` and `release` got done.
+#[derive(Debug, Default, PartialEq)]
+pub struct Acted {
+    pub done: Vec<JobId>,
+    /// Among `done`, the jobs that leave their hosts first.
+    pub vacating: Vec<JobId>,
+    /// Jobs not acted on, with the schedd's reason.
+    pub refused: Vec<(JobId, String)>,
+}
+
+/// Which of the four job actions to ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Checkpoint,
+    Vacate,
+    Hold { reason: String },
+    Release,
+}
+
+/// `roost checkpoint|vacate|hold|release JOB...`.
+pub fn act(schedd: &Schedd, sels: &[JobSel], action: Action) -> Result<Acted> {
+    let jobs = expand(schedd, sels)?;
+    let req = match action {
+        Action::Checkpoint => CliRequest::Checkpoint { jobs },
+        Action::Vacate => CliRequest::Vacate { jobs },
+        Action::Hold { reason } => CliRequest::Hold { jobs, reason },
+        Action::Release => CliRequest::Release { jobs },
+    };
+    match schedd.request(&req)? {
+        CliReply::Acted {
+            done,
+            vacating,
+            refused,
+        } => Ok(Acted {
+            done,
+            vacating,
+            refused,
+        }),
+        other => Err(unexpected("the request", other)),
+    }
+}
+
+/// `roost history`: finished jobs, the most recent first.
+pub fn history(schedd: &Schedd, limit: Option<u32>) -> Result<Vec<JobSummary>> {
+    match schedd.request(&CliRequest::History { limit })? {
+        CliReply::History { jobs } => Ok(jobs),
+        other => Err(unexpected("History", other)),
     }
 }
 

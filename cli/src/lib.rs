@@ -5,7 +5,8 @@
 //! - [`pool`]: a pool directory, `pool.toml`, `roost pool init`.
 //! - [`daemons`]: `roost pool up/down/touch` (background daemons).
 //! - [`client`]: the schedd's Unix socket; [`mm`]: the matchmaker over TLS.
-//! - [`jobs`]: `submit`, `q`, `rm`, `log`, `wait`.
+//! - [`jobs`]: `submit`, `q`, `rm`, `log`, `wait`, `checkpoint`, `vacate`,
+//!   `hold`, `release`, `history`.
 //! - [`render`]: tables and readable logs; [`demo`]: `roost demo`.
 #![forbid(unsafe_code)]
 
@@ -109,6 +110,24 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(outcome.code)
         }
+        Command::Checkpoint(a) => act(&schedd()?, &a.jobs, jobs::Action::Checkpoint, out),
+        Command::Vacate(a) => act(&schedd()?, &a.jobs, jobs::Action::Vacate, out),
+        Command::Hold(a) => act(
+            &schedd()?,
+            &a.jobs,
+            jobs::Action::Hold { reason: a.reason },
+            out,
+        ),
+        Command::Release(a) => act(&schedd()?, &a.jobs, jobs::Action::Release, out),
+        Command::History(a) => {
+            let list = jobs::history(&schedd()?, a.limit)?;
+            if a.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                out.write_all(render::history(&list, render::terminal_width()).as_bytes())?;
+            }
+            Ok(0)
+        }
         Command::Demo(a) => {
             let opts = demo::DemoOptions {
                 dir: a.dir,
@@ -119,6 +138,33 @@ pub fn run(cli: Cli) -> Result<i32> {
             demo::run(&opts, out)
         }
     }
+}
+
+/// `roost checkpoint|vacate|hold|release`: one line per job acted on;
+/// the others on stderr with the schedd's reason, and exit status 1.
+fn act(
+    schedd: &Schedd,
+    sels: &[args::JobSel],
+    action: jobs::Action,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let r = jobs::act(schedd, sels, action.clone())?;
+    for id in &r.done {
+        let line = match &action {
+            jobs::Action::Checkpoint => format!("checkpointing {id}"),
+            jobs::Action::Vacate => format!("vacating {id}"),
+            jobs::Action::Hold { .. } if r.vacating.contains(id) => {
+                format!("holding {id} (vacating it from its host first)")
+            }
+            jobs::Action::Hold { .. } => format!("held {id}"),
+            jobs::Action::Release => format!("released {id}"),
+        };
+        writeln!(out, "{line}")?;
+    }
+    for (id, why) in &r.refused {
+        eprintln!("roost: {id}: {why}");
+    }
+    Ok(i32::from(!r.refused.is_empty()))
 }
 
 fn pool_dir(dir: Option<PathBuf>, global: Option<&Path>) -> Result<PoolDir> {

@@ -82,9 +82,55 @@ pub fn exit_text(e: Option<ExitStatus>) -> String {
     }
 }
 
-/// `roost q`: ID OWNER STATE HOST RUNS [EXIT] CMD, then a count by state.
+/// Bytes as `512 B`, `12.5 kB`, `2.5 MB`, `1.2 GB` (powers of 1000).
+pub fn bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// The CKPT column: how many checkpoints, the last image's size and age
+/// (`now` in unix seconds), or `-`.
+pub fn ckpt_text(j: &JobSummary, now: i64) -> String {
+    if j.checkpoints == 0 {
+        return "-".into();
+    }
+    match (j.ckpt_bytes, j.ckpt_time) {
+        (Some(b), Some(t)) => format!(
+            "{}, {}, {} ago",
+            j.checkpoints,
+            bytes(b),
+            duration((now - t).max(0) as f64)
+        ),
+        (Some(b), None) => format!("{}, {}", j.checkpoints, bytes(b)),
+        _ => format!("{}, no image", j.checkpoints),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `roost q`: ID OWNER STATE HOST RUNS CKPT [EXIT] CMD, then a count by state.
 pub fn queue(jobs: &[JobSummary], with_exit: bool, width: Option<usize>) -> String {
-    let mut headers = vec!["ID", "OWNER", "STATE", "HOST", "RUNS"];
+    queue_at(jobs, with_exit, width, now())
+}
+
+/// [`queue`] with checkpoint ages counted from `now` (unix seconds).
+pub fn queue_at(jobs: &[JobSummary], with_exit: bool, width: Option<usize>, now: i64) -> String {
+    let mut headers = vec!["ID", "OWNER", "STATE", "HOST", "RUNS", "CKPT"];
     if with_exit {
         headers.push("EXIT");
     }
@@ -100,6 +146,7 @@ pub fn queue(jobs: &[JobSummary], with_exit: bool, width: Option<usize>) -> Stri
                     .as_ref()
                     .map_or_else(|| "-".into(), |h| h.to_string()),
                 j.runs.to_string(),
+                ckpt_text(j, now),
             ];
             if with_exit {
                 r.push(exit_text(j.exit));
@@ -113,6 +160,37 @@ pub fn queue(jobs: &[JobSummary], with_exit: bool, width: Option<usize>) -> Stri
     let mut out = table(&headers, &rows, width);
     out.push_str(&queue_totals(jobs));
     out.push('\n');
+    out
+}
+
+/// `roost history`: ID OWNER STATE EXIT RUNS CKPT FINISHED CMD.
+pub fn history(jobs: &[JobSummary], width: Option<usize>) -> String {
+    let headers = [
+        "ID", "OWNER", "STATE", "EXIT", "RUNS", "CKPT", "FINISHED", "CMD",
+    ];
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.owner.clone(),
+                j.state.as_str().to_string(),
+                exit_text(j.exit),
+                j.runs.to_string(),
+                if j.checkpoints == 0 {
+                    "-".into()
+                } else {
+                    j.checkpoints.to_string()
+                },
+                j.finished.map_or_else(|| "-".into(), utc),
+                shell_words(std::iter::once(&j.executable).chain(&j.arguments)),
+            ]
+        })
+        .collect();
+    let mut out = table(&headers, &rows, width);
+    if jobs.is_empty() {
+        out.push_str("no finished jobs\n");
+    }
     out
 }
 
@@ -358,6 +436,11 @@ const FIRST_KEYS: &[&str] = &[
     "exit_code",
     "signal",
     "reason",
+    "bytes",
+    "raw_bytes",
+    "seconds",
+    "image_bytes",
+    "from_checkpoint",
     "wall_secs",
     "cpu_secs",
     "bytes_read",
@@ -448,12 +531,16 @@ mod tests {
             ),
             job(12, 3, JobState::Idle, None, &[]),
         ];
+        let mut jobs = jobs;
+        jobs[0].checkpoints = 2;
+        jobs[0].ckpt_bytes = Some(2_500_000);
+        jobs[0].ckpt_time = Some(1000);
         assert_eq!(
-            queue(&jobs, false, None),
+            queue_at(&jobs, false, None, 1185),
             "\
-ID    OWNER  STATE    HOST   RUNS  CMD
-1.0   ann    running  exec1  1     /home/ann/upper.sh in.txt 'out put.txt'
-12.3  ann    idle     -      0     /home/ann/upper.sh
+ID    OWNER  STATE    HOST   RUNS  CKPT                  CMD
+1.0   ann    running  exec1  1     2, 2.5 MB, 3m05s ago  /home/ann/upper.sh in.txt 'out put.txt'
+12.3  ann    idle     -      0     -                     /home/ann/upper.sh
 2 jobs: 1 idle, 1 running
 "
         );
@@ -464,17 +551,32 @@ ID    OWNER  STATE    HOST   RUNS  CMD
         let mut j = job(3, 0, JobState::Completed, Some("exec2"), &[]);
         j.exit = Some(ExitStatus::Signal(9));
         assert_eq!(
-            queue(&[j], true, None),
+            queue(&[j.clone()], true, None),
             "\
-ID   OWNER  STATE      HOST   RUNS  EXIT      CMD
-3.0  ann    completed  exec2  1     signal 9  /home/ann/upper.sh
+ID   OWNER  STATE      HOST   RUNS  CKPT  EXIT      CMD
+3.0  ann    completed  exec2  1     -     signal 9  /home/ann/upper.sh
 1 job: 1 completed
 "
         );
         assert_eq!(
             queue(&[], false, None),
-            "ID  OWNER  STATE  HOST  RUNS  CMD\nno jobs\n"
+            "ID  OWNER  STATE  HOST  RUNS  CKPT  CMD\nno jobs\n"
         );
+        j.finished = Some(1_795_464_062);
+        j.checkpoints = 4;
+        assert_eq!(
+            history(&[j], None),
+            "\
+ID   OWNER  STATE      EXIT      RUNS  CKPT  FINISHED             CMD
+3.0  ann    completed  signal 9  1     4     2026-11-23 20:01:02  /home/ann/upper.sh
+"
+        );
+        assert_eq!(
+            history(&[], None),
+            "ID  OWNER  STATE  EXIT  RUNS  CKPT  FINISHED  CMD\nno finished jobs\n"
+        );
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1_250_000_000), "1.2 GB");
     }
 
     #[test]

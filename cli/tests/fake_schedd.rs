@@ -163,9 +163,9 @@ fn q_json_is_the_job_summaries_and_the_table_is_readable() {
     assert_eq!(
         text(&out.stdout),
         "\
-ID   OWNER  STATE    HOST   RUNS  CMD
-4.0  ann    running  exec1  1     /bin/sort words.txt
-4.1  ann    idle     -      0     /bin/sort words.txt
+ID   OWNER  STATE    HOST   RUNS  CKPT  CMD
+4.0  ann    running  exec1  1     -     /bin/sort words.txt
+4.1  ann    idle     -      0     -     /bin/sort words.txt
 2 jobs: 1 idle, 1 running
 "
     );
@@ -293,4 +293,100 @@ fn wait_reports_signals_removals_and_timeouts() {
         text(&out.stderr),
         "roost: no job 5.0 in the queue (`roost q --all` lists every job)\n"
     );
+}
+
+#[test]
+fn checkpoint_vacate_hold_release_say_what_was_done_and_why_not() {
+    let (d, sock) = setup();
+    let id = |proc| JobId { cluster: 4, proc };
+    let server = fake(&sock, move |r| match r {
+        CliRequest::Queue { .. } => Some(CliReply::Queue {
+            jobs: vec![
+                job(0, JobState::Running, None),
+                job(1, JobState::Idle, None),
+            ],
+        }),
+        CliRequest::Checkpoint { jobs } | CliRequest::Vacate { jobs } => Some(CliReply::Acted {
+            done: vec![jobs[0]],
+            vacating: if matches!(r, CliRequest::Vacate { .. }) {
+                vec![jobs[0]]
+            } else {
+                vec![]
+            },
+            refused: jobs[1..]
+                .iter()
+                .map(|&j| (j, "the job is idle, not running".to_string()))
+                .collect(),
+        }),
+        CliRequest::Hold { jobs, .. } => Some(CliReply::Acted {
+            done: jobs.clone(),
+            vacating: vec![jobs[0]],
+            refused: vec![],
+        }),
+        CliRequest::Release { jobs } => Some(CliReply::Acted {
+            done: jobs.clone(),
+            vacating: vec![],
+            refused: vec![],
+        }),
+        CliRequest::History { .. } => Some(CliReply::History {
+            jobs: vec![JobSummary {
+                finished: Some(1_795_464_062),
+                checkpoints: 2,
+                ..job(2, JobState::Completed, Some(ExitStatus::Code(0)))
+            }],
+        }),
+        _ => None,
+    });
+    let out = roost(&sock, d.path(), &["checkpoint", "4"]);
+    assert_eq!(text(&out.stdout), "checkpointing 4.0\n");
+    assert_eq!(
+        text(&out.stderr),
+        "roost: 4.1: the job is idle, not running\n"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = roost(&sock, d.path(), &["vacate", "4.0"]);
+    assert_eq!(text(&out.stdout), "vacating 4.0\n");
+    assert!(out.status.success());
+    let out = roost(
+        &sock,
+        d.path(),
+        &["hold", "4.0", "4.1", "--reason", "bad input"],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "holding 4.0 (vacating it from its host first)\nheld 4.1\n"
+    );
+    assert!(out.status.success());
+    let out = roost(&sock, d.path(), &["release", "4.1"]);
+    assert_eq!(text(&out.stdout), "released 4.1\n");
+    let out = roost(&sock, d.path(), &["history"]);
+    assert_eq!(
+        text(&out.stdout),
+        "\
+ID   OWNER  STATE      EXIT  RUNS  CKPT  FINISHED             CMD
+4.2  ann    completed  0     1     2     2026-11-23 20:01:02  /bin/sort words.txt
+"
+    );
+    let out = roost(&sock, d.path(), &["history", "--json", "--limit", "1"]);
+    let back: Vec<JobSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((back[0].id, back[0].checkpoints), (id(2), 2));
+    let _ = std::os::unix::net::UnixStream::connect(&sock)
+        .map(|mut s| write_frame(&mut s, &CliRequest::Ping));
+    let seen = server.join().unwrap();
+    assert_eq!(
+        seen[1],
+        CliRequest::Checkpoint {
+            jobs: vec![id(0), id(1)]
+        }
+    );
+    assert_eq!(seen[2], CliRequest::Vacate { jobs: vec![id(0)] });
+    assert_eq!(
+        seen[3],
+        CliRequest::Hold {
+            jobs: vec![id(0), id(1)],
+            reason: "bad input".into()
+        }
+    );
+    assert_eq!(seen[4], CliRequest::Release { jobs: vec![id(1)] });
+    assert_eq!(seen[6], CliRequest::History { limit: Some(1) });
 }
