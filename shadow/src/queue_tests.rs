@@ -338,3 +338,81 @@ fn events_also_go_to_the_users_own_log() {
         .unwrap();
     assert_eq!(q.remove(&ids, "alice").unwrap().0.len(), 1);
 }
+
+#[test]
+fn checkpoints_holds_and_history() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("queue.db");
+    let ids;
+    let (c, h) = (ClaimId("c".into()), HostName("e".into()));
+    let img = |seq| NewImage {
+        seq,
+        bytes: 10 * u64::from(seq),
+        raw_bytes: 99,
+        seconds: 0.5,
+        fs: "{}".into(),
+        reason: "periodic".into(),
+    };
+    {
+        let mut q = Queue::open(&path).unwrap();
+        ids = q
+            .submit("alice", "j", |_| Ok(vec![spec("p"), spec("p"), spec("p")]))
+            .unwrap();
+        assert!(
+            !q.checkpointed(ids[0], &img(1)).unwrap(),
+            "idle: nothing stored"
+        );
+        q.set_claim(ids[0], &c, &h).unwrap();
+        q.mark_running(ids[0], &c, &h).unwrap();
+        assert!(q.checkpointed(ids[0], &img(1)).unwrap());
+        assert!(q.checkpointed(ids[0], &img(2)).unwrap());
+        let r = q.get(ids[0]).unwrap().unwrap();
+        assert_eq!((r.checkpoints, r.image.unwrap().seq), (2, 2));
+        // A hold asked for while it runs waits for it to leave its host.
+        let out = q.hold(&[ids[0], ids[1], ids[1]], "why", "alice").unwrap();
+        assert_eq!(out.done, vec![ids[0], ids[1]]);
+        assert_eq!(out.vacating, vec![ids[0]]);
+        assert_eq!(out.refused, vec![(ids[1], "already held".to_string())]);
+        assert_eq!(q.get(ids[0]).unwrap().unwrap().state, JobState::Running);
+        // kill -9 here.
+    }
+    let mut q = Queue::open(&path).unwrap();
+    let r = q.get(ids[0]).unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.hold_reason.as_deref()),
+        (JobState::Held, Some("why"))
+    );
+    assert_eq!(
+        r.image.as_ref().map(|i| i.bytes),
+        Some(20),
+        "the image survives"
+    );
+    let e = events(&q, ids[0]);
+    let n = e.len();
+    assert_eq!(e[n - 2]["event"], "evicted");
+    assert_eq!(e[n - 2]["from_checkpoint"], true);
+    assert_eq!(e[n - 1]["event"], "held");
+    assert_eq!(q.images().unwrap(), vec![(ids[0], JobState::Held, 2)]);
+    q.image_lost(ids[0], "gone").unwrap();
+    assert!(q.get(ids[0]).unwrap().unwrap().image.is_none());
+    assert_eq!(names(&q, ids[0]).last().unwrap(), "checkpoint_lost");
+
+    let (done, refused) = q.release(&[ids[0], ids[2]], "alice").unwrap();
+    assert_eq!(done, vec![ids[0]]);
+    assert_eq!(refused[0].0, ids[2]);
+    assert_eq!(q.get(ids[0]).unwrap().unwrap().state, JobState::Idle);
+    assert!(
+        q.unclaimed_idle().unwrap().iter().all(|r| r.id != ids[1]),
+        "held: not matched"
+    );
+
+    q.remove(&[ids[2]], "alice").unwrap();
+    q.remove(&[ids[1]], "alice").unwrap();
+    let hist = q.history(None).unwrap();
+    assert_eq!(hist.len(), 2);
+    assert!(
+        hist.iter()
+            .all(|j| j.state == JobState::Removed && j.finished.is_some())
+    );
+    assert_eq!(q.history(Some(1)).unwrap().len(), 1);
+}

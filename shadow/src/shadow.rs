@@ -349,6 +349,7 @@ async fn attach(
                 job,
                 std,
                 incoming: None,
+                ckpt_error: None,
                 next_seq: row.checkpoints + 1,
                 vacate_by: None,
             };
@@ -470,6 +471,8 @@ struct Session<'a> {
     std: [Option<Handle>; 3],
     /// The checkpoint image being received.
     incoming: Option<Incoming>,
+    /// Why the image announced last could not be stored.
+    ckpt_error: Option<String>,
     /// The number of the next image.
     next_seq: u32,
     /// Asked to vacate: when to give up waiting.
@@ -684,18 +687,22 @@ impl Session<'_> {
             ToShadow::CkptBegin { reason } => {
                 // A new image replaces one still arriving (Drop removes its file).
                 self.incoming = None;
+                self.ckpt_error = None;
                 match Incoming::begin(&s.images, job, reason) {
                     Ok(inc) => {
                         debug!("checkpoint image arriving");
                         self.incoming = Some(inc);
-                        Step::Nothing
                     }
                     Err(e) => {
                         // The chunks that follow are dropped; CkptEnd gets CkptFailed.
                         warn!("cannot store a checkpoint image: {e}");
-                        Step::Nothing
+                        self.ckpt_error = Some(format!(
+                            "cannot create {}: {e}",
+                            s.images.job_dir(job).join("image.tmp").display()
+                        ));
                     }
                 }
+                Step::Nothing
             }
             ToShadow::CkptChunk { data } => {
                 if let Some(inc) = self.incoming.as_mut() {
@@ -754,10 +761,11 @@ impl Session<'_> {
             FromShadow::CkptFailed { reason }
         };
         let Some(inc) = self.incoming.take() else {
-            return failed(
-                "no checkpoint image arrived (CkptBegin missing or not storable)".into(),
-            )
-            .await;
+            let why = self
+                .ckpt_error
+                .take()
+                .unwrap_or_else(|| "no checkpoint image arrived (CkptBegin missing)".into());
+            return failed(why).await;
         };
         let mut snap = self.fs.snapshot(streams);
         snap.std = self.std;

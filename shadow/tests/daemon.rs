@@ -1546,6 +1546,30 @@ async fn checkpoint_vacate_hold_release_and_history_over_the_cli() {
     assert_eq!(mm.idle_jobs(3).await, ids);
     assert_eq!(events(&log(&p, job).await).last().unwrap(), "released");
 
+    // Vacated with a checkpoint: back to the queue, to resume from the image.
+    mm.matched(job, "exec1", "k4");
+    let (mut s, r) = attach(&p, "exec1", job, "k4").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    let r = checkpoint(&mut s, b"image", 2, "vacate").await;
+    assert_eq!(r, FromShadow::CkptCommitted { bytes: 5 });
+    send(
+        &mut s,
+        ToShadow::Vacated {
+            reason: "the owner came back".into(),
+            checkpointed: true,
+        },
+    )
+    .await;
+    assert_eq!(next(&mut s).await, FromShadow::Done);
+    wait_state(&p, job, JobState::Idle).await;
+    mm.released("k4").await;
+    let l = log(&p, job).await;
+    let last = l.last().unwrap();
+    assert_eq!(last["event"], "vacated");
+    assert_eq!(last["reason"], "the owner came back");
+    assert_eq!(last["from_checkpoint"], true);
+    assert_eq!(last["image_bytes"], 5);
+
     // roost history: finished jobs, newest first.
     mm.matched(third, "exec2", "k3");
     let (mut s, r) = attach(&p, "exec2", third, "k3").await;
