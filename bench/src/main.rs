@@ -1,94 +1,25 @@
-//! roost's benchmarks. Each figure is printed beside a baseline measured in
-//! the same run, with the ratio; every figure is a median.
+//! roost's benchmarks. Each figure is printed beside baselines measured in
+//! the same run, with the ratios; every figure is a median.
 //!
 //! Remote I/O: a personal pool is started, and a C job (`bench/jobs/iobench.c`)
 //! times its own 1-byte `pread`s and 1 MiB sequential reads and writes of a
-//! file on the submit host, through shim → starter → TLS → shadow. Baselines:
-//! a 1-byte TCP ping-pong and a bulk TCP transfer over loopback.
+//! file on the submit host, through shim → starter → TLS → shadow. Baselines
+//! (see [`baseline`]): a 1-byte ping-pong and a bulk transfer over loopback,
+//! on raw TCP and on TLS 1.3 (the remote path crosses TLS).
 //!
-//! Usage: `cargo run --release -p roost-bench -- [--size-mib N] [--runs N]`
+//! Usage: `cargo run --release -p roost-bench -- [--size-mib N] [--runs N] [--calls N] [--no-build]`
+
+mod baseline;
 
 use anyhow::{Context, Result, bail};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Median round trip of a 1-byte TCP ping-pong over loopback, in µs.
-fn tcp_pingpong_us(calls: usize) -> Result<f64> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    let srv = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = l.accept()?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 1];
-        while s.read(&mut b)? == 1 {
-            s.write_all(&b)?;
-        }
-        Ok(())
-    });
-    let mut c = TcpStream::connect(addr)?;
-    c.set_nodelay(true)?;
-    let mut lat = Vec::with_capacity(calls);
-    let mut b = [7u8; 1];
-    for _ in 0..calls {
-        let t0 = Instant::now();
-        c.write_all(&b)?;
-        c.read_exact(&mut b)?;
-        lat.push(t0.elapsed().as_secs_f64() * 1e6);
-    }
-    drop(c);
-    let _ = srv.join();
-    Ok(median(lat))
-}
-
-/// Median throughput of `bytes` over one loopback TCP connection, in MB/s.
-fn tcp_bulk_mbs(bytes: usize, runs: usize) -> Result<f64> {
-    let mut v = vec![];
-    for _ in 0..runs {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let addr = l.local_addr()?;
-        let srv = std::thread::spawn(move || -> std::io::Result<usize> {
-            let (mut s, _) = l.accept()?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(total);
-                }
-                total += n;
-            }
-        });
-        let buf = vec![1u8; 1 << 20];
-        let t0 = Instant::now();
-        let mut c = TcpStream::connect(addr)?;
-        let mut sent = 0;
-        while sent < bytes {
-            c.write_all(&buf)?;
-            sent += buf.len();
-        }
-        drop(c);
-        let got = srv.join().unwrap()?;
-        let secs = t0.elapsed().as_secs_f64();
-        if got != sent {
-            bail!("loopback lost bytes: sent {sent}, got {got}");
-        }
-        v.push(sent as f64 / secs / 1e6);
-    }
-    Ok(median(v))
-}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .unwrap()
+        .expect("bench/ has a parent")
         .to_path_buf()
 }
 
@@ -109,41 +40,55 @@ fn roost(bin: &Path, pool: &Path, cwd: &Path, args: &[&str]) -> Result<std::proc
     Ok(out)
 }
 
-/// Runs iobench as a roost job; returns its figures.
-fn remote_io(size_mib: usize, runs: usize, calls: usize) -> Result<Vec<(String, f64)>> {
+/// Builds the release binaries the pool runs; returns their directory.
+fn build_roost() -> Result<PathBuf> {
     let ws = workspace();
     eprintln!("building roost (release)…");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&ws)
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "cli",
-            "-p",
-            "shadow",
-            "-p",
-            "starter",
-            "-p",
-            "matchmaker",
-            "-p",
-            "syscall-shim",
-        ])
-        .status()?;
-    if !st.success() {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&ws).args(["build", "--release", "-q"]);
+    for p in ["cli", "shadow", "starter", "matchmaker", "syscall-shim"] {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status()?.success() {
         bail!("cargo build --release failed");
     }
-    let bin = ws.join("target/release");
-    let tmp = std::env::temp_dir().join(format!("roost-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(ws.join("target/release"))
+}
+
+/// Every number under `key` anywhere in `v`, summed.
+fn sum_key(v: &serde_json::Value, key: &str) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, x)| {
+                if k == key {
+                    x.as_u64().unwrap_or(0)
+                } else {
+                    sum_key(x, key)
+                }
+            })
+            .sum(),
+        serde_json::Value::Array(a) => a.iter().map(|x| sum_key(x, key)).sum(),
+        _ => 0,
+    }
+}
+
+/// What the remote job measured, and what the shadow counted.
+struct Remote {
+    figures: Vec<(String, f64)>,
+    bytes_read: u64,
+    bytes_written: u64,
+}
+
+/// Runs iobench as a roost job in a personal pool under `tmp`.
+fn remote_io(bin: &Path, tmp: &Path, size_mib: usize, runs: usize, calls: usize) -> Result<Remote> {
     let pool = tmp.join("pool");
     let job = tmp.join("job");
     std::fs::create_dir_all(&job)?;
     let st = Command::new("cc")
         .args(["-O2", "-o"])
         .arg(job.join("iobench"))
-        .arg(ws.join("bench/jobs/iobench.c"))
+        .arg(workspace().join("bench/jobs/iobench.c"))
         .status()
         .context("running cc")?;
     if !st.success() {
@@ -159,111 +104,197 @@ fn remote_io(size_mib: usize, runs: usize, calls: usize) -> Result<Vec<(String, 
         f.sync_all()?;
     }
     eprintln!("starting a personal pool…");
+    let pool_s = pool.to_str().context("temp dir is not UTF-8")?;
     roost(
-        &bin,
+        bin,
         &pool,
-        &tmp,
-        &[
-            "pool",
-            "up",
-            "--dir",
-            pool.to_str().unwrap(),
-            "--hosts",
-            "1",
-        ],
+        tmp,
+        &["pool", "up", "--dir", pool_s, "--hosts", "1"],
     )?;
-    let result = (|| -> Result<Vec<(String, f64)>> {
+    let result = (|| -> Result<Remote> {
         std::fs::write(
             job.join("job.toml"),
             format!(
                 "executable = \"iobench\"\narguments = [\"big.bin\", \"out.bin\", \"{runs}\", \"{calls}\"]\noutput = \"iobench.txt\"\nerror = \"iobench.err\"\n"
             ),
         )?;
-        let out = roost(&bin, &pool, &job, &["submit", "job.toml"])?;
+        let out = roost(bin, &pool, &job, &["submit", "job.toml"])?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         eprintln!("job {id} running…");
-        roost(&bin, &pool, &job, &["wait", &id]).with_context(|| {
+        roost(bin, &pool, &job, &["wait", &id]).with_context(|| {
             format!(
                 "iobench job failed: {}",
                 std::fs::read_to_string(job.join("iobench.err")).unwrap_or_default()
             )
         })?;
-        let text = std::fs::read_to_string(job.join("iobench.txt"))?;
-        Ok(text
+        let log = roost(bin, &pool, &job, &["log", &id, "--json"])?;
+        let log = String::from_utf8_lossy(&log.stdout);
+        let events: Vec<serde_json::Value> = log
             .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let events = serde_json::Value::Array(events);
+        let text = std::fs::read_to_string(job.join("iobench.txt"))?;
+        Ok(Remote {
+            figures: text
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    Some((k.to_string(), v.trim().parse().ok()?))
+                })
+                .collect(),
+            bytes_read: sum_key(&events, "bytes_read"),
+            bytes_written: sum_key(&events, "bytes_written"),
+        })
     })();
-    let _ = roost(
-        &bin,
-        &pool,
-        &tmp,
-        &["pool", "down", "--dir", pool.to_str().unwrap()],
-    );
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
+    let _ = roost(bin, &pool, tmp, &["pool", "down", "--dir", pool_s]);
     result
 }
 
 fn main() -> Result<()> {
     let mut size_mib = 1024;
     let mut runs = 3;
+    let mut calls = 20_000;
+    let mut build = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--size-mib" => size_mib = args.next().context("--size-mib N")?.parse()?,
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            "--calls" => calls = args.next().context("--calls N")?.parse()?,
+            "--no-build" => build = false,
             "-h" | "--help" => {
-                println!("usage: roost-bench [--size-mib N (default 1024)] [--runs N (default 3)]");
+                println!(
+                    "usage: roost-bench [--size-mib N (default 1024)] [--runs N (default 3)] [--calls N (default 20000)] [--no-build (use target/release as it is)]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let calls = 20_000;
-    eprintln!("measuring loopback TCP baselines…");
-    let rtt = tcp_pingpong_us(calls)?;
-    let bulk = tcp_bulk_mbs(size_mib << 20, runs)?;
-    let remote = remote_io(size_mib, runs, calls)?;
-    let get = |k: &str| remote.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
-    println!("roost remote I/O, {size_mib} MiB file, medians ({runs} runs, {calls} calls)");
-    println!(
-        "{:<34} {:>12} {:>22} {:>8}",
-        "figure", "roost", "baseline", "ratio"
-    );
-    if let Some(p) = get("pread1_us") {
-        println!(
-            "{:<34} {:>9.1} µs {:>14.1} µs (TCP) {:>7.2}x",
-            "1-byte remote pread, latency",
-            p,
-            rtt,
-            p / rtt
-        );
-        println!(
-            "{:<34} {:>10.0}/s {:>13.0}/s (TCP) {:>7.2}",
-            "  as round trips per second",
-            1e6 / p,
-            1e6 / rtt,
-            rtt / p
-        );
+    if size_mib == 0 || runs == 0 || calls == 0 {
+        bail!("--size-mib, --runs and --calls must be at least 1");
     }
-    for (k, what) in [
-        ("seqread_MBps", "sequential remote read"),
-        ("seqwrite_MBps", "sequential remote write"),
-    ] {
-        if let Some(v) = get(k) {
-            println!(
-                "{:<34} {:>7.0} MB/s {:>12.0} MB/s (TCP) {:>7.2}",
-                what,
-                v,
-                bulk,
-                v / bulk
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bin = if build {
+        build_roost()?
+    } else {
+        workspace().join("target/release")
+    };
+    let tmp = std::env::temp_dir().join(format!("roost-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> Result<()> {
+        eprintln!("measuring loopback baselines (TCP, TLS 1.3)…");
+        let bytes = size_mib << 20;
+        let same = baseline::Cores {
+            client: 0,
+            server: 0,
+        };
+        let cross = baseline::Cores {
+            client: 0,
+            server: 1.min(ncpu - 1),
+        };
+        let ids = baseline::tls_identities(&tmp.join("tls"))?;
+        let tcp_rtt = baseline::tcp_pingpong_us(calls, same)?;
+        let tls_rtt = baseline::tls_pingpong_us(&ids, calls, same)?;
+        let tcp_rtt_x = baseline::tcp_pingpong_us(calls, cross)?;
+        let tls_rtt_x = baseline::tls_pingpong_us(&ids, calls, cross)?;
+        let tcp_bulk = baseline::tcp_bulk_mbs(bytes, runs)?;
+        let tls_bulk = baseline::tls_bulk_mbs(&ids, bytes, runs)?;
+        eprintln!(
+            "  ping-pong TCP {tcp_rtt:.1} µs, TLS {tls_rtt:.1} µs; bulk TCP {tcp_bulk:.0} MB/s, TLS {tls_bulk:.0} MB/s"
+        );
+        let remote = remote_io(&bin, &tmp, size_mib, runs, calls)?;
+        let get = |k: &str| {
+            remote
+                .figures
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+                .with_context(|| format!("iobench printed no {k}"))
+        };
+        let (pread, seqread, seqwrite) = (
+            get("pread1_us")?,
+            get("seqread_MBps")?,
+            get("seqwrite_MBps")?,
+        );
+        // The job's bytes must have crossed to the shadow, or the figures are local I/O.
+        let want_read = (bytes * runs + calls) as u64;
+        let want_written = (bytes * runs) as u64;
+        if remote.bytes_read < want_read || remote.bytes_written < want_written {
+            bail!(
+                "the shadow counted {} bytes read and {} written, expected at least {want_read} and {want_written}: the I/O was not remote",
+                remote.bytes_read,
+                remote.bytes_written
             );
         }
+        println!(
+            "roost remote I/O: {size_mib} MiB file, medians of {runs} runs ({calls} calls for latency)"
+        );
+        println!(
+            "shadow counted {:.1} MiB read, {:.1} MiB written",
+            remote.bytes_read as f64 / 1048576.0,
+            remote.bytes_written as f64 / 1048576.0
+        );
+        println!(
+            "{:<32} {:>12} {:>12} {:>7} {:>12} {:>7}",
+            "figure", "roost", "TCP", "ratio", "TLS 1.3", "ratio"
+        );
+        let lat = |v: f64| format!("{v:.1} µs");
+        println!(
+            "{:<32} {:>12} {:>12} {:>6.2}x {:>12} {:>6.2}x",
+            "1-byte remote pread, latency",
+            lat(pread),
+            lat(tcp_rtt),
+            pread / tcp_rtt,
+            lat(tls_rtt),
+            pread / tls_rtt
+        );
+        let rps = |us: f64| format!("{:.0}/s", 1e6 / us);
+        println!(
+            "{:<32} {:>12} {:>12} {:>7.2} {:>12} {:>7.2}",
+            "  as round trips per second",
+            rps(pread),
+            rps(tcp_rtt),
+            tcp_rtt / pread,
+            rps(tls_rtt),
+            tls_rtt / pread
+        );
+        println!(
+            "{:<32} {:>12} {:>12} {:>7.2} {:>12} {:>7.2}",
+            "  ping-pong across two cores",
+            "",
+            lat(tcp_rtt_x),
+            pread / tcp_rtt_x,
+            lat(tls_rtt_x),
+            pread / tls_rtt_x
+        );
+        let mbs = |v: f64| format!("{v:.0} MB/s");
+        for (what, v) in [
+            ("sequential remote read", seqread),
+            ("sequential remote write", seqwrite),
+        ] {
+            println!(
+                "{:<32} {:>12} {:>12} {:>7.2} {:>12} {:>7.2}",
+                what,
+                mbs(v),
+                mbs(tcp_bulk),
+                v / tcp_bulk,
+                mbs(tls_bulk),
+                v / tls_bulk
+            );
+        }
+        println!(
+            "ping-pongs pinned to one core (a second line: client and server on two cores); bulk unpinned"
+        );
+        println!("goals: latency within 2x of a raw round trip; throughput at least 0.50 of raw");
+        Ok(())
+    })();
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    } else {
+        eprintln!("kept {} for inspection", tmp.display());
     }
-    Ok(())
+    result
 }
