@@ -1,15 +1,16 @@
 //! roost-matchmaker: collects machine ads from ownerds and idle jobs from
 //! schedds, pairs them in negotiation cycles, and hands out claims.
 //!
-//! - [`negotiate`]: the pairing policy, behind the [`Negotiator`] trait.
+//! - [`negotiate`]: the pairing policy, a pure function over ads
+//!   (symmetric requirements, rank, fair share, rank preemption, `why`).
 //! - [`server`]: the TLS server, the pool state and the cycle loop.
 #![forbid(unsafe_code)]
 
 pub mod negotiate;
 pub mod server;
 
-pub use negotiate::{IdleJob, Negotiator, OldestFirst, Pairing};
-pub use server::Matchmaker;
+pub use negotiate::{FairShare, Options, Outcome, Pairing, negotiate, why};
+pub use server::{Matchmaker, Settings};
 
 /// Ad attribute an ownerd sets to the job it runs (`"12.0"`) while it holds
 /// a claim; the matchmaker reads it to see a claim taken up and released.

@@ -1,4 +1,5 @@
-//! `roost-matchmaker --pki DIR --name NAME --listen IP:PORT [--cycle-secs 2]`
+//! `roost-matchmaker --pki DIR --name NAME --listen IP:PORT [--cycle-secs 2]
+//! [--half-life-secs 86400] [--preempt-rank true|false]`
 
 use anyhow::Context;
 use clap::Parser;
@@ -21,6 +22,12 @@ struct Args {
     /// Seconds between negotiation cycles (cycles also run on new jobs and freed machines).
     #[arg(long, default_value_t = 2.0)]
     cycle_secs: f64,
+    /// Half-life of each user's accumulated claimed time (fair share).
+    #[arg(long, default_value_t = 86_400.0)]
+    half_life_secs: f64,
+    /// Preempt a running job for an idle one the machine ranks strictly higher.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    preempt_rank: bool,
 }
 
 #[tokio::main]
@@ -39,6 +46,12 @@ async fn main() -> anyhow::Result<()> {
             args.cycle_secs
         );
     }
+    if !(args.half_life_secs.is_finite() && args.half_life_secs > 0.0) {
+        anyhow::bail!(
+            "--half-life-secs must be a positive number of seconds, not {}",
+            args.half_life_secs
+        );
+    }
     let identity = proto::tls::Identity::load(&args.pki, &args.name).with_context(|| {
         format!(
             "loading the certificate of `{}` from {}",
@@ -52,7 +65,12 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs_f64(args.cycle_secs),
     )
     .await
-    .context("starting the matchmaker")?;
+    .context("starting the matchmaker")?
+    .settings(matchmaker::Settings {
+        cycle: Duration::from_secs_f64(args.cycle_secs),
+        half_life: Duration::from_secs_f64(args.half_life_secs),
+        preempt_rank: args.preempt_rank,
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {

@@ -13,7 +13,7 @@
 //! longer names it or the schedd releases it. A claim not taken within
 //! [`CLAIM_ACK_TIMEOUT`] is withdrawn (`Release` to both sides).
 
-use crate::negotiate::{IdleJob, Negotiator, OldestFirst, Pairing, UNCLAIMED};
+use crate::negotiate::{self, FairShare, Options, Pairing, UNCLAIMED};
 use crate::{ATTR_CLIENT_MACHINE, ATTR_JOB_ID, MatchmakerError};
 use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
 use proto::pool::{AdValue, FromMatchmaker, JobAd, MachineAd, Match, ToMatchmaker};
@@ -66,6 +66,8 @@ fn new_claim() -> ClaimId {
 
 struct MachineEntry {
     ad: MachineAd,
+    /// `ad.attrs` parsed (an attribute that does not parse is `error`).
+    parsed: policies::Ad,
     conn: u64,
     tx: Outbox,
     claim: Option<ClaimId>,
@@ -75,12 +77,16 @@ struct ScheddEntry {
     addr: String,
     conn: u64,
     tx: Outbox,
-    /// Idle jobs without a claim, with the counter value when first seen.
-    jobs: Vec<(JobAd, u64)>,
+    /// Idle jobs without a claim, with the counter value when first seen
+    /// and the parsed ad with its [`negotiate::job_key`].
+    jobs: Vec<(JobAd, u64, policies::Ad, u64)>,
 }
 
 struct ClaimEntry {
     job: JobId,
+    owner: String,
+    /// The job's ad, for the machine's rank of it (preemption).
+    job_ad: policies::Ad,
     schedd: HostName,
     machine: HostName,
     /// The machine's ad has named the job.
@@ -96,7 +102,46 @@ pub(crate) struct State {
     /// Jobs whose claim ended recently: (schedd, job) → when.
     recent: HashMap<(HostName, JobId), Instant>,
     seq: u64,
-    negotiator: Box<dyn Negotiator>,
+    opts: Options,
+    share: FairShare,
+    /// When usage was last added to `share`.
+    accrued: Instant,
+    /// Machines being vacated for a job that preempted them: machine →
+    /// (schedd, job, since). The machine goes to that job once free.
+    reserved: HashMap<HostName, (HostName, JobId, Instant)>,
+}
+
+/// How long a preempting job keeps the machine it vacated reserved.
+pub const RESERVATION: Duration = Duration::from_secs(60);
+
+/// Negotiation settings of a matchmaker.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Seconds between timer-driven cycles.
+    pub cycle: Duration,
+    /// Half-life of the users' accumulated usage.
+    pub half_life: Duration,
+    pub preempt_rank: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cycle: Duration::from_secs(2),
+            half_life: Duration::from_secs(86_400),
+            preempt_rank: true,
+        }
+    }
+}
+
+/// An idle job offered to one cycle.
+struct Offer {
+    schedd: HostName,
+    addr: String,
+    ad: JobAd,
+    parsed: policies::Ad,
+    seen: u64,
+    key: u64,
 }
 
 /// Does `ad` say its machine runs `job` for `schedd`?
@@ -106,14 +151,19 @@ fn names_job(ad: &MachineAd, job: JobId, schedd: &HostName) -> bool {
 }
 
 impl State {
-    pub(crate) fn new(negotiator: Box<dyn Negotiator>) -> State {
+    pub(crate) fn new(settings: Settings, now: Instant) -> State {
         State {
             machines: BTreeMap::new(),
             schedds: BTreeMap::new(),
             claims: HashMap::new(),
             recent: HashMap::new(),
             seq: 0,
-            negotiator,
+            opts: Options {
+                preempt_rank: settings.preempt_rank,
+            },
+            share: FairShare::new(settings.half_life),
+            accrued: now,
+            reserved: HashMap::new(),
         }
     }
 
@@ -135,6 +185,7 @@ impl State {
             info!(machine = %name, state = %ad.state, "machine joined");
             MachineEntry {
                 ad: ad.clone(),
+                parsed: policies::Ad::new(),
                 conn,
                 tx: tx.clone(),
                 claim: None,
@@ -162,6 +213,7 @@ impl State {
                 ended = Some((c, "the owner came back before the job started", true));
             }
         }
+        entry.parsed = policies::Ad::from_wire_lossy(&ad.attrs);
         entry.ad = ad;
         if let Some((c, why, tell_schedd)) = ended {
             self.end_claim(&c, why, false, tell_schedd, now);
@@ -197,7 +249,7 @@ impl State {
             entry.tx = tx.clone();
         }
         entry.addr = addr;
-        let old: HashMap<JobId, u64> = entry.jobs.iter().map(|(a, s)| (a.job, *s)).collect();
+        let old: HashMap<JobId, u64> = entry.jobs.iter().map(|(a, s, _, _)| (a.job, *s)).collect();
         let mut fresh = false;
         let mut seen = HashSet::new();
         let mut list = Vec::with_capacity(jobs.len());
@@ -213,7 +265,11 @@ impl State {
                     self.seq
                 }
             };
-            list.push((ad, s));
+            let mut parsed = policies::Ad::from_wire_lossy(&ad.attrs);
+            // The schedd vouches for the owner; the ad cannot say otherwise.
+            parsed.set("Owner", ad.owner.as_str());
+            let key = negotiate::job_key(&parsed);
+            list.push((ad, s, parsed, key));
         }
         debug!(schedd = %schedd, idle = list.len(), "job list");
         entry.jobs = list;
@@ -313,6 +369,52 @@ impl State {
             .collect()
     }
 
+    /// Adds the claims held since the last call to the users' usage.
+    fn accrue(&mut self, now: Instant) {
+        let mut held: HashMap<String, u32> = HashMap::new();
+        for c in self.claims.values() {
+            *held.entry(c.owner.clone()).or_insert(0) += 1;
+        }
+        self.share
+            .accrue(&held, now.saturating_duration_since(self.accrued));
+        self.accrued = now;
+    }
+
+    /// The machines as one cycle sees them.
+    fn cycle_machines(&self) -> Vec<negotiate::Machine> {
+        self.machines
+            .values()
+            .map(|m| {
+                let claim = m.claim.as_ref().and_then(|c| self.claims.get(c));
+                negotiate::Machine {
+                    name: m.ad.name.clone(),
+                    ad: m.parsed.clone(),
+                    free: m.claim.is_none()
+                        && m.ad.state == UNCLAIMED
+                        && !self.reserved.contains_key(&m.ad.name),
+                    running: claim
+                        .filter(|c| c.taken && !self.reserved.contains_key(&m.ad.name))
+                        .map(|c| negotiate::Running {
+                            owner: c.owner.clone(),
+                            ad: c.job_ad.clone(),
+                        }),
+                }
+            })
+            .collect()
+    }
+
+    /// `roost why`: the job against every machine known.
+    pub(crate) fn why(&self, job: &JobAd) -> proto::pool::WhyReport {
+        let mut parsed = policies::Ad::from_wire_lossy(&job.attrs);
+        parsed.set("Owner", job.owner.as_str());
+        let machines: Vec<(HostName, policies::Ad)> = self
+            .machines
+            .values()
+            .map(|m| (m.ad.name.clone(), m.parsed.clone()))
+            .collect();
+        negotiate::why(job.job, &parsed, &machines)
+    }
+
     /// One negotiation cycle. Returns the claims made.
     pub(crate) fn cycle(&mut self, now: Instant) -> Vec<Match> {
         let expired: Vec<ClaimId> = self
@@ -326,77 +428,137 @@ impl State {
         }
         self.recent
             .retain(|_, t| now.duration_since(*t) < REMATCH_DELAY);
+        self.accrue(now);
+        let machines = &self.machines;
+        self.reserved.retain(|m, (_, job, since)| {
+            let keep = now.duration_since(*since) < RESERVATION && machines.contains_key(m);
+            if !keep {
+                info!(machine = %m, job = %job, "reservation for the preempting job ended");
+            }
+            keep
+        });
 
-        let machines: Vec<MachineAd> = self
-            .machines
-            .values()
-            .filter(|m| m.claim.is_none())
-            .map(|m| m.ad.clone())
-            .collect();
-        if !machines.iter().any(|m| m.state == UNCLAIMED) {
-            return Vec::new();
-        }
         let claimed: HashSet<(&HostName, JobId)> =
             self.claims.values().map(|c| (&c.schedd, c.job)).collect();
-        let mut jobs = Vec::new();
+        let mut offers = Vec::new();
         for (name, s) in &self.schedds {
-            for (ad, seen) in &s.jobs {
+            for (ad, seen, parsed, key) in &s.jobs {
                 if claimed.contains(&(name, ad.job))
                     || self.recent.contains_key(&(name.clone(), ad.job))
                 {
                     continue;
                 }
-                jobs.push(IdleJob {
+                offers.push(Offer {
                     schedd: name.clone(),
                     addr: s.addr.clone(),
                     ad: ad.clone(),
+                    parsed: parsed.clone(),
                     seen: *seen,
+                    key: *key,
                 });
             }
         }
-        if jobs.is_empty() {
+        if offers.is_empty() {
             return Vec::new();
         }
-        let pairs = self.negotiator.negotiate(&machines, &jobs);
 
-        let mut used_m = HashSet::new();
-        let mut used_j = HashSet::new();
-        let mut made = Vec::new();
-        let mut per_schedd: BTreeMap<HostName, Vec<Match>> = BTreeMap::new();
-        for Pairing { machine, job } in pairs {
-            let (Some(m), Some(j)) = (machines.get(machine), jobs.get(job)) else {
-                warn!(
-                    machine,
-                    job, "negotiator returned an index out of range; ignored"
-                );
+        // A vacated machine goes to the job that preempted it.
+        let mut pairs: Vec<(HostName, usize)> = Vec::new();
+        let mut reserved_jobs: HashSet<usize> = HashSet::new();
+        let mut done_reservations = Vec::new();
+        for (machine, (schedd, job, _)) in &self.reserved {
+            let Some(i) = offers
+                .iter()
+                .position(|o| &o.schedd == schedd && o.ad.job == *job)
+            else {
                 continue;
             };
-            if m.state != UNCLAIMED || !used_m.insert(machine) || !used_j.insert(job) {
-                warn!(machine = %m.name, job = %j.ad.job, "negotiator paired a busy machine or a job twice; ignored");
+            reserved_jobs.insert(i);
+            let Some(m) = self.machines.get(machine) else {
+                continue;
+            };
+            if m.claim.is_none() && m.ad.state == UNCLAIMED {
+                done_reservations.push(machine.clone());
+                if policies::symmetric_match(&offers[i].parsed, &m.parsed) {
+                    pairs.push((machine.clone(), i));
+                }
+            }
+        }
+        for m in done_reservations {
+            self.reserved.remove(&m);
+        }
+
+        let cycle_machines = self.cycle_machines();
+        let index: Vec<usize> = (0..offers.len())
+            .filter(|i| !reserved_jobs.contains(i))
+            .collect();
+        let cycle_jobs: Vec<negotiate::Job> = index
+            .iter()
+            .map(|&i| negotiate::Job {
+                owner: offers[i].ad.owner.clone(),
+                ad: offers[i].parsed.clone(),
+                seen: offers[i].seen,
+                key: offers[i].key,
+            })
+            .collect();
+        let outcome = negotiate::negotiate(&cycle_machines, &cycle_jobs, &self.share, self.opts);
+        for Pairing { machine, job } in outcome.matches {
+            pairs.push((cycle_machines[machine].name.clone(), index[job]));
+        }
+        for Pairing { machine, job } in outcome.preemptions {
+            let name = &cycle_machines[machine].name;
+            let o = &offers[index[job]];
+            let Some(m) = self.machines.get(name) else {
+                continue;
+            };
+            let Some(claim) = m.claim.clone() else {
+                continue;
+            };
+            let reason = format!(
+                "preempted by job {} of {} (the machine ranks it higher)",
+                o.ad.job, o.ad.owner
+            );
+            info!(machine = %name, claim = %claim, job = %o.ad.job, owner = %o.ad.owner, "preempting");
+            if let Err(e) = m.tx.try_send(FromMatchmaker::Vacate { claim, reason }) {
+                warn!(machine = %name, "cannot tell the machine to vacate ({e})");
+                continue;
+            }
+            self.reserved
+                .insert(name.clone(), (o.schedd.clone(), o.ad.job, now));
+        }
+
+        let mut made = Vec::new();
+        let mut per_schedd: BTreeMap<HostName, Vec<Match>> = BTreeMap::new();
+        let mut used = HashSet::new();
+        for (machine, i) in pairs {
+            let j = &offers[i];
+            if !used.insert(machine.clone()) {
                 continue;
             }
             let claim = new_claim();
-            let Some(entry) = self.machines.get_mut(&m.name) else {
+            let Some(entry) = self.machines.get_mut(&machine) else {
                 continue;
             };
             entry.claim = Some(claim.clone());
-            info!(job = %j.ad.job, owner = %j.ad.owner, schedd = %j.schedd, machine = %m.name, claim = %claim, "matched");
+            info!(job = %j.ad.job, owner = %j.ad.owner, schedd = %j.schedd, machine = %machine, claim = %claim, "matched");
             self.claims.insert(
                 claim.clone(),
                 ClaimEntry {
                     job: j.ad.job,
+                    owner: j.ad.owner.clone(),
+                    job_ad: j.parsed.clone(),
                     schedd: j.schedd.clone(),
-                    machine: m.name.clone(),
+                    machine: machine.clone(),
                     taken: false,
                     made: now,
                 },
             );
             if let Some(s) = self.schedds.get_mut(&j.schedd) {
-                s.jobs.retain(|(a, _)| a.job != j.ad.job);
+                s.jobs.retain(|(a, _, _, _)| a.job != j.ad.job);
             }
             let mt = Match {
                 job: j.ad.job,
-                machine: m.name.clone(),
+                machine,
                 claim,
             };
             per_schedd
@@ -522,12 +684,7 @@ impl Shared {
                 Ok(None)
             }
             ToMatchmaker::Status => Ok(Some(FromMatchmaker::Machines(self.lock().status()))),
-            ToMatchmaker::Why { job } => Ok(Some(FromMatchmaker::Error {
-                message: format!(
-                    "this matchmaker cannot explain matches yet (job {})",
-                    job.job
-                ),
-            })),
+            ToMatchmaker::Why { job } => Ok(Some(FromMatchmaker::Why(self.lock().why(&job)))),
         }
     }
 }
@@ -542,7 +699,7 @@ pub struct Matchmaker {
 
 impl Matchmaker {
     /// Binds `listen` with `identity`'s certificate; negotiates every `cycle`
-    /// and on events, with [`OldestFirst`] unless [`Matchmaker::negotiator`] says otherwise.
+    /// and on events, with the default [`Settings`] otherwise (see [`Matchmaker::settings`]).
     pub async fn bind(
         identity: &Identity,
         listen: &str,
@@ -558,16 +715,29 @@ impl Matchmaker {
             listener,
             acceptor: identity.acceptor(),
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(Box::new(OldestFirst))),
+                state: Mutex::new(State::new(
+                    Settings {
+                        cycle,
+                        ..Settings::default()
+                    },
+                    Instant::now(),
+                )),
                 wake: Notify::new(),
             }),
             cycle,
         })
     }
 
-    /// Replaces the negotiation policy.
-    pub fn negotiator(self, n: Box<dyn Negotiator>) -> Matchmaker {
-        self.shared.lock().negotiator = n;
+    /// Replaces the negotiation settings (cycle period, fair-share
+    /// half-life, rank preemption).
+    pub fn settings(mut self, s: Settings) -> Matchmaker {
+        self.cycle = s.cycle;
+        let mut st = self.shared.lock();
+        st.opts = Options {
+            preempt_rank: s.preempt_rank,
+        };
+        st.share = FairShare::new(s.half_life);
+        drop(st);
         self
     }
 
@@ -765,7 +935,7 @@ mod tests {
         let (own_tx, own_rx) = mpsc::channel(16);
         let (sch_tx, sch_rx) = mpsc::channel(16);
         let mut p = Pool {
-            st: State::new(Box::new(OldestFirst)),
+            st: State::new(Settings::default(), Instant::now()),
             own_tx,
             own_rx,
             sch_tx,
@@ -960,7 +1130,7 @@ mod tests {
     fn schedd_hears_first_and_a_claim_the_machine_cannot_take_is_withdrawn() {
         let (own_tx, mut own_rx) = mpsc::channel(1);
         let (sch_tx, mut sch_rx) = mpsc::channel(16);
-        let mut st = State::new(Box::new(OldestFirst));
+        let mut st = State::new(Settings::default(), Instant::now());
         let t0 = Instant::now();
         st.machine_ad(1, &own_tx, ad("exec1", "Unclaimed", None), t0);
         // The ownerd does not read: its outbox is full.
@@ -1013,5 +1183,120 @@ mod tests {
         );
         p.st.disconnect(1, p.t0);
         assert_eq!(p.st.status().len(), 1);
+    }
+
+    fn owned(cluster: u64, owner: &str) -> JobAd {
+        JobAd {
+            job: JobId { cluster, proc: 0 },
+            owner: owner.into(),
+            attrs: Ad::new(),
+        }
+    }
+
+    #[test]
+    fn a_job_the_machine_ranks_higher_preempts_and_gets_the_machine() {
+        let (own_tx, mut own_rx) = mpsc::channel(16);
+        let (sch_tx, mut sch_rx) = mpsc::channel(16);
+        let t0 = Instant::now();
+        let mut st = State::new(Settings::default(), t0);
+        let mut m = ad("exec1", "Unclaimed", None);
+        m.attrs.insert(
+            "Rank".into(),
+            AdValue::Expr("TARGET.Owner == \"alice\" ? 10 : 0".into()),
+        );
+        st.machine_ad(1, &own_tx, m.clone(), t0);
+        let submit = HostName("submit".into());
+        st.jobs(
+            2,
+            &sch_tx,
+            submit.clone(),
+            "a".into(),
+            vec![owned(1, "bob")],
+        );
+        let claim = st.cycle(t0)[0].claim.clone();
+        drain(&mut own_rx);
+        drain(&mut sch_rx);
+        let mut running = ad("exec1", "Claimed", Some(("1.0", "submit")));
+        running.attrs.insert("Rank".into(), m.attrs["Rank"].clone());
+        st.machine_ad(1, &own_tx, running, t0);
+        // carl's job is older, but only alice's is ranked higher than bob's.
+        st.jobs(
+            2,
+            &sch_tx,
+            submit.clone(),
+            "a".into(),
+            vec![owned(3, "carl"), owned(2, "alice")],
+        );
+        assert!(st.cycle(t0).is_empty());
+        let got = drain(&mut own_rx);
+        assert!(
+            matches!(&got[..], [FromMatchmaker::Vacate { claim: c, reason }]
+                if *c == claim && reason.contains("job 2.0 of alice")),
+            "{got:?}"
+        );
+        // Still vacating: not preempted twice.
+        assert!(st.cycle(t0).is_empty());
+        assert!(drain(&mut own_rx).is_empty());
+        // The machine is free again: it goes to alice's job, not carl's.
+        st.machine_ad(1, &own_tx, m, t0);
+        let made = st.cycle(t0);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].job.cluster, 2);
+
+        // With rank preemption off nothing is vacated.
+        let mut st = State::new(
+            Settings {
+                preempt_rank: false,
+                ..Settings::default()
+            },
+            t0,
+        );
+        let mut m = ad("exec1", "Claimed", Some(("1.0", "submit")));
+        m.attrs.insert(
+            "Rank".into(),
+            AdValue::Expr("TARGET.Owner == \"alice\" ? 10 : 0".into()),
+        );
+        st.machine_ad(1, &own_tx, ad("exec1", "Unclaimed", None), t0);
+        st.jobs(
+            2,
+            &sch_tx,
+            submit.clone(),
+            "a".into(),
+            vec![owned(1, "bob")],
+        );
+        st.cycle(t0);
+        st.machine_ad(1, &own_tx, m, t0);
+        st.jobs(2, &sch_tx, submit, "a".into(), vec![owned(2, "alice")]);
+        drain(&mut own_rx);
+        assert!(st.cycle(t0).is_empty());
+        assert!(drain(&mut own_rx).is_empty());
+    }
+
+    #[test]
+    fn why_reports_clauses_and_machines() {
+        let (tx, _rx) = mpsc::channel(16);
+        let t0 = Instant::now();
+        let mut st = State::new(Settings::default(), t0);
+        for (name, mem) in [("exec1", 1024), ("exec2", 4096)] {
+            let mut m = ad(name, "Unclaimed", None);
+            m.attrs.insert("Memory".into(), AdValue::Int(mem));
+            st.machine_ad(1, &tx, m, t0);
+        }
+        let mut j = owned(7, "ann");
+        j.attrs.insert(
+            "Requirements".into(),
+            AdValue::Expr("Memory >= 2048 && TARGET.Memory < 100000".into()),
+        );
+        let r = st.why(&j);
+        assert_eq!(r.machines, 2);
+        assert_eq!(
+            r.clauses,
+            vec![
+                ("Memory >= 2048".to_string(), 1),
+                ("TARGET.Memory < 100000".to_string(), 0)
+            ]
+        );
+        assert!(r.machine_refusals.is_empty());
+        assert_eq!(r.matching, vec![HostName("exec2".into())]);
     }
 }
