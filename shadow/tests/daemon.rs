@@ -1604,3 +1604,153 @@ async fn checkpoint_vacate_hold_release_and_history_over_the_cli() {
         "{r:?}"
     );
 }
+
+/// A free TCP port on the loopback (for a daemon started as a process).
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_schedd_during_a_transfer_keeps_the_last_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let dir = tmp.path().join("submit");
+    let w = tmp.path().join("work");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    let shadow = free_port();
+    let spawn = |mm: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_roost-schedd"))
+            .args(["--pki", pki.to_str().unwrap(), "--name", "submit"])
+            .args(["--dir", dir.to_str().unwrap()])
+            .args(["--listen", &shadow.to_string()])
+            .args(["--matchmaker", mm, "--matchmaker-name", "cm"])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let sock = dir.join("schedd.sock");
+    let ready = || async {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(mut s) = UnixStream::connect(&sock).await
+                && write_frame_async(&mut s, &CliRequest::Ping).await.is_ok()
+                && let Ok(CliReply::Pong) = read_frame_async(&mut s, MAX_FRAME).await
+            {
+                return;
+            }
+            assert!(t0.elapsed() < T, "schedd did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let starter = |claim: &'static str, job: JobId| {
+        let pki = pki.clone();
+        async move {
+            let id = Identity::load(&pki, "exec1").unwrap();
+            let tcp = TcpStream::connect(shadow).await.unwrap();
+            let mut s = id
+                .connector()
+                .connect(proto::tls::server_name("submit").unwrap(), tcp)
+                .await
+                .unwrap();
+            let m = ToShadow::Attach {
+                claim: ClaimId(claim.into()),
+                job,
+                host: HostName("exec1".into()),
+            };
+            write_frame_async(&mut s, &m).await.unwrap();
+            let r: FromShadow = next(&mut s).await;
+            (s, r)
+        }
+    };
+
+    let mut mm = fake_mm(&pki).await;
+    let mut child = spawn(&mm.addr);
+    ready().await;
+    let req = CliRequest::Submit {
+        file: "j.toml".into(),
+        text: "executable = \"prog\"\noutput = \"out\"\n".into(),
+        cwd: w.display().to_string(),
+    };
+    let CliReply::Submitted { jobs } = cli(&sock, &req).await else {
+        panic!()
+    };
+    let job = jobs[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "c1");
+    let (mut s, r) = starter("c1", job).await;
+    let FromShadow::Attached(a) = r else {
+        panic!("{r:?}")
+    };
+    let image = image_bytes(3_000_000, 7);
+    let r = checkpoint(&mut s, &image, 1 << 20, "periodic").await;
+    assert_eq!(
+        r,
+        FromShadow::CkptCommitted {
+            bytes: image.len() as u64
+        }
+    );
+    // The next checkpoint is on its way when the schedd is killed.
+    send(
+        &mut s,
+        ToShadow::CkptBegin {
+            reason: "periodic".into(),
+        },
+    )
+    .await;
+    send(
+        &mut s,
+        ToShadow::CkptChunk {
+            data: image_bytes(2_000_000, 8),
+        },
+    )
+    .await;
+    assert_eq!(call(&mut s, 1, FileOp::Barrier).await, FileReply::Ok);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(s);
+
+    let mut mm = fake_mm(&pki).await;
+    let mut child = spawn(&mm.addr);
+    ready().await;
+    let files: Vec<String> = std::fs::read_dir(dir.join("ckpt").join(job.to_string()))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["image.1.zst"], "the last good image, no tmp");
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "c2");
+    let (mut s, r) = starter("c2", job).await;
+    let FromShadow::Attached(b) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(b.stdout, a.stdout);
+    assert_eq!(fetch_image(&mut s).await.unwrap(), image);
+    let CliReply::Log { lines } = cli(&sock, &CliRequest::Log { job }).await else {
+        panic!()
+    };
+    let l: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events(&l),
+        [
+            "submitted",
+            "matched",
+            "executing",
+            "checkpointed",
+            "evicted",
+            "matched",
+            "executing",
+            "resumed"
+        ]
+    );
+    assert_eq!(l[4]["from_checkpoint"], true);
+    assert_eq!(l[7]["image_bytes"], image.len() as u64);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
