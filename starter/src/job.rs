@@ -1,6 +1,17 @@
 //! Running one job: its placeholders for stdin/stdout/stderr, its process
-//! (in its own process group, in the scratch directory, under the shim), the
-//! shim listener, and the relay loop until the job is over.
+//! (in its own process group, in a sandbox, under the shim), the shim
+//! listener, and the relay loop until the job is over.
+//!
+//! The sandbox is a new mount namespace (and a user namespace when the
+//! starter is not root) in which the scratch directory is mounted at
+//! `/tmp`, with ASLR off: the job sees the same paths and the same address
+//! layout on every host, so that an image taken here restarts elsewhere.
+//!
+//! While it runs, the job takes commands ([`JobCommand`]): checkpoint (and
+//! vacate), suspend, continue, kill; and periodic checkpoints. A
+//! checkpoint is taken by the shim on [`ckpt::SIG_CKPT`] and streamed,
+//! compressed, through the backend (see [`crate::ckpt`]). A restart runs
+//! the same program with its image on a pipe.
 //!
 //! The job is over when its main process has exited and every placeholder
 //! has reached EOF (all its data forwarded, every handle closed). Whatever
@@ -8,27 +19,36 @@
 //! placeholder open after the main process exited get a short grace, then
 //! SIGKILL.
 
+use crate::ckpt::{self, CkptConn, ImageMsg};
 use crate::relay::{self, Backend, Relay};
 use proto::Handle;
-use proto::job::{ExitStatus, Usage};
+use proto::ckpt::{ACK_COMMITTED, FD_REMOTE, FD_STREAM, FdRecord};
+use proto::job::{ExitStatus, JobSpec, Usage};
 use proto::shim::{ENV_CWD, ENV_ROOT, ENV_SOCK};
 use rustix::process::{Pid, Signal};
+use std::ffi::{CStr, CString};
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
-use tokio::net::UnixListener;
-use tokio::sync::mpsc;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// Name of the shim socket inside the scratch directory.
 pub const SOCK_NAME: &str = ".roost.sock";
+/// Where the job sees its scratch directory.
+pub const JOB_TMP: &str = "/tmp";
 /// `PATH` of a job whose environment does not set one.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long processes of the job may keep placeholders open after its main
@@ -37,30 +57,174 @@ const GRACE: Duration = Duration::from_secs(2);
 /// How long after that kill placeholders may stay open (held by a process
 /// that left the group) before the relay closes them itself.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Longest a checkpoint that does not vacate may take.
+pub const CKPT_LIMIT: Duration = Duration::from_secs(600);
+/// Exit code of a restart that could not restore its image (the shim's).
+const RESTORE_FAILED: i32 = 121;
+/// `personality(2)`: no address space randomization.
+const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
 
 /// Everything needed to start one job on this host.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct JobLaunch {
-    /// Path of the executable on this host.
+    /// Path of the executable on this host (a path inside `scratch` is
+    /// run as `/tmp/...`, where the job sees it).
     pub program: PathBuf,
     /// The job's arguments, `argv[0]` included.
     pub argv: Vec<String>,
     /// The job's environment (`ROOST_*`, `LD_PRELOAD` and a default `PATH`
     /// are added by [`run_job`]).
     pub env: Vec<(String, String)>,
-    /// Fresh and empty; the job's real working directory. Removed by the
-    /// caller after [`run_job`] returns.
+    /// Fresh and empty; the job's `/tmp` and working directory. Removed by
+    /// the caller after [`run_job`] returns.
     pub scratch: PathBuf,
     /// The job's initial directory on the submit host (`ROOST_ROOT`,
     /// `ROOST_CWD`).
     pub root: String,
     /// Handles for the job's stdin/stdout/stderr; `None` is `/dev/null`.
+    /// Not used for a restart: the image brings its fds back.
     pub stdin: Option<Handle>,
     pub stdout: Option<Handle>,
     pub stderr: Option<Handle>,
     /// `libroost_shim.so`. An empty path runs the job without a preload
-    /// (only its stdin/stdout/stderr are then remote).
+    /// (only its stdin/stdout/stderr are then remote; no checkpoints).
     pub shim: PathBuf,
+    /// Restart from a checkpoint image instead: its zstd-compressed bytes
+    /// in order, ending when the sender is dropped.
+    pub restore: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Commands while the job runs (see [`JobControl`]).
+    pub control: Option<mpsc::UnboundedReceiver<JobCommand>>,
+    /// Take an image this often and let the job go on.
+    pub checkpoint_interval: Option<Duration>,
+}
+
+impl JobLaunch {
+    /// A fresh start with no commands and no periodic checkpoints.
+    pub fn new(program: PathBuf, argv: Vec<String>, scratch: PathBuf, root: String) -> Self {
+        JobLaunch {
+            program,
+            argv,
+            env: Vec::new(),
+            scratch,
+            root,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            shim: PathBuf::new(),
+            restore: None,
+            control: None,
+            checkpoint_interval: None,
+        }
+    }
+}
+
+/// A command to a running job.
+#[derive(Debug)]
+pub enum JobCommand {
+    /// Take an image within `max_time`. With `vacate`, the job is killed
+    /// afterwards whether or not the image was committed. The outcome goes
+    /// to `reply` before the job is killed.
+    Checkpoint {
+        vacate: bool,
+        reason: String,
+        max_time: Duration,
+        reply: Option<oneshot::Sender<CkptOutcome>>,
+    },
+    /// Stop the job's processes (SIGSTOP to its process group).
+    Suspend,
+    /// Let them run again (SIGCONT).
+    Continue,
+    /// Kill them (SIGKILL); `run_job` then returns as for any end.
+    Kill,
+}
+
+/// How a checkpoint ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CkptOutcome {
+    /// The image is committed on the submit host.
+    Committed {
+        /// Stored (compressed) size.
+        bytes: u64,
+        /// Size before compression.
+        raw_bytes: u64,
+        seconds: f64,
+    },
+    /// The job cannot be checkpointed now (why): several processes or
+    /// threads, no shim, a file or mapping that cannot move.
+    NotCheckpointable(String),
+    /// The image could not be taken or committed in time (why).
+    Failed(String),
+}
+
+impl CkptOutcome {
+    pub fn committed(&self) -> bool {
+        matches!(self, CkptOutcome::Committed { .. })
+    }
+}
+
+/// The starter's handle on a running job: give [`JobControl::new`]'s
+/// receiver to [`JobLaunch::control`].
+#[derive(Debug, Clone)]
+pub struct JobControl(mpsc::UnboundedSender<JobCommand>);
+
+impl JobControl {
+    pub fn new() -> (JobControl, mpsc::UnboundedReceiver<JobCommand>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (JobControl(tx), rx)
+    }
+
+    fn ask(
+        &self,
+        vacate: bool,
+        reason: String,
+        max_time: Duration,
+    ) -> oneshot::Receiver<CkptOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.0.send(JobCommand::Checkpoint {
+            vacate,
+            reason,
+            max_time,
+            reply: Some(reply),
+        });
+        rx
+    }
+
+    /// Takes an image and lets the job go on. The receiver fails if the
+    /// job ended first.
+    pub fn checkpoint(&self, reason: impl Into<String>) -> oneshot::Receiver<CkptOutcome> {
+        self.ask(false, reason.into(), CKPT_LIMIT)
+    }
+
+    /// Vacates: takes an image within `max_vacate_time`, then kills the
+    /// job in every case; `run_job` returns once it is gone. Report
+    /// `Vacated { checkpointed: outcome.committed() }`.
+    pub fn vacate(
+        &self,
+        reason: impl Into<String>,
+        max_vacate_time: Duration,
+    ) -> oneshot::Receiver<CkptOutcome> {
+        self.ask(true, reason.into(), max_vacate_time)
+    }
+
+    pub fn suspend(&self) {
+        let _ = self.0.send(JobCommand::Suspend);
+    }
+
+    pub fn resume(&self) {
+        let _ = self.0.send(JobCommand::Continue);
+    }
+
+    pub fn kill(&self) {
+        let _ = self.0.send(JobCommand::Kill);
+    }
+}
+
+/// The job's periodic checkpoint interval: the `CheckpointInterval`
+/// attribute, in seconds (absent, 0 or not a number: none).
+pub fn checkpoint_interval(spec: &JobSpec) -> Option<Duration> {
+    let v = spec.attributes.get("CheckpointInterval")?;
+    let secs: u64 = v.trim().trim_matches('"').parse().ok()?;
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,79 +259,256 @@ pub enum JobError {
         #[source]
         source: io::Error,
     },
+    #[error("the job could not be restarted from its image: {0}")]
+    Restore(String),
+}
+
+/// What the job's process is set up with before it runs: the sandbox,
+/// built before the fork (nothing is allocated in the child).
+struct Sandbox {
+    scratch: CString,
+    /// `uid_map` and `gid_map` lines for a user namespace (not root).
+    userns: Option<(Vec<u8>, Vec<u8>)>,
+    /// The read end of a restart's image pipe, moved to [`ckpt::RESTORE_FD`].
+    image: Option<RawFd>,
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes `data` to a file of `/proc` with raw calls.
+fn write_proc(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated, `data` is a live slice; the fd is
+    // opened and closed here.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        check(fd)?;
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let e = io::Error::last_os_error();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Sandbox {
+    fn new(scratch: &Path, image: Option<RawFd>) -> io::Result<Sandbox> {
+        let scratch = CString::new(scratch.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        let userns = (uid != 0).then(|| {
+            (
+                format!("{uid} {uid} 1").into_bytes(),
+                format!("{gid} {gid} 1").into_bytes(),
+            )
+        });
+        Ok(Sandbox {
+            scratch,
+            userns,
+            image,
+        })
+    }
+
+    /// Runs in the child between fork and exec: only system calls on
+    /// memory prepared before the fork.
+    fn enter(&self) -> io::Result<()> {
+        let ns = if self.userns.is_some() {
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNS
+        } else {
+            libc::CLONE_NEWNS
+        };
+        // SAFETY: unshare takes flags only.
+        check(unsafe { libc::unshare(ns) })?;
+        if let Some((uid_map, gid_map)) = &self.userns {
+            write_proc(c"/proc/self/setgroups", b"deny")?;
+            write_proc(c"/proc/self/uid_map", uid_map)?;
+            write_proc(c"/proc/self/gid_map", gid_map)?;
+        }
+        // SAFETY: NUL-terminated paths and null optional arguments, as
+        // mount(2), chdir(2) and dup2(2) take them; personality takes a
+        // number.
+        unsafe {
+            let none = std::ptr::null();
+            check(libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                self.scratch.as_ptr(),
+                c"/tmp".as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            check(libc::chdir(c"/tmp".as_ptr()))?;
+            let cur = libc::personality(0xffff_ffff);
+            check(cur)?;
+            check(libc::personality(cur as libc::c_ulong | ADDR_NO_RANDOMIZE))?;
+            if let Some(fd) = self.image {
+                check(libc::dup2(fd, ckpt::RESTORE_FD))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the job sees a path of this host: inside the scratch directory
+/// it is under `/tmp`.
+fn job_path(p: &Path, scratch: &Path) -> PathBuf {
+    match p.strip_prefix(scratch) {
+        Ok(rel) => Path::new(JOB_TMP).join(rel),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// A checkpoint asked for and not yet over.
+struct Pending {
+    vacate: bool,
+    reason: String,
+    replies: Vec<oneshot::Sender<CkptOutcome>>,
+    started: Instant,
+    deadline: Instant,
+    /// The job was stopped: stop it again afterwards.
+    restop: bool,
 }
 
 /// Spawns the job, serves its shim connections, returns when the job's
 /// process (and every process it left) has ended and all its data is
 /// forwarded.
 pub async fn run_job<B: Backend>(
-    launch: JobLaunch,
+    mut launch: JobLaunch,
     backend: B,
 ) -> Result<(ExitStatus, Usage), JobError> {
-    let sock_path = launch.scratch.join(SOCK_NAME);
-    let listener = UnixListener::bind(&sock_path).map_err(|source| JobError::Listen {
-        path: sock_path.clone(),
-        source,
-    })?;
-    let _unlink = Unlink(sock_path.clone());
+    let listen = |path: PathBuf| {
+        UnixListener::bind(&path)
+            .map(|l| (l, Unlink(path.clone())))
+            .map_err(|source| JobError::Listen { path, source })
+    };
+    let (listener, _unlink) = listen(launch.scratch.join(SOCK_NAME))?;
+    let (ckpt_listener, _unlink_ckpt) = listen(launch.scratch.join(ckpt::CKPT_SOCK_NAME))?;
+    let restore = launch.restore.take();
 
     let mut relay = Relay::new(backend);
-    let mut std_fd = |h: Option<Handle>, flags: i32, stream: bool, which| match h {
-        Some(h) => relay
-            .add(h, flags, false, stream)
-            .map(Stdio::from)
-            .map_err(|source| JobError::Placeholder { which, source }),
-        None => Ok(Stdio::null()),
+    let (stdin, stdout, stderr) = if restore.is_some() {
+        (Stdio::null(), Stdio::null(), Stdio::null())
+    } else {
+        let mut std_fd = |h: Option<Handle>, flags: i32, stream: bool, which| match h {
+            Some(h) => relay
+                .add(h, flags, false, stream)
+                .map(Stdio::from)
+                .map_err(|source| JobError::Placeholder { which, source }),
+            None => Ok(Stdio::null()),
+        };
+        (
+            std_fd(launch.stdin, libc::O_RDONLY, true, "stdin")?,
+            std_fd(launch.stdout, libc::O_WRONLY, false, "stdout")?,
+            std_fd(launch.stderr, libc::O_WRONLY, false, "stderr")?,
+        )
     };
-    let stdin = std_fd(launch.stdin, libc::O_RDONLY, true, "stdin")?;
-    let stdout = std_fd(launch.stdout, libc::O_WRONLY, false, "stdout")?;
-    let stderr = std_fd(launch.stderr, libc::O_WRONLY, false, "stderr")?;
+    let spawn_err = |source| JobError::Spawn {
+        program: launch.program.clone(),
+        source,
+    };
+    // A restart reads its image from a pipe, and says on stderr why it
+    // failed, if it does, until the image's own fds replace it.
+    let (image_pipe, restart_err) = if restore.is_some() {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC;
+        let image = rustix::pipe::pipe_with(flags).map_err(|e| spawn_err(e.into()))?;
+        let err = rustix::pipe::pipe_with(flags).map_err(|e| spawn_err(e.into()))?;
+        (Some(image), Some(err))
+    } else {
+        (None, None)
+    };
+    let (stderr, restart_err) = match restart_err {
+        Some((r, w)) => (Stdio::from(w), Some(capture(r))),
+        None => (stderr, None),
+    };
+    let sandbox = Sandbox::new(
+        &launch.scratch,
+        image_pipe.as_ref().map(|(r, _)| r.as_raw_fd()),
+    )
+    .map_err(spawn_err)?;
 
-    let mut cmd = Command::new(&launch.program);
+    let mut cmd = Command::new(job_path(&launch.program, &launch.scratch));
     if let Some((argv0, args)) = launch.argv.split_first() {
         cmd.arg0(argv0).args(args);
     }
-    cmd.current_dir(&launch.scratch)
-        .env_clear()
+    let in_job = |name: &str| Path::new(JOB_TMP).join(name);
+    cmd.env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .env(ENV_SOCK, &sock_path)
+        .env(ENV_SOCK, in_job(SOCK_NAME))
+        .env(ckpt::ENV_CKPT_SOCK, in_job(ckpt::CKPT_SOCK_NAME))
         .env(ENV_ROOT, &launch.root)
         .env(ENV_CWD, &launch.root)
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
+    if restore.is_some() {
+        cmd.env(ckpt::ENV_RESTORE_FD, ckpt::RESTORE_FD.to_string());
+    }
     if !launch.env.iter().any(|(k, _)| k == "PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
     if !launch.shim.as_os_str().is_empty() {
-        let mut preload = launch.shim.clone().into_os_string();
+        let mut preload = job_path(&launch.shim, &launch.scratch).into_os_string();
         if let Some((_, v)) = launch.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
             preload.push(":");
             preload.push(v);
         }
         cmd.env("LD_PRELOAD", preload);
     }
+    // SAFETY: `enter` makes only system calls on memory built before the
+    // fork (see `Sandbox`), which is what the child of a fork may do.
+    unsafe {
+        cmd.pre_exec(move || sandbox.enter());
+    }
 
     let started = Instant::now();
-    let child = cmd.spawn().map_err(|source| JobError::Spawn {
-        program: launch.program.clone(),
-        source,
-    })?;
+    let child = cmd.spawn().map_err(spawn_err)?;
     // The command holds the job's ends of the std placeholders; they must be
     // closed here so that EOF means the job let go of them.
     drop(cmd);
     let pid = i32::try_from(child.id()).expect("pids fit in i32");
     drop(child);
     let mut group = Group { pid, reaped: false };
-    info!(pid, program = %launch.program.display(), "job started");
+    if let (Some(rx), Some((r, w))) = (restore, image_pipe) {
+        drop(r);
+        ckpt::spawn_feeder(rx, w);
+        info!(pid, program = %launch.program.display(), "job restarting from its image");
+    } else {
+        info!(pid, program = %launch.program.display(), "job started");
+    }
 
     let (tx, mut rx) = mpsc::channel(64);
     let acceptor = AbortOnDrop(tokio::spawn(relay::accept_loop(listener, tx)));
+    let (ctx, mut ckpt_rx) = mpsc::channel(4);
+    let ckpt_acceptor = AbortOnDrop(tokio::spawn(ckpt::accept_loop(ckpt_listener, ctx)));
     let mut exit = AbortOnDrop(tokio::spawn(exited(pid)));
+    let mut control = launch.control.take();
+    let mut ticks = launch.checkpoint_interval.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let can_ckpt = !launch.shim.as_os_str().is_empty();
 
     let mut main_exited = false;
     let mut killed = false;
+    let mut suspended = false;
+    let mut pending: Option<Pending> = None;
+    let mut pending_sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut io_first = false;
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
@@ -177,6 +518,14 @@ pub async fn run_job<B: Backend>(
         let ev = poll_fn(|cx| {
             if !main_exited && let Poll::Ready(r) = Pin::new(&mut exit.0).poll(cx) {
                 return Poll::Ready(Ev::Exited(r));
+            }
+            if let Some(c) = control.as_mut()
+                && let Poll::Ready(cmd) = c.poll_recv(cx)
+            {
+                return Poll::Ready(Ev::Command(cmd));
+            }
+            if let Poll::Ready(Some(c)) = ckpt_rx.poll_recv(cx) {
+                return Poll::Ready(Ev::Ckpt(c));
             }
             // Shim requests and placeholder I/O take turns going first, so
             // that neither a busy caller nor a busy writer starves the other.
@@ -190,6 +539,16 @@ pub async fn run_job<B: Backend>(
             if !io_first && let Poll::Ready(io) = relay.poll_io(cx) {
                 return Poll::Ready(Ev::Io(io));
             }
+            if let Some(t) = ticks.as_mut()
+                && t.poll_tick(cx).is_ready()
+            {
+                return Poll::Ready(Ev::Tick);
+            }
+            if let Some(d) = pending_sleep.as_mut()
+                && d.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ev::CkptTimeout);
+            }
             if let Some(d) = deadline.as_mut()
                 && d.as_mut().poll(cx).is_ready()
             {
@@ -198,6 +557,8 @@ pub async fn run_job<B: Backend>(
             Poll::Pending
         })
         .await;
+        // A checkpoint that ended: its outcome, and whether to vacate.
+        let mut ended: Option<(Pending, CkptOutcome)> = None;
         match ev {
             Ev::Exited(r) => {
                 match r {
@@ -213,6 +574,11 @@ pub async fn run_job<B: Backend>(
                 debug!(pid, "main process exited");
                 main_exited = true;
                 deadline = Some(Box::pin(tokio::time::sleep(GRACE)));
+                if let Some(p) = pending.take() {
+                    let why = "the job ended during the checkpoint".to_string();
+                    relay.backend_mut().ckpt_abort(why.clone()).await;
+                    ended = Some((p, CkptOutcome::Failed(why)));
+                }
             }
             Ev::Shim(call) => {
                 let answer = relay.handle(call.req).await;
@@ -220,6 +586,89 @@ pub async fn run_job<B: Backend>(
                 let _ = call.answer.send(answer);
             }
             Ev::Io(io) => relay.on_io(io).await,
+            Ev::Command(None) => control = None,
+            Ev::Command(Some(JobCommand::Checkpoint {
+                vacate,
+                reason,
+                max_time,
+                reply,
+            })) => {
+                let now = Instant::now();
+                let req = Pending {
+                    vacate,
+                    reason,
+                    replies: reply.into_iter().collect(),
+                    started: now,
+                    deadline: now + max_time,
+                    restop: false,
+                };
+                ended = begin_checkpoint(
+                    &mut relay,
+                    &mut pending,
+                    req,
+                    pid,
+                    main_exited || killed,
+                    can_ckpt,
+                    suspended,
+                )
+                .await;
+            }
+            Ev::Command(Some(JobCommand::Suspend)) => {
+                suspended = true;
+                group.signal(Signal::Stop);
+            }
+            Ev::Command(Some(JobCommand::Continue)) => {
+                suspended = false;
+                group.signal(Signal::Cont);
+            }
+            Ev::Command(Some(JobCommand::Kill)) => {
+                group.kill();
+                killed = true;
+            }
+            Ev::Tick if pending.is_none() && !suspended && !main_exited && !killed => {
+                let now = Instant::now();
+                let req = Pending {
+                    vacate: false,
+                    reason: "periodic".into(),
+                    replies: Vec::new(),
+                    started: now,
+                    deadline: now + CKPT_LIMIT,
+                    restop: false,
+                };
+                ended = begin_checkpoint(
+                    &mut relay,
+                    &mut pending,
+                    req,
+                    pid,
+                    false,
+                    can_ckpt,
+                    suspended,
+                )
+                .await;
+            }
+            Ev::Tick => {}
+            Ev::Ckpt(CkptConn::Image(conn)) => match pending.take() {
+                Some(p) => {
+                    let outcome = ship_image(&mut relay, conn, &p, &group).await;
+                    ended = Some((p, outcome));
+                }
+                None => warn!("a checkpoint image nobody asked for; dropped"),
+            },
+            Ev::Ckpt(CkptConn::Refused(why)) => match pending.take() {
+                Some(p) => {
+                    relay.backend_mut().ckpt_abort(why.clone()).await;
+                    ended = Some((p, CkptOutcome::NotCheckpointable(why)));
+                }
+                None => warn!("a checkpoint refusal nobody asked for: {why}"),
+            },
+            Ev::Ckpt(CkptConn::Reattach(conn, fds)) => reattach(&mut relay, conn, &fds).await,
+            Ev::CkptTimeout => {
+                if let Some(p) = pending.take() {
+                    let why = "the job did not answer the checkpoint signal in time".to_string();
+                    relay.backend_mut().ckpt_abort(why.clone()).await;
+                    ended = Some((p, CkptOutcome::Failed(why)));
+                }
+            }
             Ev::Deadline if !killed => {
                 warn!(
                     pid,
@@ -234,13 +683,59 @@ pub async fn run_job<B: Backend>(
                 break;
             }
         }
+        pending_sleep = pending
+            .as_ref()
+            .map(|p| Box::pin(tokio::time::sleep_until(p.deadline.into())));
+        if let Some((p, outcome)) = ended {
+            match &outcome {
+                CkptOutcome::Committed {
+                    bytes,
+                    raw_bytes,
+                    seconds,
+                } => info!(
+                    bytes,
+                    raw_bytes,
+                    seconds,
+                    reason = %p.reason,
+                    "checkpoint committed"
+                ),
+                CkptOutcome::NotCheckpointable(why) => {
+                    info!(reason = %p.reason, "not checkpointable: {why}")
+                }
+                CkptOutcome::Failed(why) => warn!(reason = %p.reason, "checkpoint failed: {why}"),
+            }
+            for r in p.replies {
+                let _ = r.send(outcome.clone());
+            }
+            if p.vacate {
+                if !main_exited {
+                    info!(pid, "vacating: the job is killed");
+                }
+                group.kill();
+                killed = true;
+            } else if p.restop {
+                group.signal(Signal::Stop);
+            }
+        }
     }
     drop(acceptor);
+    drop(ckpt_acceptor);
 
     group.kill();
     let (status, ru) = group
         .reap()
         .map_err(|source| JobError::Wait { pid, source })?;
+    if let Some(err) = restart_err
+        && status == ExitStatus::Code(RESTORE_FAILED)
+    {
+        let said =
+            String::from_utf8_lossy(&err.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        if let Some(at) = said.find("restart failed") {
+            let why = said[at..].lines().next().unwrap_or_default();
+            let why = why.trim_start_matches("restart failed: ").to_string();
+            return Err(JobError::Restore(why));
+        }
+    }
     let usage = Usage {
         wall_secs: started.elapsed().as_secs_f64(),
         user_cpu_secs: timeval_secs(ru.ru_utime),
@@ -256,7 +751,219 @@ enum Ev {
     Exited(Result<io::Result<()>, tokio::task::JoinError>),
     Shim(relay::ShimCall),
     Io(relay::IoEvent),
+    Command(Option<JobCommand>),
+    Ckpt(CkptConn),
+    Tick,
+    CkptTimeout,
     Deadline,
+}
+
+/// Keeps the first 4 KiB a restarting process writes on its first stderr.
+fn capture(r: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let keep = said.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(r);
+        let mut buf = [0u8; 4096];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let mut s = keep.lock().unwrap_or_else(|p| p.into_inner());
+                    let room = 4096usize.saturating_sub(s.len()).min(n);
+                    s.extend_from_slice(&buf[..room]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    });
+    said
+}
+
+/// Starts a checkpoint: asks the shim for an image, or answers at once
+/// when the job cannot be checkpointed. A request while one is under way
+/// joins it. Returns a checkpoint that ended here.
+async fn begin_checkpoint<B: Backend>(
+    relay: &mut Relay<B>,
+    pending: &mut Option<Pending>,
+    req: Pending,
+    pid: i32,
+    over: bool,
+    can_ckpt: bool,
+    suspended: bool,
+) -> Option<(Pending, CkptOutcome)> {
+    if let Some(p) = pending.as_mut() {
+        p.vacate |= req.vacate;
+        p.replies.extend(req.replies);
+        p.deadline = p.deadline.min(req.deadline);
+        return None;
+    }
+    let refuse = |why: &str| Some(CkptOutcome::NotCheckpointable(why.to_string()));
+    let members = ckpt::group_members(pid);
+    let main = members.iter().find(|p| p.pid == pid).copied();
+    let no = if over {
+        refuse("the job has ended")
+    } else if !can_ckpt {
+        refuse("the job runs without the shim")
+    } else if members.len() > 1 {
+        refuse(&format!(
+            "the job has {} processes (one can be checkpointed)",
+            members.len()
+        ))
+    } else if main.is_none_or(|m| m.state == b'Z') {
+        refuse("the job's process has ended")
+    } else if !ckpt::catches(pid, ckpt::SIG_CKPT) {
+        refuse("the job's program does not take checkpoints (no checkpoint handler in it)")
+    } else {
+        None
+    };
+    if let Some(outcome) = no {
+        if let CkptOutcome::NotCheckpointable(why) = &outcome
+            && !over
+        {
+            relay.backend_mut().ckpt_abort(why.clone()).await;
+        }
+        return Some((req, outcome));
+    }
+    let mut req = req;
+    req.restop = suspended || main.is_some_and(|m| m.state == b'T');
+    let p = Pid::from_raw(pid).expect("a child's pid is positive");
+    if req.restop {
+        let _ = rustix::process::kill_process(p, Signal::Cont);
+    }
+    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+    let r = unsafe { libc::kill(pid, ckpt::SIG_CKPT) };
+    if r != 0 {
+        let why = format!("cannot signal the job: {}", io::Error::last_os_error());
+        relay.backend_mut().ckpt_abort(why.clone()).await;
+        return Some((req, CkptOutcome::Failed(why)));
+    }
+    debug!(pid, reason = %req.reason, vacate = req.vacate, "checkpoint asked for");
+    *pending = Some(req);
+    None
+}
+
+/// Takes the image the shim is sending on `conn` to the backend: begin,
+/// compressed chunks, then (once every write the job made before is
+/// applied) the end with the streams' offsets, and waits for the commit.
+/// The shim learns the outcome unless the job is being vacated (it is
+/// killed instead). Gives up at the checkpoint's deadline.
+async fn ship_image<B: Backend>(
+    relay: &mut Relay<B>,
+    conn: StdUnixStream,
+    p: &Pending,
+    group: &Group,
+) -> CkptOutcome {
+    let mut rx = ckpt::spawn_reader(conn, p.deadline);
+    relay.backend_mut().ckpt_begin(p.reason.clone()).await;
+    let work = async {
+        let (raw_bytes, fds, conn) = loop {
+            match rx.recv().await {
+                Some(ImageMsg::Chunk(data)) => relay.backend_mut().ckpt_chunk(data).await,
+                Some(ImageMsg::Done {
+                    raw_bytes,
+                    fds,
+                    conn,
+                }) => break (raw_bytes, fds, conn),
+                Some(ImageMsg::Failed(why)) => return Err((why, true, None)),
+                None => return Err(("the image reader stopped".to_string(), true, None)),
+            }
+        };
+        relay.flush().await;
+        let streams = relay.stream_offsets(&fds).await;
+        let seconds = p.started.elapsed().as_secs_f64();
+        match relay
+            .backend_mut()
+            .ckpt_end(raw_bytes, seconds, streams)
+            .await
+        {
+            Ok(bytes) => Ok((bytes, raw_bytes, seconds, conn)),
+            Err(why) => Err((why, false, Some(conn))),
+        }
+    };
+    let r = tokio::time::timeout_at(p.deadline.into(), work).await;
+    let answer = |mut conn: StdUnixStream, byte: u8| {
+        if p.vacate {
+            // The job dies before it could write anything more.
+            group.kill();
+        } else if let Err(e) = conn.write_all(&[byte]) {
+            debug!("the job did not wait for the checkpoint's outcome: {e}");
+        }
+    };
+    match r {
+        Ok(Ok((bytes, raw_bytes, seconds, conn))) => {
+            answer(conn, ACK_COMMITTED);
+            CkptOutcome::Committed {
+                bytes,
+                raw_bytes,
+                seconds,
+            }
+        }
+        Ok(Err((why, abort, conn))) => {
+            if abort {
+                relay.backend_mut().ckpt_abort(why.clone()).await;
+            }
+            if let Some(conn) = conn {
+                answer(conn, b'F');
+            }
+            CkptOutcome::Failed(why)
+        }
+        Err(_) => {
+            let why = "the checkpoint did not finish in time".to_string();
+            relay.backend_mut().ckpt_abort(why.clone()).await;
+            CkptOutcome::Failed(why)
+        }
+    }
+}
+
+/// Gives a restarted process placeholders for the remote fds of its image,
+/// in the order asked: `F` with the fd, or `E` without. Records of one
+/// handle share one placeholder, as the fds of one open file did.
+async fn reattach<B: Backend>(relay: &mut Relay<B>, mut conn: UnixStream, fds: &[FdRecord]) {
+    let mut made: Vec<(u64, Option<OwnedFd>)> = Vec::new();
+    let mut ok = 0;
+    for r in fds {
+        let i = match made.iter().position(|(h, _)| *h == r.handle) {
+            Some(i) => i,
+            None => {
+                let fd = if r.kind & FD_REMOTE == 0 {
+                    None
+                } else {
+                    let stream = r.kind & FD_STREAM != 0;
+                    match relay.reattach(Handle(r.handle), r.open_flags, stream).await {
+                        Ok(fd) => Some(fd),
+                        Err(e) => {
+                            warn!(
+                                handle = r.handle,
+                                fd = r.fd,
+                                "cannot reattach a remote fd: {e}"
+                            );
+                            None
+                        }
+                    }
+                };
+                made.push((r.handle, fd));
+                made.len() - 1
+            }
+        };
+        let sent = match &made[i].1 {
+            Some(fd) => {
+                ok += 1;
+                relay::send_with_fd(&mut conn, b"F", Some(fd.as_fd())).await
+            }
+            None => relay::send_with_fd(&mut conn, b"E", None).await,
+        };
+        if let Err(e) = sent {
+            warn!("the restarted process went away while reattaching: {e}");
+            return;
+        }
+    }
+    info!(
+        fds = fds.len(),
+        reattached = ok,
+        "restarted process reattached"
+    );
 }
 
 /// Resolves when process `pid` (our child) has exited, without reaping it:
@@ -280,6 +987,20 @@ struct Group {
 }
 
 impl Group {
+    /// Sends `sig` to the job's process group.
+    fn signal(&self, sig: Signal) {
+        if let Some(p) = Pid::from_raw(self.pid) {
+            match rustix::process::kill_process_group(p, sig) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => warn!(
+                    pgid = self.pid,
+                    ?sig,
+                    "signalling the job's process group: {e}"
+                ),
+            }
+        }
+    }
+
     fn kill(&self) {
         if let Some(p) = Pid::from_raw(self.pid) {
             match rustix::process::kill_process_group(p, Signal::Kill) {

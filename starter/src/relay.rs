@@ -14,6 +14,7 @@
 //! the job consumes them.
 
 use proto::Handle;
+use proto::ckpt::{FD_REMOTE, FdRecord};
 use proto::fileop::{FileOp, FileReply};
 use proto::frame::{self, MAX_FRAME, ProtoError};
 use proto::shim::{InheritedFd, ShimReply, ShimRequest};
@@ -21,7 +22,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -38,6 +39,32 @@ pub trait Backend: Send + 'static {
     /// Applies bytes the job wrote to `h`, at the handle's offset, after
     /// every earlier call and write.
     fn write(&mut self, h: Handle, data: Vec<u8>) -> impl Future<Output = ()> + Send;
+
+    /// A checkpoint image follows (`ckpt_chunk`s, then `ckpt_end` or
+    /// `ckpt_abort`). A backend that keeps no images ignores it.
+    fn ckpt_begin(&mut self, _reason: String) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// The next piece of the zstd-compressed image.
+    fn ckpt_chunk(&mut self, _data: Vec<u8>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// The image is complete; every write of the job made before it is
+    /// already applied. `streams` gives each read stream's offset as the
+    /// job consumed it. Resolves once the image is committed (the stored
+    /// size) or refused (why).
+    fn ckpt_end(
+        &mut self,
+        _raw_bytes: u64,
+        _seconds: f64,
+        _streams: Vec<(Handle, i64)>,
+    ) -> impl Future<Output = Result<u64, String>> + Send {
+        async { Err("this backend keeps no checkpoint images".to_string()) }
+    }
+    /// No image (more) this time: the job could not be checkpointed (why).
+    fn ckpt_abort(&mut self, _reason: String) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Bytes fetched from a read stream's handle per `Read` call.
@@ -279,6 +306,65 @@ impl<B: Backend> Relay<B> {
         }
     }
 
+    /// Forwards every byte the job has written so far and closes the
+    /// handles it has let go of.
+    pub async fn flush(&mut self) {
+        self.sync().await;
+    }
+
+    /// The backend, for messages outside the job's calls (checkpoints).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// For each read stream, the offset up to which the job has consumed
+    /// it: the handle's offset on the backend, less what the relay holds
+    /// unsent and what sits unread in the job's socket (`unread` in the
+    /// stream's record of `fds`, the job's fd table at a checkpoint).
+    pub async fn stream_offsets(&mut self, fds: &[FdRecord]) -> Vec<(Handle, i64)> {
+        let mut streams: Vec<(Handle, u64)> = Vec::new();
+        for p in self.places.values() {
+            if let Some(f) = p.stream.as_ref()
+                && !p.eof
+                && !streams.iter().any(|(h, _)| *h == p.h)
+            {
+                streams.push((p.h, (f.buf.len() - f.pos) as u64));
+            }
+        }
+        let mut out = Vec::with_capacity(streams.len());
+        for (h, unsent) in streams {
+            let unread = fds
+                .iter()
+                .find(|f| f.handle == h.0 && f.kind & FD_REMOTE != 0)
+                .map_or(0, |f| f.unread);
+            let op = FileOp::Lseek {
+                h,
+                off: 0,
+                whence: libc::SEEK_CUR,
+            };
+            match self.backend.call(op).await {
+                FileReply::Offset(at) => {
+                    let consumed = at - i64::try_from(unsent + unread).unwrap_or(i64::MAX);
+                    out.push((h, consumed.max(0)));
+                }
+                other => debug!(?h, ?other, "a stream's offset is unknown"),
+            }
+        }
+        out
+    }
+
+    /// A placeholder for a handle the job held before a restart (as for an
+    /// `Open`, with the handle's flags); a stream is fed from the handle's
+    /// offset. Fails when the backend does not know the handle.
+    pub async fn reattach(&mut self, h: Handle, flags: i32, stream: bool) -> io::Result<OwnedFd> {
+        let dir = match self.call(FileOp::Fstat { h }).await {
+            FileReply::Stat(st) => st.mode & libc::S_IFMT == libc::S_IFDIR,
+            FileReply::Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
+            other => return Err(io::Error::other(format!("fstat answered {other:?}"))),
+        };
+        self.add(h, flags, dir, stream)
+    }
+
     /// Forwards what is left in every placeholder and closes every handle,
     /// whoever still holds the job's ends (used when processes outside the
     /// job's process group keep them open).
@@ -504,17 +590,27 @@ async fn serve_conn(mut stream: UnixStream, tx: mpsc::Sender<ShimCall>) {
 /// bytes in one `sendmsg`, and our copy of it is closed afterwards.
 async fn send_answer(stream: &mut UnixStream, answer: Answer) -> Result<(), ProtoError> {
     let buf = frame::encode(&answer.reply)?;
+    send_with_fd(stream, &buf, answer.fd.as_ref().map(|fd| fd.as_fd())).await?;
+    Ok(())
+}
+
+/// Writes `buf`; `fd` (if any) travels with its first bytes (SCM_RIGHTS).
+pub(crate) async fn send_with_fd(
+    stream: &mut UnixStream,
+    buf: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let mut sent = 0;
-    if let Some(fd) = answer.fd {
+    if let Some(fd) = fd {
         loop {
             stream.writable().await?;
             let s = &*stream;
             let r = s.try_io(Interest::WRITABLE, || {
                 let mut space = [0u8; rustix::cmsg_space!(ScmRights(1))];
                 let mut control = SendAncillaryBuffer::new(&mut space);
-                let fds = [fd.as_fd()];
+                let fds = [fd];
                 control.push(SendAncillaryMessage::ScmRights(&fds));
-                rustix::net::sendmsg(s, &[IoSlice::new(&buf)], &mut control, SendFlags::NOSIGNAL)
+                rustix::net::sendmsg(s, &[IoSlice::new(buf)], &mut control, SendFlags::NOSIGNAL)
                     .map_err(io::Error::from)
             });
             match r {
@@ -524,11 +620,9 @@ async fn send_answer(stream: &mut UnixStream, answer: Answer) -> Result<(), Prot
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
-        drop(fd);
     }
-    stream.write_all(&buf[sent..]).await?;
-    Ok(())
+    stream.write_all(&buf[sent..]).await
 }

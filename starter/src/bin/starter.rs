@@ -218,6 +218,9 @@ async fn execute(
         stdout: attached.stdout,
         stderr: attached.stderr,
         shim: args.shim.clone(),
+        restore: None,
+        control: None,
+        checkpoint_interval: None,
     };
     let (status, usage) = run_job(launch, link.backend())
         .await

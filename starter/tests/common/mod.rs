@@ -126,6 +126,9 @@ pub async fn run_in(
         stdout,
         stderr,
         shim: shim.to_path_buf(),
+        restore: None,
+        control: None,
+        checkpoint_interval: None,
     };
     let (status, usage) = tokio::time::timeout(limit, run_job(launch, backend.clone()))
         .await
