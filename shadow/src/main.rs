@@ -16,7 +16,7 @@ struct Args {
     /// This schedd's name (its certificate's name).
     #[arg(long, value_name = "NAME")]
     name: String,
-    /// State directory: schedd.sock (0600) and queue.db.
+    /// State directory: schedd.sock (0600), queue.db and ckpt/ (checkpoint images).
     #[arg(long, value_name = "STATEDIR")]
     dir: PathBuf,
     /// Where starters reach the shadows (TLS).

@@ -3,9 +3,18 @@
 //! One task per connection. `Attach` is accepted only with the claim the
 //! matchmaker gave this schedd for that job, from a peer whose certificate
 //! names the attaching host. The shadow then opens the job's standard
-//! files, marks the job running and serves the job's calls and writes, in
-//! order, through the job's [`JobFs`] until `Exited` (committed, then
-//! `Done`). A connection that ends before that puts the job back to idle.
+//! files — or, for a job with a committed checkpoint, restores its files
+//! as the checkpoint recorded them ([`JobFs::restore`]; event `resumed`) —
+//! marks the job running and serves the job's calls and writes, in order,
+//! through the job's [`JobFs`] until `Exited` (committed, then `Done`). A
+//! connection that ends before that puts the job back to idle (`evicted`).
+//!
+//! Beside the starter's frames the session takes commands from the rest of
+//! the schedd (`ShadowCmd`): `roost checkpoint`/`vacate`/`hold` push
+//! `FromShadow::Checkpoint` to the starter; a removal closes the connection.
+//! Checkpoint images arrive as `CkptBegin`, `CkptChunk`s, `CkptEnd` and are
+//! committed by [`crate::ckpt`] with the job's file table; `FetchImage`
+//! sends the committed image back in `ImageChunk`s of at most 1 MiB.
 
 use crate::ckpt::{IMAGE_CHUNK, Incoming};
 use crate::cli::chain;
