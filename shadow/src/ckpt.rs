@@ -15,6 +15,7 @@ use crate::queue::Queue;
 use proto::JobId;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -91,6 +92,9 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(&self.root).map_err(err)?;
+        // Images hold the jobs' memory: for the schedd's user only.
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+            .map_err(err)?;
         for (job, state, seq) in q.images()? {
             if state.is_final() {
                 continue;
@@ -147,10 +151,16 @@ impl Incoming {
         let dir = store.job_dir(job);
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
             fsync_dir(&store.root)?;
         }
         let path = dir.join(TMP);
-        let file = File::create(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
         Ok(Incoming {
             file: Some(file),
             path,

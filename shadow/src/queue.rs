@@ -981,7 +981,13 @@ impl Queue {
         }
         let failures = row.failures + 1;
         let limit = row.spec.max_retries.max(2);
-        let state = if failures > limit {
+        // A hold asked for while the job ran takes effect now.
+        let hold = match &row.hold_pending {
+            Some(why) => Some(why.clone()),
+            None if failures > limit => Some(format!("failed {failures} times; last: {reason}")),
+            None => None,
+        };
+        let state = if hold.is_some() {
             JobState::Held
         } else {
             JobState::Idle
@@ -989,7 +995,8 @@ impl Queue {
         let tx = self.db.transaction()?;
         let mut ev = Vec::new();
         tx.execute(
-            "UPDATE jobs SET state = ?3, failures = ?4, host = NULL, claim = NULL, claimed_at = NULL
+            "UPDATE jobs SET state = ?3, failures = ?4, host = NULL, claim = NULL, claimed_at = NULL,
+                 hold_pending = NULL, hold_by = NULL
              WHERE cluster = ?1 AND proc = ?2",
             params![id.cluster as i64, id.proc, state.as_str(), failures],
         )?;
@@ -1000,22 +1007,12 @@ impl Queue {
             "shadow_error",
             json!({ "reason": reason }),
         )?;
-        if state == JobState::Held {
+        if let Some(why) = hold {
             tx.execute(
                 "UPDATE jobs SET hold_reason = ?3 WHERE cluster = ?1 AND proc = ?2",
-                params![
-                    id.cluster as i64,
-                    id.proc,
-                    format!("failed {failures} times; last: {reason}")
-                ],
+                params![id.cluster as i64, id.proc, why],
             )?;
-            event(
-                &tx,
-                &mut ev,
-                id,
-                "held",
-                json!({ "reason": format!("failed {failures} times; last: {reason}") }),
-            )?;
+            event(&tx, &mut ev, id, "held", json!({ "reason": why }))?;
         }
         tx.commit()?;
         self.user_logs(&ev);

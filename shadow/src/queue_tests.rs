@@ -405,6 +405,15 @@ fn checkpoints_holds_and_history() {
         q.unclaimed_idle().unwrap().iter().all(|r| r.id != ids[1]),
         "held: not matched"
     );
+    // A job that fails while a hold waits for it is held.
+    q.set_claim(ids[0], &c, &h).unwrap();
+    q.mark_running(ids[0], &c, &h).unwrap();
+    q.hold(&[ids[0]], "later", "alice").unwrap();
+    assert_eq!(q.failed(ids[0], "crashed").unwrap(), Some(JobState::Held));
+    assert_eq!(
+        q.get(ids[0]).unwrap().unwrap().hold_reason.as_deref(),
+        Some("later")
+    );
 
     q.remove(&[ids[2]], "alice").unwrap();
     q.remove(&[ids[1]], "alice").unwrap();
