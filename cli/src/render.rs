@@ -160,6 +160,11 @@ pub fn queue_at(jobs: &[JobSummary], with_exit: bool, width: Option<usize>, now:
     let mut out = table(&headers, &rows, width);
     out.push_str(&queue_totals(jobs));
     out.push('\n');
+    for j in jobs {
+        if let (JobState::Held, Some(why)) = (j.state, &j.hold_reason) {
+            out.push_str(&format!("{} is held: {why}\n", j.id));
+        }
+    }
     out
 }
 
@@ -561,6 +566,17 @@ ID   OWNER  STATE      HOST   RUNS  CKPT  EXIT      CMD
         assert_eq!(
             queue(&[], false, None),
             "ID  OWNER  STATE  HOST  RUNS  CKPT  CMD\nno jobs\n"
+        );
+        let mut held = job(5, 1, JobState::Held, None, &[]);
+        held.hold_reason = Some("disk full".into());
+        assert_eq!(
+            queue(&[held], false, None),
+            "\
+ID   OWNER  STATE  HOST  RUNS  CKPT  CMD
+5.1  ann    held   -     0     -     /home/ann/upper.sh
+1 job: 1 held
+5.1 is held: disk full
+"
         );
         j.finished = Some(1_795_464_062);
         j.checkpoints = 4;
