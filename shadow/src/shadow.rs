@@ -841,15 +841,12 @@ impl Session<'_> {
                 .map_err(|e| chain(&e));
         };
         let path = self.s.images.image_path(job, img.seq);
-        let mut f = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) => {
-                warn!("cannot open the image {}: {e}", path.display());
-                return write_frame_async(st, &FromShadow::NoImage)
-                    .await
-                    .map_err(|e| chain(&e));
-            }
-        };
+        // The job's files were restored for this image at attach: without
+        // it the job cannot start here either way. The session ends; the
+        // next attach finds the file missing and starts the job afresh.
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| format!("cannot open the image {}: {e}", path.display()))?;
         let total = f.metadata().await.map_err(|e| e.to_string())?.len();
         let mut sent = 0u64;
         loop {
