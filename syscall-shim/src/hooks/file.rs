@@ -191,22 +191,24 @@ fn close_range_impl(first: c_uint, last: c_uint, flags: c_int) -> c_int {
 /// libc's contract for `close_range`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    if !crate::ops::active() {
-        // SAFETY: close_range takes integers only.
-        return match unsafe {
-            sys::sc(
-                libc::SYS_close_range,
-                [first as usize, last as usize, flags as usize, 0, 0, 0],
-            )
-        } {
-            Ok(_) => 0,
-            Err(e) => {
-                sys::set_errno(e);
-                -1
+    run(
+        -1,
+        || match close_range_impl(first, last, flags) {
+            -1 => Some(Err(sys::errno())),
+            r => Some(Ok(r)),
+        },
+        || {
+            let a = [first as usize, last as usize, flags as usize, 0, 0, 0];
+            // SAFETY: close_range takes integers only.
+            match unsafe { sys::sc(libc::SYS_close_range, a) } {
+                Ok(_) => 0,
+                Err(e) => {
+                    sys::set_errno(e);
+                    -1
+                }
             }
-        };
-    }
-    close_range_impl(first, last, flags)
+        },
+    )
 }
 
 /// # Safety
