@@ -96,14 +96,14 @@ impl FsSnapshot {
 pub enum RestoreError {
     #[error(transparent)]
     Fs(#[from] FsError),
-    #[error("cannot reopen `{path}` (handle {id}): {source}")]
+    #[error("cannot reopen `{path}` (handle {id})")]
     Reopen {
         id: u64,
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot change to the saved directory `{path}`: {source}")]
+    #[error("cannot change to the saved directory `{path}`")]
     Cwd {
         path: String,
         #[source]
