@@ -235,7 +235,12 @@ pub struct HoldArgs {
     #[arg(value_name = "JOB", required = true)]
     pub jobs: Vec<JobSel>,
     /// Why, for `roost q` and the job's event log [default: held by USER].
-    #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub reason: String,
 }
 
