@@ -1,6 +1,8 @@
 //! The execute host: the owner's daemon and the per-job starter.
 pub mod ckpt;
+pub mod control;
 pub mod job;
 pub mod ownerd;
+pub mod policy_machine;
 pub mod relay;
 pub mod shadow_link;

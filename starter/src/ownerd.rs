@@ -1,35 +1,45 @@
 //! roost-ownerd: the execute host's daemon.
 //!
-//! It watches the owner's activity file, advertises the machine to the
-//! matchmaker (every [`AD_PERIOD`] and at once on a change), and runs one
-//! `roost-starter` process per claim it accepts. The owner is *active* while
-//! the activity file's modification time is less than `idle` old; then the
-//! machine is `Owner` and takes no claim. A job already running when the
-//! owner returns keeps running (suspend and vacate are the owner policy's).
+//! It watches the owner's activity (the newest access or modification time
+//! of the terminals, `/dev/pts/*`, `/dev/input/*` and the activity file,
+//! with inotify so a returning owner is seen at once), evaluates the
+//! owner's policy ([`policies::policy::OwnerPolicy`]) through the machine's
+//! states and activities ([`crate::policy_machine`]), advertises the
+//! machine to the matchmaker (every [`AD_PERIOD`] and at once on a change),
+//! and runs one `roost-starter` process per claim it accepts, steering it
+//! over its standard input ([`crate::control`]): suspend, continue, vacate,
+//! kill. A `Vacate` from the matchmaker (preemption) takes the same vacate
+//! path as the owner's policy.
 //!
 //! While a starter runs, the ad names its job in `JobId` and its schedd in
 //! `ClientMachine`; the matchmaker uses them to see a claim taken up and
-//! released.
+//! released. Every state transition is logged.
 
+use crate::control::Control;
+use crate::policy_machine::{PolicyMachine, Step};
+use policies::policy::OwnerPolicy;
 use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
-use proto::pool::{Ad, AdValue, FromMatchmaker, MachineAd, ToMatchmaker};
+use proto::pool::{FromMatchmaker, MachineAd, ToMatchmaker};
 use proto::tls::{Identity, TlsError};
 use proto::{ClaimId, HostName, JobId, ProtoError};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
 use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 /// How often the ad is sent when nothing changes.
 pub const AD_PERIOD: Duration = Duration::from_secs(5);
-/// How often the activity file is checked (inotify makes it sooner).
+/// How often the activity sources are checked (inotify makes it sooner).
 pub const ACTIVITY_POLL: Duration = Duration::from_millis(200);
+/// How often the policy is evaluated when nothing happens.
+pub const POLICY_PERIOD: Duration = Duration::from_secs(1);
 /// Default time a starter has to finish by itself after the schedd
 /// released its claim, before it is terminated.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
@@ -74,8 +84,10 @@ pub struct Config {
     pub matchmaker: String,
     pub matchmaker_name: String,
     pub activity_file: PathBuf,
-    /// The owner is active while the activity file is younger than this.
-    pub idle: Duration,
+    /// Also watch the terminals and input devices.
+    pub devices: bool,
+    /// The owner's policy.
+    pub policy: OwnerPolicy,
     /// `roost-starter`.
     pub starter: PathBuf,
     /// `libroost_shim.so`.
@@ -85,34 +97,38 @@ pub struct Config {
     pub release_grace: Duration,
 }
 
-/// Is the owner active, given the activity file's modification time?
-/// A missing file means the owner never was; a time in the future counts as now.
-pub fn owner_active(mtime: Option<SystemTime>, now: SystemTime, idle: Duration) -> bool {
-    match mtime {
-        None => false,
-        Some(t) => now.duration_since(t).map(|age| age < idle).unwrap_or(true),
-    }
+/// The desktop policy with the owner counted as away after `idle`: start
+/// and continue once the keyboard was idle that long, suspend at the first
+/// key press within it.
+pub fn idle_policy(idle: Duration) -> OwnerPolicy {
+    let n = idle.as_secs();
+    let mut p = OwnerPolicy::desktop();
+    let e = |t: String| {
+        t.parse()
+            .unwrap_or(policies::Expr::Lit(policies::Value::Error))
+    };
+    p.start = e(format!("KeyboardIdle >= {n}"));
+    p.cont = e(format!("KeyboardIdle >= {n}"));
+    p.suspend = e(format!("KeyboardIdle < {n}"));
+    p
 }
 
-/// `KeyboardIdle`: seconds since the activity file changed, or since
-/// `since` (the daemon's start) when there is no file.
+/// `KeyboardIdle`: seconds since the newest owner activity, or since
+/// `since` (the host's boot) when there never was any.
 pub fn keyboard_idle(mtime: Option<SystemTime>, now: SystemTime, since: SystemTime) -> u64 {
     let from = mtime.unwrap_or(since);
     now.duration_since(from).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// (State, Activity) of the machine.
-pub fn machine_state(owner_active: bool, running: bool) -> (&'static str, &'static str) {
-    match (owner_active, running) {
-        (true, false) => ("Owner", "Idle"),
-        (true, true) => ("Owner", "Busy"),
-        (false, true) => ("Claimed", "Busy"),
-        (false, false) => ("Unclaimed", "Idle"),
-    }
-}
-
-fn mtime(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// When this host booted: what `KeyboardIdle` counts from when no
+/// activity source was ever touched.
+fn boot_time() -> SystemTime {
+    let up = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .filter(|u| u.is_finite() && *u >= 0.0)
+        .unwrap_or(0.0);
+    SystemTime::now() - Duration::from_secs_f64(up)
 }
 
 /// `MemTotal` from /proc/meminfo, in MiB.
@@ -139,34 +155,83 @@ fn load_avg() -> Option<f64> {
         .ok()
 }
 
-/// Watches the activity file: wakes on an inotify event for it, when the
-/// owner's activity runs out, and at least every `poll`. Publishes whether
-/// the owner is active.
-fn watch_activity(file: PathBuf, idle: Duration, poll: Duration) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(owner_active(mtime(&file), SystemTime::now(), idle));
+/// The terminals and input devices whose use counts as the owner's
+/// activity (those that exist).
+pub fn device_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let list = |dir: &str, keep: &dyn Fn(&str) -> bool, out: &mut Vec<PathBuf>| {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_str().is_some_and(keep) {
+                    out.push(e.path());
+                }
+            }
+        }
+    };
+    list(
+        "/dev",
+        &|n| {
+            n.strip_prefix("tty")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        },
+        &mut out,
+    );
+    list(
+        "/dev/pts",
+        &|n| n.bytes().all(|b| b.is_ascii_digit()),
+        &mut out,
+    );
+    list("/dev/input", &|_| true, &mut out);
+    out
+}
+
+/// The newest access or modification time among `files`.
+pub fn newest_activity(files: &[PathBuf]) -> Option<SystemTime> {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .flat_map(|m| [m.modified().ok(), m.accessed().ok()])
+        .flatten()
+        .max()
+}
+
+/// Watches the owner's activity: the activity file and, with `devices`,
+/// the terminals and input devices. Wakes on inotify events and at least
+/// every `poll`; publishes the newest activity time whenever it changes.
+pub fn watch_activity(
+    file: PathBuf,
+    devices: bool,
+    poll: Duration,
+) -> watch::Receiver<Option<SystemTime>> {
+    let sources = move || {
+        let mut v = vec![file.clone()];
+        if devices {
+            v.extend(device_files());
+        }
+        v
+    };
+    let first = sources();
+    let (tx, rx) = watch::channel(newest_activity(&first));
     let poke = Arc::new(Notify::new());
-    spawn_inotify(&file, poke.clone());
+    spawn_inotify(&first[0], devices, poke.clone());
     tokio::spawn(async move {
         loop {
-            // While active, the owner turns idle when the file is `idle` old.
-            let expires = mtime(&file)
-                .and_then(|t| (t + idle).duration_since(SystemTime::now()).ok())
-                .map_or(poll, |left| left.min(poll) + Duration::from_millis(1));
             tokio::select! {
-                _ = tokio::time::sleep(expires) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = poke.notified() => {}
                 _ = tx.closed() => return,
             }
-            let now = owner_active(mtime(&file), SystemTime::now(), idle);
+            let now = newest_activity(&sources());
             tx.send_if_modified(|v| std::mem::replace(v, now) != now);
         }
     });
     rx
 }
 
-/// A thread blocked on inotify for the activity file's directory; any event
-/// naming the file pokes the watcher. Without inotify, polling remains.
-fn spawn_inotify(file: &Path, poke: Arc<Notify>) {
+/// A thread blocked on inotify for the activity file's directory (events
+/// naming the file) and, with `devices`, `/dev/pts` and `/dev/input` (any
+/// event); each pokes the watcher. Without inotify, polling remains.
+fn spawn_inotify(file: &Path, devices: bool, poke: Arc<Notify>) {
     use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
     let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
         return;
@@ -180,7 +245,7 @@ fn spawn_inotify(file: &Path, poke: Arc<Notify>) {
     let fd = match inotify::init(CreateFlags::CLOEXEC) {
         Ok(fd) => fd,
         Err(e) => {
-            warn!("inotify unavailable ({e}); polling the activity file only");
+            warn!("inotify unavailable ({e}); polling the activity sources only");
             return;
         }
     };
@@ -190,9 +255,19 @@ fn spawn_inotify(file: &Path, poke: Arc<Notify>) {
         | WatchFlags::CREATE
         | WatchFlags::MOVED_TO
         | WatchFlags::DELETE;
-    if let Err(e) = inotify::add_watch(&fd, dir, flags) {
-        warn!(dir = %dir.display(), "cannot watch the activity file's directory ({e}); polling only");
-        return;
+    let file_wd = match inotify::add_watch(&fd, dir, flags) {
+        Ok(wd) => Some(wd),
+        Err(e) => {
+            warn!(dir = %dir.display(), "cannot watch the activity file's directory ({e}); polling it");
+            None
+        }
+    };
+    if devices {
+        for d in ["/dev/pts", "/dev/input"] {
+            if Path::new(d).is_dir() {
+                let _ = inotify::add_watch(&fd, d, flags | WatchFlags::ACCESS);
+            }
+        }
     }
     let spawned = std::thread::Builder::new()
         .name("activity-inotify".into())
@@ -203,16 +278,17 @@ fn spawn_inotify(file: &Path, poke: Arc<Notify>) {
             loop {
                 match r.next() {
                     Ok(ev) => {
-                        if ev
-                            .file_name()
-                            .is_some_and(|n| n.to_bytes() == name.as_bytes())
-                        {
+                        let ours = Some(ev.wd()) != file_wd
+                            || ev
+                                .file_name()
+                                .is_some_and(|n| n.to_bytes() == name.as_bytes());
+                        if ours {
                             poke.notify_one();
                         }
                     }
                     Err(rustix::io::Errno::INTR) => {}
                     Err(e) => {
-                        warn!("inotify read failed ({e}); polling the activity file only");
+                        warn!("inotify read failed ({e}); polling the activity sources only");
                         return;
                     }
                 }
@@ -223,6 +299,74 @@ fn spawn_inotify(file: &Path, poke: Arc<Notify>) {
     }
 }
 
+/// KFlops and Mips of this host, measured once with short loops.
+pub fn measure_speed() -> (i64, i64) {
+    use std::hint::black_box;
+    use std::time::Instant;
+    let budget = Duration::from_millis(40);
+    let t = Instant::now();
+    let (mut x, mut flops) = (1.000_001f64, 0u64);
+    while t.elapsed() < budget {
+        for _ in 0..10_000 {
+            x = black_box(x * 1.000_000_1 + 0.000_000_1);
+        }
+        flops += 20_000;
+    }
+    let kflops = flops as f64 / t.elapsed().as_secs_f64() / 1000.0;
+    let t = Instant::now();
+    let (mut a, mut ops) = (1u64, 0u64);
+    while t.elapsed() < budget {
+        for i in 0..10_000u64 {
+            a = black_box(a.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i) ^ (a >> 7));
+        }
+        ops += 40_000;
+    }
+    let mips = ops as f64 / t.elapsed().as_secs_f64() / 1e6;
+    (kflops as i64, mips as i64)
+}
+
+/// CPU seconds (user + system) used so far by `root` and its descendants.
+fn tree_cpu_secs(root: u32) -> f64 {
+    // /proc reports times in USER_HZ, 100 on Linux.
+    let tick = 100.0;
+    let mut parent: Vec<(u32, u32, u64)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the command name, which is in parentheses.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            parent.push((pid, num(1) as u32, num(11) + num(12)));
+        }
+    }
+    let mut inside = vec![root];
+    let mut total = 0u64;
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, ppid, _) in &parent {
+            if inside.contains(ppid) && !inside.contains(pid) {
+                inside.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    for (pid, _, ticks) in &parent {
+        if inside.contains(pid) {
+            total += ticks;
+        }
+    }
+    total as f64 / tick
+}
+
 /// The starter running the current claim.
 struct Running {
     claim: ClaimId,
@@ -230,8 +374,14 @@ struct Running {
     schedd: HostName,
     scratch: PathBuf,
     child: Child,
+    /// The starter's standard input: commands.
+    stdin: Option<ChildStdin>,
     /// When to signal the starter next, and whether that is SIGKILL.
     deadline: Option<(Instant, bool)>,
+    /// The job's CPU seconds at the last sample, and when.
+    cpu: (f64, Instant),
+    /// The job's recent CPU use, in CPUs (its share of the load).
+    load: f64,
 }
 
 /// The connection to the matchmaker.
@@ -347,56 +497,174 @@ fn remove_scratch(path: &Path) {
 struct Daemon {
     cfg: Config,
     started: SystemTime,
-    active: watch::Receiver<bool>,
+    /// The newest owner activity.
+    activity: watch::Receiver<Option<SystemTime>>,
     running: Option<Running>,
+    machine: PolicyMachine,
+    /// (KFlops, Mips), measured at start.
+    speed: (i64, i64),
     /// The periodic ad; restarted whenever an ad goes out.
     tick: tokio::time::Interval,
 }
 
+fn unix_now() -> i64 {
+    policies::expr::now()
+}
+
 impl Daemon {
-    fn ad(&self) -> MachineAd {
-        let active = *self.active.borrow();
-        let (state, activity) = machine_state(active, self.running.is_some());
-        let mut attrs = Ad::new();
-        let mut put = |k: &str, v: AdValue| {
-            attrs.insert(k.to_string(), v);
-        };
-        put("Machine", AdValue::Str(self.cfg.name.clone()));
-        put("Arch", AdValue::Str("X86_64".into()));
-        put("OpSys", AdValue::Str("LINUX".into()));
-        put(
+    /// The machine's own attributes (the policy's and the state's are added
+    /// by [`Daemon::ad`]).
+    fn machine_attrs(&self) -> policies::Ad {
+        let mut ad = policies::Ad::new();
+        ad.set("Machine", self.cfg.name.as_str());
+        ad.set("Name", self.cfg.name.as_str());
+        ad.set("MyType", "Machine");
+        ad.set("Arch", "X86_64");
+        ad.set("OpSys", "LINUX");
+        ad.set(
             "Cpus",
-            AdValue::Int(std::thread::available_parallelism().map_or(1, |n| n.get() as i64)),
+            std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
         );
         if let Some(m) = memory_mib() {
-            put("Memory", AdValue::Int(m));
+            ad.set("Memory", m);
         }
         if let Some(d) = disk_free_mib(&self.cfg.dir) {
-            put("Disk", AdValue::Int(d));
+            ad.set("Disk", d);
         }
-        let idle = keyboard_idle(
-            mtime(&self.cfg.activity_file),
-            SystemTime::now(),
-            self.started,
-        );
-        put(
-            "KeyboardIdle",
-            AdValue::Int(idle.min(i64::MAX as u64) as i64),
-        );
+        ad.set("KFlops", self.speed.0);
+        ad.set("Mips", self.speed.1);
+        let idle = keyboard_idle(*self.activity.borrow(), SystemTime::now(), self.started);
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        ad.set("KeyboardIdle", idle);
+        ad.set("ConsoleIdle", idle);
         if let Some(l) = load_avg() {
-            put("LoadAvg", AdValue::Real(l));
+            let own = self.running.as_ref().map_or(0.0, |r| r.load);
+            ad.set("LoadAvg", (l - own).max(0.0));
         }
-        put("State", AdValue::Str(state.into()));
-        put("Activity", AdValue::Str(activity.into()));
         if let Some(r) = &self.running {
-            put(ATTR_JOB_ID, AdValue::Str(r.job.to_string()));
-            put(ATTR_CLIENT_MACHINE, AdValue::Str(r.schedd.0.clone()));
+            ad.set(ATTR_JOB_ID, r.job.to_string().as_str());
+            ad.set(ATTR_CLIENT_MACHINE, r.schedd.0.as_str());
         }
+        ad
+    }
+
+    /// What the policy sees of the running job.
+    fn job_attrs(&self) -> policies::Ad {
+        let mut ad = policies::Ad::new();
+        if let Some(r) = &self.running {
+            ad.set("MyType", "Job");
+            ad.set(ATTR_JOB_ID, r.job.to_string().as_str());
+            ad.set(ATTR_CLIENT_MACHINE, r.schedd.0.as_str());
+        }
+        ad
+    }
+
+    fn ad(&self) -> MachineAd {
+        let mut ad = self.machine_attrs();
+        self.cfg.policy.advertise(&mut ad);
+        self.machine.annotate(&mut ad, unix_now());
+        ad.remove("CurrentTime");
         MachineAd {
             name: HostName(self.cfg.name.clone()),
-            state: state.into(),
-            activity: activity.into(),
-            attrs,
+            state: self.machine.state().to_string(),
+            activity: self.machine.activity().to_string(),
+            attrs: ad.to_wire(),
+        }
+    }
+
+    /// Logs the machine's transitions; returns whether there were any.
+    fn log_transitions(&mut self) -> bool {
+        let log = self.machine.take_log();
+        for t in &log {
+            info!(
+                from = %format!("{}/{}", t.from.0, t.from.1),
+                to = %format!("{}/{}", t.to.0, t.to.1),
+                "machine state: {}", t.why
+            );
+        }
+        !log.is_empty()
+    }
+
+    /// Samples the job's CPU use (its share of the load average).
+    fn sample_load(&mut self) {
+        let Some(r) = &mut self.running else { return };
+        let Some(pid) = r.child.id() else { return };
+        let cpu = tree_cpu_secs(pid);
+        let now = Instant::now();
+        let dt = now.duration_since(r.cpu.1).as_secs_f64();
+        if dt >= 0.5 {
+            // Smoothed about as the kernel's one-minute average.
+            let rate = ((cpu - r.cpu.0) / dt).max(0.0);
+            let w = (-dt / 60.0).exp();
+            r.load = r.load * w + rate * (1.0 - w);
+            r.cpu = (cpu, now);
+        }
+    }
+
+    /// Evaluates the policy now; carries out what it decides. Returns
+    /// whether the state changed.
+    async fn evaluate(&mut self) -> bool {
+        self.sample_load();
+        let now = unix_now();
+        let machine = self.machine_attrs();
+        if self.running.is_none() {
+            self.machine.idle(&self.cfg.policy, &machine, now);
+        } else {
+            let job = self.job_attrs();
+            if let Some(step) = self.machine.running(&self.cfg.policy, &machine, &job, now) {
+                self.log_transitions();
+                self.carry_out(step).await;
+                return true;
+            }
+        }
+        self.log_transitions()
+    }
+
+    /// The matchmaker preempted a claim.
+    async fn preempt(&mut self, claim: &ClaimId, reason: String) -> bool {
+        match &self.running {
+            Some(r) if &r.claim == claim => {
+                info!(job = %r.job, claim = %claim, "preempted by the matchmaker: {reason}");
+                if let Some(step) = self.machine.preempt(&reason, unix_now()) {
+                    self.log_transitions();
+                    self.carry_out(step).await;
+                    return true;
+                }
+                false
+            }
+            _ => {
+                debug!(claim = %claim, "vacate of a claim not running here");
+                false
+            }
+        }
+    }
+
+    /// Tells the starter what the policy decided.
+    async fn carry_out(&mut self, step: Step) {
+        let grace = self.cfg.release_grace;
+        let Some(r) = &mut self.running else { return };
+        let cmd = match step {
+            Step::Suspend => Control::Suspend,
+            Step::Continue => Control::Continue,
+            Step::Vacate(reason) => Control::Vacate { reason },
+            Step::Kill(reason) => {
+                // The starter reports and exits; if it does not, it is terminated.
+                if r.deadline.is_none() {
+                    r.deadline = Some((Instant::now() + grace, false));
+                }
+                Control::Kill { reason }
+            }
+        };
+        info!(job = %r.job, "telling the starter: {}", cmd.to_line().trim_end());
+        let sent = match &mut r.stdin {
+            Some(stdin) => stdin.write_all(cmd.to_line().as_bytes()).await,
+            None => Err(std::io::Error::other("no command pipe")),
+        };
+        if let Err(e) = sent {
+            warn!(job = %r.job, "cannot command the starter ({e}); terminating it");
+            r.stdin = None;
+            signal(r, false);
+            r.deadline = Some((Instant::now() + TERM_GRACE, true));
         }
     }
 
@@ -424,8 +692,8 @@ impl Daemon {
             warn!(job = %job, running = %r.job, "claim refused: a job is already running here");
             return false;
         }
-        if *self.active.borrow() {
-            warn!(job = %job, "claim refused: the owner is active");
+        if !self.machine.takes_claims() {
+            warn!(job = %job, state = %self.machine.state(), "claim refused: the machine is not Unclaimed (START is false)");
             return false;
         }
         if claim.0.len() < 8 || !claim.0.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -441,6 +709,7 @@ impl Daemon {
             warn!(scratch = %scratch.display(), "a stale scratch directory is in the way; removing it");
             remove_scratch(&scratch);
         }
+        self.machine.matched(unix_now());
         let mut cmd = Command::new(&self.cfg.starter);
         cmd.arg("--pki")
             .arg(&self.cfg.pki)
@@ -457,22 +726,31 @@ impl Daemon {
             .arg("--shim")
             .arg(&self.cfg.shim)
             .env(ENV_CLAIM, &claim.0)
-            .stdin(std::process::Stdio::null());
+            .stdin(std::process::Stdio::piped());
         match cmd.spawn() {
-            Ok(child) => {
+            Ok(mut child) => {
                 info!(job = %job, schedd = %schedd, addr = %addr, claim = %claim, pid = child.id(), "starter started");
+                let stdin = child.stdin.take();
                 self.running = Some(Running {
                     claim,
                     job,
                     schedd,
                     scratch,
                     child,
+                    stdin,
                     deadline: None,
+                    cpu: (0.0, Instant::now()),
+                    load: 0.0,
                 });
+                self.machine.busy(unix_now());
+                self.log_transitions();
                 true
             }
             Err(e) => {
                 error!(job = %job, starter = %self.cfg.starter.display(), "cannot start the starter: {e}");
+                let machine = self.machine_attrs();
+                self.machine.ended(&self.cfg.policy, &machine, unix_now());
+                self.log_transitions();
                 false
             }
         }
@@ -499,6 +777,9 @@ impl Daemon {
             Err(e) => error!(job = %r.job, "cannot wait for the starter: {e}"),
         }
         remove_scratch(&r.scratch);
+        let machine = self.machine_attrs();
+        self.machine.ended(&self.cfg.policy, &machine, unix_now());
+        self.log_transitions();
     }
 
     /// Terminates a running starter, waiting [`TERM_GRACE`] before SIGKILL.
@@ -532,23 +813,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700));
     }
+    let speed = measure_speed();
     info!(
         name = %cfg.name,
         matchmaker = %cfg.matchmaker,
         activity_file = %cfg.activity_file.display(),
-        idle_secs = cfg.idle.as_secs(),
+        devices = cfg.devices,
+        kflops = speed.0,
+        mips = speed.1,
         "ownerd starting"
     );
-    let active = watch_activity(cfg.activity_file.clone(), cfg.idle, ACTIVITY_POLL);
+    let activity = watch_activity(cfg.activity_file.clone(), cfg.devices, ACTIVITY_POLL);
+    let mut policy_tick = tokio::time::interval(POLICY_PERIOD);
+    policy_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval_at(Instant::now() + AD_PERIOD, AD_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut d = Daemon {
         cfg,
-        started: SystemTime::now(),
-        active,
+        started: boot_time(),
+        activity,
         running: None,
+        machine: PolicyMachine::new(unix_now()),
+        speed,
         tick,
     };
+    d.evaluate().await;
     let mut link: Option<Link> = None;
     // A connection attempt runs as its own task, so that a slow dial
     // delays neither starters nor shutdown.
@@ -586,23 +875,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                     }
                 }
                 Some(FromMatchmaker::Release { claim }) => d.release(&claim),
+                Some(FromMatchmaker::Vacate { claim, reason }) => {
+                    if d.preempt(&claim, reason).await {
+                        d.advertise(&mut link).await;
+                    }
+                }
                 Some(FromMatchmaker::Error { message }) => warn!("the matchmaker says: {message}"),
                 Some(other) => debug!("ignored message from the matchmaker: {other:?}"),
                 None => link = None,
             },
             _ = d.tick.tick() => d.advertise(&mut link).await,
-            r = d.active.changed() => {
+            r = d.activity.changed() => {
                 if r.is_err() {
                     error!("the activity watcher stopped");
                     break;
                 }
-                let now = *d.active.borrow_and_update();
-                match (&d.running, now) {
-                    (Some(r), true) => info!(job = %r.job, "the owner is back while a job runs; advertising Owner"),
-                    (_, true) => info!("the owner is active; no new jobs"),
-                    (_, false) => info!("the owner is idle"),
+                d.activity.borrow_and_update();
+                debug!("owner activity");
+                if d.evaluate().await {
+                    d.advertise(&mut link).await;
                 }
-                d.advertise(&mut link).await;
+            }
+            _ = policy_tick.tick() => {
+                if d.evaluate().await {
+                    d.advertise(&mut link).await;
+                }
             }
             ev = starter_event(&mut d.running) => match ev {
                 StarterEvent::Exited(st) => {
@@ -632,38 +929,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::pool::AdValue;
 
     const IDLE: Duration = Duration::from_secs(900);
-
-    #[test]
-    fn activity_file_decides_whether_the_owner_is_active() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert!(!owner_active(None, now, IDLE), "no file: never active");
-        assert!(owner_active(Some(now), now, IDLE), "touched just now");
-        assert!(owner_active(
-            Some(now - Duration::from_secs(899)),
-            now,
-            IDLE
-        ));
-        assert!(
-            !owner_active(Some(now - IDLE), now, IDLE),
-            "exactly idle-secs old is idle"
-        );
-        assert!(!owner_active(
-            Some(now - Duration::from_secs(5000)),
-            now,
-            IDLE
-        ));
-        assert!(
-            owner_active(Some(now + Duration::from_secs(60)), now, IDLE),
-            "future mtime counts as now"
-        );
-        assert!(!owner_active(
-            Some(now - Duration::from_secs(2)),
-            now,
-            Duration::from_secs(1)
-        ));
-    }
 
     #[test]
     fn keyboard_idle_counts_from_the_file_or_from_start() {
@@ -681,49 +949,71 @@ mod tests {
     }
 
     #[test]
-    fn state_follows_owner_and_starter() {
-        assert_eq!(machine_state(false, false), ("Unclaimed", "Idle"));
-        assert_eq!(machine_state(false, true), ("Claimed", "Busy"));
-        assert_eq!(machine_state(true, false), ("Owner", "Idle"));
-        assert_eq!(machine_state(true, true), ("Owner", "Busy"));
+    fn idle_secs_policy_and_speed() {
+        let p = idle_policy(Duration::from_secs(2));
+        assert_eq!(p.start.to_string(), "KeyboardIdle >= 2");
+        assert_eq!(p.suspend.to_string(), "KeyboardIdle < 2");
+        assert_eq!(p.cont.to_string(), "KeyboardIdle >= 2");
+        let (kflops, mips) = measure_speed();
+        assert!(kflops > 1000 && mips > 10, "{kflops} KFlops, {mips} Mips");
+    }
+
+    #[test]
+    fn newest_activity_is_the_latest_of_access_and_modification() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let f = std::fs::File::options().write(true).open(&a).unwrap();
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(t)
+                .set_modified(t - Duration::from_secs(5)),
+        )
+        .unwrap();
+        let f = std::fs::File::options().write(true).open(&b).unwrap();
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(t - Duration::from_secs(9))
+                .set_modified(t - Duration::from_secs(3)),
+        )
+        .unwrap();
+        assert_eq!(newest_activity(&[a.clone(), b.clone()]), Some(t));
+        assert_eq!(
+            newest_activity(&[b, d.path().join("missing")]),
+            Some(t - Duration::from_secs(3))
+        );
+        assert_eq!(newest_activity(&[]), None);
     }
 
     #[tokio::test]
-    async fn touching_the_activity_file_makes_the_owner_active_within_a_second() {
+    async fn touching_the_activity_file_is_seen_within_a_second() {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("activity");
-        // No polling: inotify must see the touch, the expiry timer the idling.
-        let mut rx = watch_activity(
-            file.clone(),
-            Duration::from_secs(2),
-            Duration::from_secs(3600),
-        );
-        assert!(!*rx.borrow(), "no file yet: idle");
+        // No polling: inotify must see the touches.
+        let mut rx = watch_activity(file.clone(), false, Duration::from_secs(3600));
+        assert_eq!(*rx.borrow(), None, "no file yet: no activity");
         let t = std::time::Instant::now();
         std::fs::write(&file, b"").unwrap();
         tokio::time::timeout(Duration::from_secs(1), rx.changed())
             .await
             .expect("not seen within 1 s")
             .unwrap();
-        assert!(*rx.borrow_and_update());
+        let first = rx.borrow_and_update().expect("an activity time");
         assert!(t.elapsed() < Duration::from_secs(1));
-        // Touched again (mtime only, as `touch` does) after one second.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Touched again (mtime only, as `touch` does) a second later.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let f = std::fs::File::options().write(true).open(&file).unwrap();
         f.set_modified(SystemTime::now()).unwrap();
         drop(f);
-        let touched = std::time::Instant::now();
-        // Two seconds without a touch: idle again.
-        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        let t = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(1), rx.changed())
             .await
-            .expect("never idle again")
+            .expect("second touch not seen within 1 s")
             .unwrap();
-        assert!(!*rx.borrow_and_update());
-        let after = touched.elapsed();
-        assert!(
-            after >= Duration::from_millis(1900) && after < Duration::from_secs(3),
-            "idle after {after:?}"
-        );
+        assert!(rx.borrow_and_update().expect("an activity time") > first);
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 
     /// The ownerd against a fake matchmaker, with a fake starter script.
@@ -758,7 +1048,8 @@ mod tests {
             matchmaker: l.local_addr().unwrap().to_string(),
             matchmaker_name: "cm".into(),
             activity_file: state.join("activity"),
-            idle: Duration::from_secs(2),
+            devices: false,
+            policy: idle_policy(Duration::from_secs(2)),
             starter: fake.clone(),
             shim: "/opt/roost/libroost_shim.so".into(),
             release_grace: RELEASE_GRACE,
@@ -886,7 +1177,8 @@ mod tests {
             matchmaker: l.local_addr().unwrap().to_string(),
             matchmaker_name: "cm".into(),
             activity_file: d.path().join("activity"),
-            idle: Duration::from_secs(60),
+            devices: false,
+            policy: idle_policy(Duration::from_secs(0)),
             starter: fake,
             shim: "/x.so".into(),
             release_grace: Duration::from_millis(300),
@@ -952,7 +1244,8 @@ mod tests {
             matchmaker: l.local_addr().unwrap().to_string(),
             matchmaker_name: "cm".into(),
             activity_file: d.path().join("activity"),
-            idle: IDLE,
+            devices: false,
+            policy: idle_policy(IDLE),
             starter: "/nonexistent".into(),
             shim: "/nonexistent".into(),
             release_grace: RELEASE_GRACE,
@@ -981,7 +1274,7 @@ mod tests {
             .build()
             .unwrap();
         let _g = rt.enter();
-        let (_tx, active) = watch::channel(false);
+        let (_tx, activity) = watch::channel(None);
         let daemon = Daemon {
             cfg: Config {
                 pki: d.path().into(),
@@ -990,14 +1283,21 @@ mod tests {
                 matchmaker: "127.0.0.1:1".into(),
                 matchmaker_name: "cm".into(),
                 activity_file: d.path().join("activity"),
-                idle: IDLE,
+                devices: false,
+                policy: idle_policy(IDLE),
                 starter: "/nonexistent".into(),
                 shim: "/nonexistent".into(),
                 release_grace: RELEASE_GRACE,
             },
             started: SystemTime::now() - Duration::from_secs(60),
-            active,
+            activity,
             running: None,
+            machine: {
+                let mut m = PolicyMachine::new(unix_now());
+                m.idle(&idle_policy(IDLE), &policies::Ad::new(), unix_now());
+                m
+            },
+            speed: (123_456, 789),
             tick: tokio::time::interval(AD_PERIOD),
         };
         let ad = daemon.ad();
@@ -1014,6 +1314,20 @@ mod tests {
         assert!(matches!(ad.attrs["Cpus"], AdValue::Int(c) if c >= 1));
         assert!(matches!(ad.attrs["KeyboardIdle"], AdValue::Int(i) if (60..120).contains(&i)));
         assert!(matches!(ad.attrs["LoadAvg"], AdValue::Real(_)));
+        assert!(matches!(ad.attrs["ConsoleIdle"], AdValue::Int(i) if (60..120).contains(&i)));
+        assert_eq!(ad.attrs["KFlops"], AdValue::Int(123_456));
+        assert_eq!(ad.attrs["Mips"], AdValue::Int(789));
+        assert_eq!(ad.attrs["Activity"], AdValue::Str("Idle".into()));
+        assert!(matches!(
+            ad.attrs["EnteredCurrentActivity"],
+            AdValue::Int(_)
+        ));
+        assert_eq!(ad.attrs["Requirements"], AdValue::Expr("MY.Start".into()));
+        assert_eq!(
+            ad.attrs["Start"],
+            AdValue::Expr("KeyboardIdle >= 900".into())
+        );
+        assert!(!ad.attrs.contains_key("CurrentTime"));
         assert!(!ad.attrs.contains_key(ATTR_JOB_ID));
     }
 }

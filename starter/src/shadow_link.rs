@@ -133,6 +133,24 @@ impl Drop for ShadowLink {
     }
 }
 
+/// Reports the job's suspends and continues over a [`ShadowLink`].
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<Shared>,
+}
+
+impl Notifier {
+    /// The job's processes are stopped (the shadow logs `suspended`).
+    pub async fn suspended(&self) -> Result<(), LinkError> {
+        self.shared.send(&ToShadow::Suspended).await
+    }
+
+    /// They run again.
+    pub async fn continued(&self) -> Result<(), LinkError> {
+        self.shared.send(&ToShadow::Continued).await
+    }
+}
+
 /// The job's calls and writes, over a [`ShadowLink`].
 pub struct LinkBackend {
     shared: Arc<Shared>,
@@ -304,6 +322,25 @@ impl ShadowLink {
     pub async fn fail(&mut self, reason: String) -> Result<(), LinkError> {
         self.shared.send(&ToShadow::Failed { reason }).await?;
         self.until_done("reporting the failure").await
+    }
+
+    /// Reports that the job left this host (`checkpointed`: from the image
+    /// just committed) and waits until the shadow has requeued it.
+    pub async fn vacated(&mut self, reason: String, checkpointed: bool) -> Result<(), LinkError> {
+        self.shared
+            .send(&ToShadow::Vacated {
+                reason,
+                checkpointed,
+            })
+            .await?;
+        self.until_done("reporting the vacate").await
+    }
+
+    /// A handle that reports suspends and continues while the job runs.
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Closes the connection cleanly (TLS close_notify).

@@ -1,6 +1,6 @@
 //! `roost-ownerd --pki DIR --name NAME --dir STATEDIR --matchmaker IP:PORT
-//! --matchmaker-name NAME [--activity-file FILE] [--idle-secs N]
-//! [--starter PATH] [--shim PATH]`
+//! --matchmaker-name NAME [--activity-file FILE] [--idle-secs N | --policy FILE]
+//! [--devices true|false] [--starter PATH] [--shim PATH]`
 
 use anyhow::Context;
 use clap::Parser;
@@ -26,13 +26,21 @@ struct Args {
     /// The matchmaker's certificate name.
     #[arg(long)]
     matchmaker_name: String,
-    /// The owner is active while this file was modified less than --idle-secs ago
+    /// A file whose access or modification counts as the owner's activity
     /// [default: DIR/activity].
     #[arg(long)]
     activity_file: Option<PathBuf>,
-    /// Seconds without activity after which the machine takes jobs.
-    #[arg(long, default_value_t = 900)]
-    idle_secs: u64,
+    /// The owner's policy (TOML) [default: the desktop policy].
+    #[arg(long, conflicts_with = "idle_secs")]
+    policy: Option<PathBuf>,
+    /// The desktop policy with this many idle seconds instead of 15 minutes
+    /// to start and 5 to continue; any activity within them suspends.
+    #[arg(long)]
+    idle_secs: Option<u64>,
+    /// Count the use of terminals (/dev/tty*, /dev/pts/*) and input devices
+    /// (/dev/input/*) as the owner's activity too.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    devices: bool,
     /// The starter program [default: roost-starter next to this program].
     #[arg(long)]
     starter: Option<PathBuf>,
@@ -51,6 +59,17 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let policy = match (&args.policy, args.idle_secs) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the policy file {}", file.display()))?;
+            policies::policy::OwnerPolicy::parse(&file.display().to_string(), &text)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("the owner's policy is not valid; not starting")?
+        }
+        (None, Some(n)) => starter::ownerd::idle_policy(Duration::from_secs(n)),
+        (None, None) => policies::policy::OwnerPolicy::desktop(),
+    };
     let here = || -> anyhow::Result<PathBuf> {
         let exe = std::env::current_exe().context("finding this program's path")?;
         Ok(exe.parent().map(PathBuf::from).unwrap_or_default())
@@ -73,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
         dir,
         matchmaker: args.matchmaker,
         matchmaker_name: args.matchmaker_name,
-        idle: Duration::from_secs(args.idle_secs),
+        devices: args.devices,
+        policy,
         starter,
         shim,
         release_grace: starter::ownerd::RELEASE_GRACE,

@@ -5,12 +5,19 @@
 //! directory, fetches the executable, runs the job under the shim with the
 //! shadow as its file system, reports how it ended, and removes the scratch
 //! directory. The claim may come in `ROOST_CLAIM` instead of `--claim`.
+//!
+//! The ownerd steers the job through standard input, one command per line
+//! ([`starter::control::Control`]): `suspend` stops the job's processes
+//! and tells the shadow (`Suspended`), `continue` resumes them
+//! (`Continued`), `vacate REASON` and `kill REASON` end the job and report
+//! `Vacated` so the schedd requeues it.
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use proto::shadow::Attached;
 use proto::{ClaimId, HostName, JobId};
-use starter::job::{JobLaunch, run_job};
+use starter::control::Control;
+use starter::job::{JobControl, JobLaunch, run_job};
 use starter::shadow_link::{LinkError, ShadowLink};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,7 +79,8 @@ fn main() -> ExitCode {
         }
     };
     let span = info_span!("starter", job = %args.job);
-    match rt.block_on(run(args).instrument(span.clone())) {
+    let commands = read_commands(std::io::stdin());
+    match rt.block_on(run(args, commands).instrument(span.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             span.in_scope(|| error!("{e:#}"));
@@ -81,7 +89,40 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The ownerd's commands, one per line, read by a thread; unknown lines
+/// are logged and skipped.
+fn read_commands(input: std::io::Stdin) -> tokio::sync::mpsc::Receiver<Control> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let spawned = std::thread::Builder::new()
+        .name("commands".into())
+        .spawn(move || {
+            for line in input.lock().lines() {
+                let Ok(line) = line else { return };
+                match Control::parse(&line) {
+                    Some(c) => {
+                        if tx.blocking_send(c).is_err() {
+                            return;
+                        }
+                    }
+                    None => warn!("unknown command from the ownerd: {line:?}"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot read commands from the ownerd: {e}");
+    }
+    rx
+}
+
+/// How the job's run ended.
+enum End {
+    Ran(anyhow::Result<(proto::job::ExitStatus, proto::job::Usage)>),
+    /// The ownerd vacated it: its result does not count.
+    Vacated(String),
+}
+
+async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> anyhow::Result<()> {
     let id = proto::tls::Identity::load(&args.pki, &args.name).with_context(|| {
         format!(
             "loading the certificate of `{}` from {}",
@@ -97,10 +138,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut made_scratch = false;
     // Without its shadow the job can neither do I/O nor report: end it.
     let lost = link.lost();
-    let outcome = tokio::select! {
-        r = execute(&args, &mut link, attached, &mut made_scratch) => r,
-        _ = term.recv() => Err(anyhow::anyhow!("the execute host stopped the job (SIGTERM)")),
-        why = lost => Err(anyhow::anyhow!("lost the shadow: {why}")),
+    tokio::pin!(lost);
+    let notifier = link.notifier();
+    let (job, job_rx) = JobControl::new();
+    let end = {
+        let exec = execute(&args, &mut link, attached, &mut made_scratch, job_rx);
+        tokio::pin!(exec);
+        let mut leaving: Option<String> = None;
+        loop {
+            tokio::select! {
+                r = &mut exec => break match leaving.take() {
+                    Some(reason) => End::Vacated(reason),
+                    None => End::Ran(r),
+                },
+                Some(cmd) = commands.recv() => match cmd {
+                    Control::Suspend if leaving.is_none() => {
+                        job.suspend();
+                        info!("job suspended");
+                        if let Err(e) = notifier.suspended().await {
+                            warn!("cannot tell the shadow: {e}");
+                        }
+                    }
+                    Control::Continue if leaving.is_none() => {
+                        job.resume();
+                        info!("job continued");
+                        if let Err(e) = notifier.continued().await {
+                            warn!("cannot tell the shadow: {e}");
+                        }
+                    }
+                    Control::Vacate { reason } | Control::Kill { reason } if leaving.is_none() => {
+                        info!("vacating: {reason}");
+                        vacate(&job);
+                        leaving = Some(reason);
+                    }
+                    other => info!("ignored while leaving: {other:?}"),
+                },
+                _ = term.recv() => break End::Ran(Err(anyhow::anyhow!("the execute host stopped the job (SIGTERM)"))),
+                why = &mut lost => break End::Ran(Err(anyhow::anyhow!("lost the shadow: {why}"))),
+            }
+        }
     };
     // The job's processes are gone here: `run_job` returned, or its future
     // was dropped, which kills the job's process group.
@@ -112,8 +188,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    match outcome {
-        Ok((status, usage)) => {
+    match end {
+        End::Vacated(reason) => {
+            link.vacated(reason, false)
+                .await
+                .context("reporting the vacate to the shadow")?;
+            info!("job vacated");
+            link.close().await;
+            Ok(())
+        }
+        End::Ran(Ok((status, usage))) => {
             link.finish(status, usage)
                 .await
                 .context("reporting the job's exit to the shadow")?;
@@ -121,7 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             link.close().await;
             Ok(())
         }
-        Err(e) => {
+        End::Ran(Err(e)) => {
             let reason = format!("{e:#}");
             if let Err(le) = link.fail(reason).await {
                 warn!("cannot report the failure to the shadow: {le:#}");
@@ -130,6 +214,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Err(e)
         }
     }
+}
+
+/// The one way a job leaves this host early: it is killed and `run_job`
+/// returns. (Checkpointing first belongs here: `JobControl::vacate`.)
+fn vacate(job: &JobControl) {
+    job.kill();
 }
 
 /// Connects and attaches, retrying for [`ATTACH_PATIENCE`]: the claim can
@@ -167,6 +257,7 @@ async fn execute(
     link: &mut ShadowLink,
     attached: Attached,
     made_scratch: &mut bool,
+    control: tokio::sync::mpsc::UnboundedReceiver<starter::job::JobCommand>,
 ) -> anyhow::Result<(proto::job::ExitStatus, proto::job::Usage)> {
     let spec = attached.spec;
     if let Some(parent) = args.scratch.parent() {
@@ -219,7 +310,7 @@ async fn execute(
         stderr: attached.stderr,
         shim: args.shim.clone(),
         restore: None,
-        control: None,
+        control: Some(control),
         checkpoint_interval: None,
     };
     let (status, usage) = run_job(launch, link.backend())
@@ -345,6 +436,7 @@ mod tests {
                         return seen;
                     }
                     ToShadow::Attach { .. } => panic!("second attach"),
+                    other => panic!("unexpected {other:?}"),
                 };
                 write_frame_async(&mut s, &reply).await.unwrap();
             }
@@ -362,7 +454,7 @@ mod tests {
             scratch: scratch.clone(),
             shim: PathBuf::new(),
         };
-        let r = run(args).await;
+        let r = run(args, tokio::sync::mpsc::channel(1).1).await;
         let seen = tokio::time::timeout(std::time::Duration::from_secs(10), shadow)
             .await
             .unwrap()
@@ -386,7 +478,7 @@ mod tests {
         );
         let (r, seen, scratch) = run_against(s, b"", 0).await;
         r.unwrap();
-        assert_eq!(text(&seen, 1), "hello from sh in 4.2-c0ffee00\n");
+        assert_eq!(text(&seen, 1), "hello from sh in tmp\n");
         assert_eq!(text(&seen, 2), "oops\n");
         assert!(
             matches!(
@@ -503,9 +595,12 @@ mod tests {
             shim: PathBuf::new(),
         };
         let t = std::time::Instant::now();
-        let r = tokio::time::timeout(std::time::Duration::from_secs(10), run(args))
-            .await
-            .expect("the starter kept running without its shadow");
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            run(args, tokio::sync::mpsc::channel(1).1),
+        )
+        .await
+        .expect("the starter kept running without its shadow");
         let e = format!("{:#}", r.unwrap_err());
         assert!(e.contains("lost the shadow"), "{e}");
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
@@ -527,5 +622,207 @@ mod tests {
         assert!(exec_name("/").is_err());
         assert!(exec_name("..").is_err());
         assert!(exec_name(".roost.sock").is_err());
+    }
+
+    /// The host pid of the process whose command line is exactly `argv`.
+    fn pid_of(argv: &[&str]) -> Option<u32> {
+        let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
+        })
+    }
+
+    /// The process state letter (`S`, `R`, `T`, ...) from /proc/PID/stat.
+    fn proc_state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    /// The owner's side as roost-ownerd runs it (activity watcher and
+    /// policy machine), driving this starter in-process: a touch of the
+    /// activity file stops the job's processes; idling resumes them; a
+    /// vacate ends the job and reports `Vacated`.
+    #[tokio::test]
+    async fn touching_the_activity_file_stops_the_job_and_idling_resumes_it() {
+        use starter::policy_machine::{PolicyMachine, Step};
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "submit", "schedd", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let acc = Identity::load(&pki, "submit").unwrap().acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let job_argv = ["sleep", "31.7"];
+        let shadow = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = acc.accept(s).await.unwrap();
+            let ToShadow::Attach { job, .. } = read_frame_async(&mut s, MAX_FRAME).await.unwrap()
+            else {
+                panic!()
+            };
+            let a = Attached {
+                job,
+                spec: spec("/bin/sleep", false, &["31.7"]),
+                owner: "ann".into(),
+                stdin: None,
+                stdout: None,
+                stderr: None,
+            };
+            write_frame_async(&mut s, &FromShadow::Attached(a))
+                .await
+                .unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let m: ToShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+                match m {
+                    ToShadow::Started { .. } => {}
+                    ToShadow::Suspended => seen.push("suspended".to_string()),
+                    ToShadow::Continued => seen.push("continued".to_string()),
+                    ToShadow::Vacated {
+                        reason,
+                        checkpointed,
+                    } => {
+                        seen.push(format!("vacated {checkpointed} {reason}"));
+                        write_frame_async(&mut s, &FromShadow::Done).await.unwrap();
+                        return seen;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        let scratch = d.path().join("scratch").join("4.2-c0ffee00");
+        let args = Args {
+            pki,
+            name: "exec1".into(),
+            schedd_name: "submit".into(),
+            schedd_addr: addr,
+            claim: "c0ffee00".into(),
+            job: JobId {
+                cluster: 4,
+                proc: 2,
+            },
+            scratch: scratch.clone(),
+            shim: PathBuf::new(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let activity_file = d.path().join("activity");
+        let owner = async {
+            let policy = starter::ownerd::idle_policy(std::time::Duration::from_secs(1));
+            let mut activity = starter::ownerd::watch_activity(
+                activity_file.clone(),
+                false,
+                std::time::Duration::from_secs(3600),
+            );
+            let now = || policies::expr::now();
+            let mut machine = PolicyMachine::new(now());
+            machine.busy(now());
+            let ad = |last: Option<std::time::SystemTime>| {
+                let mut ad = policies::Ad::new();
+                let idle = last.map_or(i64::MAX / 2, |t| {
+                    t.elapsed().map_or(0, |d| d.as_secs() as i64)
+                });
+                ad.set("KeyboardIdle", idle);
+                ad
+            };
+            let job = policies::Ad::new();
+            let mut pid = None;
+            for _ in 0..250 {
+                pid = pid_of(&job_argv);
+                if pid.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let pid = pid.expect("the job did not start");
+            let mut latencies = Vec::new();
+            for round in 0..3 {
+                assert_eq!(
+                    machine.running(&policy, &ad(*activity.borrow()), &job, now()),
+                    None
+                );
+                let f = std::fs::File::create(&activity_file).unwrap();
+                f.set_modified(std::time::SystemTime::now()).unwrap();
+                drop(f);
+                let touched = std::time::Instant::now();
+                // The ownerd's loop: evaluate on every activity event.
+                loop {
+                    activity.changed().await.unwrap();
+                    let last = *activity.borrow_and_update();
+                    match machine.running(&policy, &ad(last), &job, now()) {
+                        Some(Step::Suspend) => break,
+                        None => continue,
+                        other => panic!("round {round}: {other:?}"),
+                    }
+                }
+                tx.send(Control::Suspend).await.unwrap();
+                while proc_state(pid) != Some('T') {
+                    assert!(
+                        touched.elapsed() < std::time::Duration::from_secs(5),
+                        "not stopped after 5 s"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+                let took = touched.elapsed();
+                println!("round {round}: activity touched -> job stopped in {took:?}");
+                latencies.push(took);
+                // Idle for a second: the policy continues the job.
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    match machine.running(&policy, &ad(*activity.borrow()), &job, now()) {
+                        Some(Step::Continue) => break,
+                        None => continue,
+                        other => panic!("round {round}: {other:?}"),
+                    }
+                }
+                tx.send(Control::Continue).await.unwrap();
+                let t = std::time::Instant::now();
+                while proc_state(pid) == Some('T') {
+                    assert!(
+                        t.elapsed() < std::time::Duration::from_secs(5),
+                        "never continued"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+            latencies.sort();
+            println!("median activity -> SIGSTOP: {:?}", latencies[1]);
+            match machine.preempt("preempted by job 9.0 of bob", now()) {
+                Some(Step::Vacate(reason)) => tx.send(Control::Vacate { reason }).await.unwrap(),
+                other => panic!("{other:?}"),
+            }
+            pid
+        };
+        let (r, pid) = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            tokio::join!(run(args, rx), owner)
+        })
+        .await
+        .expect("the starter did not finish");
+        r.unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), shadow)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "suspended",
+                "continued",
+                "suspended",
+                "continued",
+                "suspended",
+                "continued",
+                "vacated false preempted by job 9.0 of bob"
+            ]
+        );
+        assert!(!scratch.exists());
+        for _ in 0..100 {
+            if proc_state(pid).is_none() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the vacated job's process is still there");
     }
 }
