@@ -7,7 +7,7 @@ use super::sys::{self, read_exact, say, sc};
 use super::{AREA, AREA_SIZE, ENV_RESTORE_FD};
 use core::arch::asm;
 use proto::ckpt::{
-    FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, REATTACH, RF_DATA, RF_FILE, RF_HEAP, RF_STACK,
+    Checksum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, REATTACH, RF_DATA, RF_FILE, RF_HEAP, RF_STACK,
     Region, checksum, table_bytes,
 };
 
@@ -22,6 +22,8 @@ const IMG_OFF: usize = HDR_OFF + 4096;
 const CUR_OFF: usize = IMG_OFF + MAX_REGIONS * core::mem::size_of::<Region>();
 const FDS_OFF: usize = CUR_OFF + MAX_REGIONS * core::mem::size_of::<Region>();
 const SOCK_OFF: usize = FDS_OFF + MAX_FDS * core::mem::size_of::<FdRecord>();
+const BOUNCE_OFF: usize = SOCK_OFF + 4096;
+const BOUNCE_LEN: usize = 4 << 20;
 const STACK_TOP: usize = AREA_SIZE as usize - 4096;
 
 struct Args {
@@ -216,16 +218,26 @@ extern "C" fn restore_main(args: usize) -> ! {
             {
                 die(&[b"cannot map a memory region back"]);
             }
-            if !read_exact(fd, r.start as *mut u8, len) {
-                die(&[b"the image ends in a memory region"]);
+            // Through a buffer in the restore area: the kernel may write
+            // into restored memory at any time (the rseq area), so the
+            // checksum is taken over the bytes as they arrived.
+            let bounce = core::slice::from_raw_parts_mut(area::<u8>(BOUNCE_OFF), BOUNCE_LEN);
+            let mut sum = Checksum::new(len as u64);
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(BOUNCE_LEN);
+                if !read_exact(fd, bounce.as_mut_ptr(), n) {
+                    die(&[b"the image ends in a memory region"]);
+                }
+                sum.update(&bounce[..n]);
+                core::ptr::copy_nonoverlapping(bounce.as_ptr(), (r.start as usize + off) as *mut u8, n);
+                off += n;
             }
-            let mut sum = [0u8; 8];
-            if !read_exact(fd, sum.as_mut_ptr(), 8) {
+            let mut want = [0u8; 8];
+            if !read_exact(fd, want.as_mut_ptr(), 8) {
                 die(&[b"the image ends in a checksum"]);
             }
-            if checksum(core::slice::from_raw_parts(r.start as *const u8, len))
-                != u64::from_le_bytes(sum)
-            {
+            if sum.finish() != u64::from_le_bytes(want) {
                 die(&[b"checkpoint image data is corrupt (checksum)"]);
             }
             sc(
@@ -248,6 +260,7 @@ extern "C" fn restore_main(args: usize) -> ! {
             sc(sys::RT_SIGACTION, sig, act as *const _ as usize, 0, 8, 0, 0);
         }
         sc(sys::ARCH_PRCTL, 0x1002, h.fs_base as usize, 0, 0, 0, 0);
+        super::save::reset_after_restore();
         after();
         asm!("mov rsp, {0}", "mov eax, 15", "syscall", in(reg) h.frame, options(noreturn));
     }

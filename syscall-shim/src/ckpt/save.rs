@@ -43,6 +43,12 @@ static BUSY: AtomicBool = AtomicBool::new(false);
 static REMOTE: AtomicUsize = AtomicUsize::new(0);
 static INTERNAL: AtomicUsize = AtomicUsize::new(0);
 
+/// Called by a restart once memory holds the image: the image was taken
+/// inside the handler, so it says a checkpoint is in progress.
+pub fn reset_after_restore() {
+    BUSY.store(false, Ordering::SeqCst);
+}
+
 /// Installs the checkpoint handler. `sock` is the starter's checkpoint socket.
 pub fn install(sock: &[u8], remote: RemoteFds, internal: Internal) -> bool {
     if sock.len() >= 108 {
