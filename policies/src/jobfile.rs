@@ -523,6 +523,11 @@ impl JobDescription {
             };
             attributes.insert(name.clone(), text);
         }
+        // The job ad carries the interval, as HTCondor's does; the starter
+        // takes periodic checkpoints from it.
+        if let Some(secs) = self.checkpoint_interval_secs {
+            attributes.insert("CheckpointInterval".to_string(), secs.to_string());
+        }
 
         Ok(ProcessDescription {
             spec: JobSpec {

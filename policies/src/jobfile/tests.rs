@@ -113,6 +113,7 @@ Urgent = true
     assert_eq!(
         attrs,
         [
+            ("CheckpointInterval", "1800"),
             ("Priority", "5"),
             ("Project", r#""physics \"A\"""#),
             ("Urgent", "true"),
