@@ -120,6 +120,19 @@ pub struct Host {
     pub ip: String,
 }
 
+/// An owner policy for tests: a touch of the activity file suspends the
+/// job at once and vacates it a second later; a host is willing again two
+/// seconds after the last touch.
+pub const FAST_POLICY: &str = r#"start = "KeyboardIdle > 2"
+suspend = "KeyboardIdle < 2"
+continue = "KeyboardIdle > 60"
+preempt = 'Activity == "Suspended" && CurrentTime - EnteredCurrentActivity >= 1'
+kill = "CurrentTime - EnteredCurrentActivity > MaxVacateTime"
+want_suspend = true
+want_vacate = true
+max_vacate_time = 120
+"#;
+
 /// A running pool.
 pub struct Pool {
     pub id: String,
@@ -128,13 +141,20 @@ pub struct Pool {
     hub: String,
     bins: PathBuf,
     daemons: Mutex<BTreeMap<String, Child>>,
+    policy: Option<String>,
 }
 
 impl Pool {
     /// A pool with a matchmaker, a submit host and `n_exec` execute hosts,
     /// every daemon up and every machine advertised.
     pub fn start(n_exec: usize) -> Pool {
-        let pool = Self::create(n_exec).expect("setting up the pool's hosts");
+        Self::start_with_policy(n_exec, None)
+    }
+
+    /// Like [`Pool::start`], with an owner policy file for every execute host.
+    pub fn start_with_policy(n_exec: usize, policy: Option<&str>) -> Pool {
+        let mut pool = Self::create(n_exec).expect("setting up the pool's hosts");
+        pool.policy = policy.map(str::to_string);
         pool.init_pki().expect("making the pool's certificates");
         for h in pool.hosts.clone() {
             pool.start_daemon(&h.name)
@@ -167,6 +187,7 @@ impl Pool {
             hub: hub.clone(),
             bins,
             daemons: Mutex::new(BTreeMap::new()),
+            policy: None,
         };
         ip(&["netns", "add", &hub])?;
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
@@ -291,6 +312,14 @@ impl Pool {
                 format!("{hdir}/activity"),
             ],
         };
+        if host.starts_with("exec")
+            && let Some(p) = &self.policy
+        {
+            let f = self.dir.join(host).join("policy.toml");
+            std::fs::write(&f, p).expect("writing the policy file");
+            v.push("--policy".into());
+            v.push(f.display().to_string());
+        }
         if host.starts_with("exec") {
             // A private mount namespace in which the submit host's files are gone.
             let hide = self.dir.join("submit").display().to_string();
@@ -488,6 +517,73 @@ impl Pool {
             ));
         }
         s
+    }
+
+    /// The owner of `host` touches the keyboard (its activity file).
+    pub fn touch(&self, host: &str) {
+        let act = self.dir.join(host).join("activity");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&act)
+            .expect("activity file");
+        f.set_modified(std::time::SystemTime::now()).expect("touch");
+    }
+
+    /// Waits until the job's log has an event named `event` (optionally
+    /// the `nth` one, counting from 1) and returns it.
+    pub fn wait_event(&self, id: &str, event: &str, nth: usize, timeout: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let found: Vec<Value> = self
+                .log(id)
+                .into_iter()
+                .filter(|e| e["event"] == event)
+                .collect();
+            if found.len() >= nth.max(1) {
+                return found[nth.max(1) - 1].clone();
+            }
+            if t0.elapsed() > timeout {
+                panic!(
+                    "job {id}: no {event:?} event #{nth} after {timeout:?}; log: {:?}\n{}",
+                    self.log(id),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Destroys an execute host outright: every process in its namespace
+    /// is killed and the namespace deleted (a machine that lost power).
+    pub fn destroy_host(&self, host: &str) {
+        let ns = self.host(host).ns.clone();
+        {
+            let mut d = self.daemons.lock().unwrap();
+            if let Some(mut c) = d.remove(host) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for _ in 0..20 {
+            let o = Command::new("ip")
+                .args(["netns", "pids", &ns])
+                .output()
+                .expect("ip netns pids");
+            let pids: Vec<i32> = String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                // SAFETY: kill(2) with a pid; no memory is involved.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     }
 
     /// Runs a command inside a host's network namespace.
