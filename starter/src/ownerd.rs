@@ -1147,6 +1147,99 @@ mod tests {
             .unwrap();
     }
 
+    /// The owner's return and a preemption reach the starter as commands
+    /// on its standard input, and the ad shows the states.
+    #[tokio::test]
+    async fn policy_and_preemption_steer_the_starter() {
+        use proto::tls::{init_ca, issue};
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "cm", "matchmaker", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let record = d.path().join("commands");
+        let fake = d.path().join("fake-starter");
+        // Records each command; leaves on vacate or kill.
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nwhile read -r line; do echo \"$line\" >> {}; case \"$line\" in vacate*|kill*) exit 0;; esac; done\n",
+                record.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let activity = d.path().join("activity");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = Config {
+            pki: pki.clone(),
+            name: "exec1".into(),
+            dir: d.path().join("exec1"),
+            matchmaker: l.local_addr().unwrap().to_string(),
+            matchmaker_name: "cm".into(),
+            activity_file: activity.clone(),
+            devices: false,
+            policy: idle_policy(Duration::from_secs(2)),
+            starter: fake,
+            shim: "/x.so".into(),
+            release_grace: RELEASE_GRACE,
+        };
+        let daemon = tokio::spawn(run(cfg, std::future::pending()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let acc = Identity::load(&pki, "cm").unwrap().acceptor();
+        let mut mm = acc.accept(tcp).await.unwrap();
+        let state = async |mm: &mut tokio_rustls::server::TlsStream<TcpStream>| -> String {
+            let m =
+                tokio::time::timeout(Duration::from_secs(7), read_frame_async(mm, MAX_FRAME)).await;
+            match m.expect("no ad within 7 s").unwrap() {
+                ToMatchmaker::Machine(ad) => format!("{}/{}", ad.state, ad.activity),
+                other => panic!("expected a machine ad, got {other:?}"),
+            }
+        };
+        assert_eq!(state(&mut mm).await, "Unclaimed/Idle");
+        let claim = ClaimId("ef".repeat(32));
+        let offer = FromMatchmaker::Claim {
+            claim: claim.clone(),
+            job: JobId {
+                cluster: 5,
+                proc: 0,
+            },
+            schedd: HostName("submit".into()),
+            addr: "10.0.0.2:9618".into(),
+        };
+        write_frame_async(&mut mm, &offer).await.unwrap();
+        assert_eq!(state(&mut mm).await, "Claimed/Busy");
+        // The owner is back: suspended at once; two idle seconds later continued.
+        std::fs::write(&activity, b"").unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(state(&mut mm).await, "Claimed/Suspended");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(state(&mut mm).await, "Claimed/Busy");
+        assert!(
+            t.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            t.elapsed()
+        );
+        // The matchmaker preempts the claim: vacated, and the starter leaves.
+        write_frame_async(
+            &mut mm,
+            &FromMatchmaker::Vacate {
+                claim,
+                reason: "preempted by job 2.0 of alice".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(state(&mut mm).await, "Preempting/Vacating");
+        assert_eq!(state(&mut mm).await, "Unclaimed/Idle");
+        assert_eq!(
+            std::fs::read_to_string(&record).unwrap(),
+            "suspend\ncontinue\nvacate preempted by job 2.0 of alice\n"
+        );
+        daemon.abort();
+    }
+
     /// A released claim's starter that does not finish is terminated.
     #[tokio::test]
     async fn released_claim_stops_a_starter_that_does_not_finish() {
