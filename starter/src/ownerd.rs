@@ -959,6 +959,24 @@ mod tests {
     }
 
     #[test]
+    fn job_cpu_counts_the_whole_process_tree() {
+        // A shell whose busy child does the work, in a group of its own.
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sh -c 'while :; do :; done' & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let before = tree_cpu_secs(child.id());
+        std::thread::sleep(Duration::from_millis(700));
+        let used = tree_cpu_secs(child.id()) - before;
+        let group = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::Kill);
+        let _ = child.wait();
+        assert!(used > 0.2 && used < 1.5, "{used} CPU seconds in 0.7 s");
+    }
+
+    #[test]
     fn newest_activity_is_the_latest_of_access_and_modification() {
         let d = tempfile::tempdir().unwrap();
         let (a, b) = (d.path().join("a"), d.path().join("b"));
