@@ -7,6 +7,7 @@ use matchmaker::negotiate::{Job, Machine};
 use matchmaker::{FairShare, Options, negotiate};
 use policies::Ad;
 use proto::HostName;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A small deterministic generator (xorshift).
@@ -48,7 +49,7 @@ fn machines(n: usize, rng: &mut Rng) -> Vec<Machine> {
             policy.advertise(&mut ad);
             Machine {
                 name: HostName(format!("exec{i}")),
-                ad,
+                ad: Arc::new(ad),
                 free: true,
                 running: None,
             }
@@ -78,7 +79,7 @@ fn jobs(n: usize, rng: &mut Rng) -> Vec<Job> {
             ad.set_expr("Requirements", rng.pick::<&str>(&reqs))
                 .unwrap();
             ad.set_expr("Rank", rng.pick::<&str>(&ranks)).unwrap();
-            Job::new(owner, ad, i as u64)
+            Job::new(owner, Arc::new(ad), i as u64)
         })
         .collect()
 }

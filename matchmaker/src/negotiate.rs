@@ -24,6 +24,7 @@ use proto::HostName;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The machine state that accepts a new claim.
@@ -33,7 +34,7 @@ pub const UNCLAIMED: &str = "Unclaimed";
 #[derive(Debug, Clone)]
 pub struct Machine {
     pub name: HostName,
-    pub ad: Ad,
+    pub ad: Arc<Ad>,
     /// It may take a job now (`Unclaimed`, no claim pending).
     pub free: bool,
     /// The job it runs under a claim that may be preempted.
@@ -44,14 +45,14 @@ pub struct Machine {
 #[derive(Debug, Clone)]
 pub struct Running {
     pub owner: String,
-    pub ad: Ad,
+    pub ad: Arc<Ad>,
 }
 
 /// An idle job as one negotiation cycle sees it.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub owner: String,
-    pub ad: Ad,
+    pub ad: Arc<Ad>,
     /// When the matchmaker first saw it: smaller is older.
     pub seen: u64,
     /// [`job_key`] of `ad`, computed once when the job arrives.
@@ -59,7 +60,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(owner: String, ad: Ad, seen: u64) -> Job {
+    pub fn new(owner: String, ad: Arc<Ad>, seen: u64) -> Job {
         let key = job_key(&ad);
         Job {
             owner,
@@ -656,7 +657,7 @@ mod tests {
     fn machine(name: &str, text: &str) -> Machine {
         Machine {
             name: HostName(name.into()),
-            ad: ad(text),
+            ad: Arc::new(ad(text)),
             free: true,
             running: None,
         }
@@ -665,7 +666,7 @@ mod tests {
     fn job(owner: &str, seen: u64, text: &str) -> Job {
         let mut a = ad(text);
         a.set("Owner", owner);
-        Job::new(owner.into(), a, seen)
+        Job::new(owner.into(), Arc::new(a), seen)
     }
 
     fn share() -> FairShare {
@@ -809,7 +810,7 @@ mod tests {
         a.set("Owner", owner);
         m.running = Some(Running {
             owner: owner.into(),
-            ad: a,
+            ad: Arc::new(a),
         });
         m
     }

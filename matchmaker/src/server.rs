@@ -67,7 +67,7 @@ fn new_claim() -> ClaimId {
 struct MachineEntry {
     ad: MachineAd,
     /// `ad.attrs` parsed (an attribute that does not parse is `error`).
-    parsed: policies::Ad,
+    parsed: Arc<policies::Ad>,
     conn: u64,
     tx: Outbox,
     claim: Option<ClaimId>,
@@ -79,14 +79,14 @@ struct ScheddEntry {
     tx: Outbox,
     /// Idle jobs without a claim, with the counter value when first seen
     /// and the parsed ad with its [`negotiate::job_key`].
-    jobs: Vec<(JobAd, u64, policies::Ad, u64)>,
+    jobs: Vec<(JobAd, u64, Arc<policies::Ad>, u64)>,
 }
 
 struct ClaimEntry {
     job: JobId,
     owner: String,
     /// The job's ad, for the machine's rank of it (preemption).
-    job_ad: policies::Ad,
+    job_ad: Arc<policies::Ad>,
     schedd: HostName,
     machine: HostName,
     /// The machine's ad has named the job.
@@ -138,8 +138,9 @@ impl Default for Settings {
 struct Offer {
     schedd: HostName,
     addr: String,
-    ad: JobAd,
-    parsed: policies::Ad,
+    job: JobId,
+    owner: String,
+    parsed: Arc<policies::Ad>,
     seen: u64,
     key: u64,
 }
@@ -185,7 +186,7 @@ impl State {
             info!(machine = %name, state = %ad.state, "machine joined");
             MachineEntry {
                 ad: ad.clone(),
-                parsed: policies::Ad::new(),
+                parsed: Arc::new(policies::Ad::new()),
                 conn,
                 tx: tx.clone(),
                 claim: None,
@@ -213,7 +214,7 @@ impl State {
                 ended = Some((c, "the owner came back before the job started", true));
             }
         }
-        entry.parsed = policies::Ad::from_wire_lossy(&ad.attrs);
+        entry.parsed = Arc::new(policies::Ad::from_wire_lossy(&ad.attrs));
         entry.ad = ad;
         if let Some((c, why, tell_schedd)) = ended {
             self.end_claim(&c, why, false, tell_schedd, now);
@@ -269,7 +270,7 @@ impl State {
             // The schedd vouches for the owner; the ad cannot say otherwise.
             parsed.set("Owner", ad.owner.as_str());
             let key = negotiate::job_key(&parsed);
-            list.push((ad, s, parsed, key));
+            list.push((ad, s, Arc::new(parsed), key));
         }
         debug!(schedd = %schedd, idle = list.len(), "job list");
         entry.jobs = list;
@@ -410,7 +411,7 @@ impl State {
         let machines: Vec<(HostName, policies::Ad)> = self
             .machines
             .values()
-            .map(|m| (m.ad.name.clone(), m.parsed.clone()))
+            .map(|m| (m.ad.name.clone(), (*m.parsed).clone()))
             .collect();
         negotiate::why(job.job, &parsed, &machines)
     }
@@ -451,7 +452,8 @@ impl State {
                 offers.push(Offer {
                     schedd: name.clone(),
                     addr: s.addr.clone(),
-                    ad: ad.clone(),
+                    job: ad.job,
+                    owner: ad.owner.clone(),
                     parsed: parsed.clone(),
                     seen: *seen,
                     key: *key,
@@ -469,7 +471,7 @@ impl State {
         for (machine, (schedd, job, _)) in &self.reserved {
             let Some(i) = offers
                 .iter()
-                .position(|o| &o.schedd == schedd && o.ad.job == *job)
+                .position(|o| &o.schedd == schedd && o.job == *job)
             else {
                 continue;
             };
@@ -495,7 +497,7 @@ impl State {
         let cycle_jobs: Vec<negotiate::Job> = index
             .iter()
             .map(|&i| negotiate::Job {
-                owner: offers[i].ad.owner.clone(),
+                owner: offers[i].owner.clone(),
                 ad: offers[i].parsed.clone(),
                 seen: offers[i].seen,
                 key: offers[i].key,
@@ -516,15 +518,15 @@ impl State {
             };
             let reason = format!(
                 "preempted by job {} of {} (the machine ranks it higher)",
-                o.ad.job, o.ad.owner
+                o.job, o.owner
             );
-            info!(machine = %name, claim = %claim, job = %o.ad.job, owner = %o.ad.owner, "preempting");
+            info!(machine = %name, claim = %claim, job = %o.job, owner = %o.owner, "preempting");
             if let Err(e) = m.tx.try_send(FromMatchmaker::Vacate { claim, reason }) {
                 warn!(machine = %name, "cannot tell the machine to vacate ({e})");
                 continue;
             }
             self.reserved
-                .insert(name.clone(), (o.schedd.clone(), o.ad.job, now));
+                .insert(name.clone(), (o.schedd.clone(), o.job, now));
         }
 
         let mut made = Vec::new();
@@ -540,12 +542,12 @@ impl State {
                 continue;
             };
             entry.claim = Some(claim.clone());
-            info!(job = %j.ad.job, owner = %j.ad.owner, schedd = %j.schedd, machine = %machine, claim = %claim, "matched");
+            info!(job = %j.job, owner = %j.owner, schedd = %j.schedd, machine = %machine, claim = %claim, "matched");
             self.claims.insert(
                 claim.clone(),
                 ClaimEntry {
-                    job: j.ad.job,
-                    owner: j.ad.owner.clone(),
+                    job: j.job,
+                    owner: j.owner.clone(),
                     job_ad: j.parsed.clone(),
                     schedd: j.schedd.clone(),
                     machine: machine.clone(),
@@ -554,10 +556,10 @@ impl State {
                 },
             );
             if let Some(s) = self.schedds.get_mut(&j.schedd) {
-                s.jobs.retain(|(a, _, _, _)| a.job != j.ad.job);
+                s.jobs.retain(|(a, _, _, _)| a.job != j.job);
             }
             let mt = Match {
-                job: j.ad.job,
+                job: j.job,
                 machine,
                 claim,
             };
