@@ -50,7 +50,9 @@ fn build_roost() -> Result<PathBuf> {
         cmd.args(["-p", p]);
     }
     if !cmd.status()?.success() {
-        bail!("cargo build --release failed");
+        bail!(
+            "cargo build --release failed (--no-build runs the binaries already in target/release)"
+        );
     }
     Ok(ws.join("target/release"))
 }
