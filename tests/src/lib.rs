@@ -306,12 +306,18 @@ impl Pool {
                 mm,
                 "--matchmaker-name".into(),
                 "cm".into(),
-                "--idle-secs".into(),
-                "1".into(),
                 "--activity-file".into(),
                 format!("{hdir}/activity"),
+                // Only the activity file speaks for the owner: terminals on
+                // this shared machine belong to nobody's test.
+                "--devices".into(),
+                "false".into(),
             ],
         };
+        if host.starts_with("exec") && self.policy.is_none() {
+            v.push("--idle-secs".into());
+            v.push("1".into());
+        }
         if host.starts_with("exec")
             && let Some(p) = &self.policy
         {
