@@ -355,6 +355,15 @@ impl Sandbox {
             let cur = libc::personality(0xffff_ffff);
             check(cur)?;
             check(libc::personality(cur as libc::c_ulong | ADDR_NO_RANDOMIZE))?;
+            // Whatever this process inherited stays out of the job (an fd
+            // the job does not know of would make it uncheckpointable).
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
             if let Some(fd) = self.image {
                 check(libc::dup2(fd, ckpt::RESTORE_FD))?;
             }
@@ -947,6 +956,13 @@ async fn reattach<B: Backend>(relay: &mut Relay<B>, mut conn: UnixStream, fds: &
                 made.len() - 1
             }
         };
+        debug!(
+            fd = r.fd,
+            handle = r.handle,
+            kind = r.kind,
+            ok = made[i].1.is_some(),
+            "reattach"
+        );
         let sent = match &made[i].1 {
             Some(fd) => {
                 ok += 1;
