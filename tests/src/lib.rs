@@ -141,7 +141,8 @@ pub struct Pool {
     hub: String,
     bins: PathBuf,
     daemons: Mutex<BTreeMap<String, Child>>,
-    policy: Option<String>,
+    /// Owner policy file per execute host.
+    policies: BTreeMap<String, String>,
 }
 
 impl Pool {
@@ -153,8 +154,19 @@ impl Pool {
 
     /// Like [`Pool::start`], with an owner policy file for every execute host.
     pub fn start_with_policy(n_exec: usize, policy: Option<&str>) -> Pool {
+        Self::start_with_policies(n_exec, |_| policy.map(str::to_string))
+    }
+
+    /// Like [`Pool::start`], with each execute host's owner policy file
+    /// (or none) from `policy(host)`.
+    pub fn start_with_policies(n_exec: usize, policy: impl Fn(&str) -> Option<String>) -> Pool {
         let mut pool = Self::create(n_exec).expect("setting up the pool's hosts");
-        pool.policy = policy.map(str::to_string);
+        for i in 1..=n_exec {
+            let h = format!("exec{i}");
+            if let Some(p) = policy(&h) {
+                pool.policies.insert(h, p);
+            }
+        }
         pool.init_pki().expect("making the pool's certificates");
         for h in pool.hosts.clone() {
             pool.start_daemon(&h.name)
@@ -187,7 +199,7 @@ impl Pool {
             hub: hub.clone(),
             bins,
             daemons: Mutex::new(BTreeMap::new()),
-            policy: None,
+            policies: BTreeMap::new(),
         };
         ip(&["netns", "add", &hub])?;
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
@@ -314,13 +326,11 @@ impl Pool {
                 "false".into(),
             ],
         };
-        if host.starts_with("exec") && self.policy.is_none() {
+        if host.starts_with("exec") && !self.policies.contains_key(host) {
             v.push("--idle-secs".into());
             v.push("1".into());
         }
-        if host.starts_with("exec")
-            && let Some(p) = &self.policy
-        {
+        if let Some(p) = self.policies.get(host) {
             let f = self.dir.join(host).join("policy.toml");
             std::fs::write(&f, p).expect("writing the policy file");
             v.push("--policy".into());
