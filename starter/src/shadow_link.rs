@@ -84,6 +84,18 @@ struct Shared {
     down: Mutex<Option<String>>,
     /// Signalled once, when the link goes down.
     lost: tokio::sync::watch::Sender<bool>,
+    /// Waits for the commit (`CkptCommitted`/`CkptFailed`) of an image.
+    ckpt_wait: Mutex<Option<oneshot::Sender<Result<u64, String>>>>,
+    /// Where a fetched image goes (`ImageChunk`s), and who learns first
+    /// whether there is one.
+    image: Mutex<ImageSink>,
+}
+
+/// The receiving end of a `FetchImage`.
+#[derive(Default)]
+struct ImageSink {
+    first: Option<oneshot::Sender<bool>>,
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 impl Shared {
@@ -100,6 +112,8 @@ impl Shared {
         }
         drop(d);
         self.pending().take();
+        lock(&self.ckpt_wait).take();
+        *lock(&self.image) = ImageSink::default();
         self.lost.send_replace(true);
     }
 
@@ -120,10 +134,16 @@ impl Shared {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The starter's side of one shadow connection.
 pub struct ShadowLink {
     shared: Arc<Shared>,
     control: mpsc::UnboundedReceiver<FromShadow>,
+    /// `Checkpoint { vacate }` requests from the shadow, until taken.
+    checkpoints: Option<mpsc::UnboundedReceiver<bool>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -203,10 +223,14 @@ impl ShadowLink {
             next_id: AtomicU64::new(1),
             down: Mutex::new(None),
             lost: tokio::sync::watch::channel(false).0,
+            ckpt_wait: Mutex::new(None),
+            image: Mutex::new(ImageSink::default()),
         });
         let (tx, control) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(rd, shared.clone(), tx));
+        let (ckpt_tx, checkpoints) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(rd, shared.clone(), tx, ckpt_tx));
         Ok(ShadowLink {
+            checkpoints: Some(checkpoints),
             shared,
             control,
             reader,
@@ -343,6 +367,32 @@ impl ShadowLink {
         }
     }
 
+    /// The shadow's checkpoint requests (`true`: then vacate), for the
+    /// starter's main loop; `None` after the first call.
+    pub fn checkpoint_requests(&mut self) -> Option<mpsc::UnboundedReceiver<bool>> {
+        self.checkpoints.take()
+    }
+
+    /// Asks for the job's last committed image. `None`: there is none
+    /// (start afresh); otherwise its compressed bytes arrive on the
+    /// receiver, in order, for [`crate::job::JobLaunch::restore`] (the
+    /// channel ends after the last chunk, or early if the link fails).
+    pub async fn fetch_image(&mut self) -> Result<Option<mpsc::Receiver<Vec<u8>>>, LinkError> {
+        let (first, is_image) = oneshot::channel();
+        let (chunks, rx) = mpsc::channel(8);
+        *lock(&self.shared.image) = ImageSink {
+            first: Some(first),
+            chunks: Some(chunks),
+        };
+        self.shared.send(&ToShadow::FetchImage).await?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, is_image).await {
+            Ok(Ok(true)) => Ok(Some(rx)),
+            Ok(Ok(false)) => Ok(None),
+            Ok(Err(_)) => Err(LinkError::Closed(self.shared.why_down())),
+            Err(_) => Err(LinkError::Timeout("asking for the job's image")),
+        }
+    }
+
     /// Closes the connection cleanly (TLS close_notify).
     pub async fn close(self) {
         let mut wr = self.shared.wr.lock().await;
@@ -354,6 +404,7 @@ async fn read_loop(
     mut rd: tokio::io::ReadHalf<Stream>,
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<FromShadow>,
+    checkpoints: mpsc::UnboundedSender<bool>,
 ) {
     let why = loop {
         let msg = match read_frame_async::<_, FromShadow>(&mut rd, MAX_FRAME).await {
@@ -379,6 +430,48 @@ async fn read_loop(
                     handle = h.0,
                     errno, "the shadow could not apply the job's write"
                 )
+            }
+            FromShadow::Checkpoint { vacate } => {
+                let _ = checkpoints.send(vacate);
+            }
+            FromShadow::CkptCommitted { bytes } => match lock(&shared.ckpt_wait).take() {
+                Some(w) => {
+                    let _ = w.send(Ok(bytes));
+                }
+                None => debug!(bytes, "a commit nobody waits for"),
+            },
+            FromShadow::CkptFailed { reason } => match lock(&shared.ckpt_wait).take() {
+                Some(w) => {
+                    let _ = w.send(Err(reason));
+                }
+                None => debug!("a checkpoint failure nobody waits for: {reason}"),
+            },
+            FromShadow::ImageChunk { data, last } => {
+                let chunks = {
+                    let mut sink = lock(&shared.image);
+                    if let Some(first) = sink.first.take() {
+                        let _ = first.send(true);
+                    }
+                    if last {
+                        sink.chunks.take()
+                    } else {
+                        sink.chunks.clone()
+                    }
+                };
+                // Waits while the restarting process reads: the image is
+                // never held whole here.
+                if let Some(c) = chunks
+                    && c.send(data).await.is_err()
+                {
+                    debug!("image chunk after its reader went away");
+                }
+            }
+            FromShadow::NoImage => {
+                let mut sink = lock(&shared.image);
+                if let Some(first) = sink.first.take() {
+                    let _ = first.send(false);
+                }
+                sink.chunks = None;
             }
             other => {
                 let _ = control.send(other);
@@ -414,6 +507,42 @@ impl relay::Backend for LinkBackend {
         }
         // A failure marks the link down; the job's next call reports EIO.
         let _ = self.shared.send(&ToShadow::Write { h, data }).await;
+    }
+
+    async fn ckpt_begin(&mut self, reason: String) {
+        let _ = self.shared.send(&ToShadow::CkptBegin { reason }).await;
+    }
+
+    async fn ckpt_chunk(&mut self, data: Vec<u8>) {
+        let _ = self.shared.send(&ToShadow::CkptChunk { data }).await;
+    }
+
+    async fn ckpt_end(
+        &mut self,
+        raw_bytes: u64,
+        seconds: f64,
+        streams: Vec<(Handle, i64)>,
+    ) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.shared.ckpt_wait) = Some(tx);
+        let end = ToShadow::CkptEnd {
+            raw_bytes,
+            seconds,
+            streams,
+        };
+        if let Err(e) = self.shared.send(&end).await {
+            return Err(format!("{e}"));
+        }
+        rx.await.map_err(|_| {
+            format!(
+                "the link to the shadow went down: {}",
+                self.shared.why_down()
+            )
+        })?
+    }
+
+    async fn ckpt_abort(&mut self, reason: String) {
+        let _ = self.shared.send(&ToShadow::CkptAbort { reason }).await;
     }
 }
 
@@ -657,6 +786,96 @@ mod tests {
                 id: 1,
                 op: FileOp::Getcwd
             }]
+        );
+    }
+
+    #[tokio::test]
+    async fn checkpoint_requests_images_and_commits_are_routed() {
+        let d = tempfile::tempdir().unwrap();
+        let (addr, shadow) = fake_shadow(d.path(), |mut s| async move {
+            let mut seen = vec![];
+            put(&mut s, FromShadow::Checkpoint { vacate: true }).await;
+            // An image is sent, then committed; a second one fails.
+            for answer in [
+                FromShadow::CkptCommitted { bytes: 7 },
+                FromShadow::CkptFailed {
+                    reason: "disk full".into(),
+                },
+            ] {
+                loop {
+                    let m = get(&mut s).await;
+                    let end = matches!(m, ToShadow::CkptEnd { .. });
+                    seen.push(m);
+                    if end {
+                        break;
+                    }
+                }
+                put(&mut s, answer).await;
+            }
+            // No image, then an image in three chunks.
+            seen.push(get(&mut s).await);
+            put(&mut s, FromShadow::NoImage).await;
+            seen.push(get(&mut s).await);
+            for (data, last) in [(&b"ab"[..], false), (b"cd", false), (b"e", true)] {
+                let data = data.to_vec();
+                put(&mut s, FromShadow::ImageChunk { data, last }).await;
+            }
+            seen.push(get(&mut s).await);
+            seen
+        })
+        .await;
+        let id = Identity::load(d.path(), "exec1").unwrap();
+        let mut link = ShadowLink::connect(&id, "submit", &addr).await.unwrap();
+        let mut asks = link.checkpoint_requests().unwrap();
+        assert!(link.checkpoint_requests().is_none());
+        assert_eq!(asks.recv().await, Some(true));
+
+        let mut b = link.backend();
+        b.ckpt_begin("owner".into()).await;
+        b.ckpt_chunk(b"zstd".to_vec()).await;
+        let r = b.ckpt_end(100, 0.5, vec![(Handle(1), 40)]).await;
+        assert_eq!(r, Ok(7));
+        b.ckpt_begin("periodic".into()).await;
+        assert_eq!(b.ckpt_end(1, 0.1, vec![]).await, Err("disk full".into()));
+
+        assert!(link.fetch_image().await.unwrap().is_none());
+        let mut rx = link.fetch_image().await.unwrap().expect("an image");
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.extend(c);
+        }
+        assert_eq!(got, b"abcde");
+        b.ckpt_abort("the job has 2 processes".into()).await;
+
+        let seen = shadow.await.unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                ToShadow::CkptBegin {
+                    reason: "owner".into()
+                },
+                ToShadow::CkptChunk {
+                    data: b"zstd".to_vec()
+                },
+                ToShadow::CkptEnd {
+                    raw_bytes: 100,
+                    seconds: 0.5,
+                    streams: vec![(Handle(1), 40)]
+                },
+                ToShadow::CkptBegin {
+                    reason: "periodic".into()
+                },
+                ToShadow::CkptEnd {
+                    raw_bytes: 1,
+                    seconds: 0.1,
+                    streams: vec![]
+                },
+                ToShadow::FetchImage,
+                ToShadow::FetchImage,
+                ToShadow::CkptAbort {
+                    reason: "the job has 2 processes".into()
+                },
+            ]
         );
     }
 
