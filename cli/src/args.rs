@@ -96,6 +96,23 @@ beginning); `roost log JOB` says which.")]
     Release(JobsArgs),
     /// List finished (completed and removed) jobs, the most recent first.
     History(HistoryArgs),
+    /// Explain why a job is not running: which requirement clauses reject
+    /// which machines.
+    #[command(after_help = "\
+Asks the schedd for the job's ad and the matchmaker to evaluate it against every machine
+it knows: per top-level `&&` clause of the job's requirements, how many machines it
+rejects; which machines' own requirements reject the job, and by which clause; which
+machines match now. If the matchmaker cannot explain, the same is computed here from
+the machines `roost status` lists.")]
+    Why(WhyArgs),
+    /// Evaluate expressions against ads, as HTCondor's classad_eval does.
+    #[command(after_help = "\
+Ad files hold `Name = expression` lines (`#` starts a comment line) or one record
+`[ Name = expression; ... ]`. An unscoped name is looked up in MY, then in TARGET.
+
+  roost eval 'TARGET.Memory >= RequestMemory' --my job.ad --target machine.ad
+  roost eval 'strcat(\"a\", 1 + 2)'")]
+    Eval(EvalArgs),
     /// Run the demo: a personal pool, a job on an execute host, its files on
     /// the submit host.
     Demo(DemoArgs),
@@ -183,6 +200,33 @@ pub struct StatusArgs {
     /// Print the machine ads as JSON.
     #[arg(long)]
     pub json: bool,
+    /// List only machines whose ad makes EXPR true, e.g.
+    /// 'State == "Unclaimed" && Memory >= 2048'.
+    #[arg(long, value_name = "EXPR")]
+    pub constraint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// The job, CLUSTER.PROC (CLUSTER means CLUSTER.0).
+    #[arg(value_name = "JOB")]
+    pub job: JobSel,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The expressions; each value is printed on its own line.
+    #[arg(value_name = "EXPR", required = true)]
+    pub exprs: Vec<String>,
+    /// The ad that is MY (an ad file).
+    #[arg(long, value_name = "FILE")]
+    pub my: Option<PathBuf>,
+    /// The ad that is TARGET (an ad file).
+    #[arg(long, value_name = "FILE")]
+    pub target: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +250,11 @@ pub struct SubmitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+A job's ad holds its description's attributes (Owner, Cmd, Iwd, RequestCpus,
+RequestMemory, RequestDisk, Requirements, Rank, custom attributes) and ClusterId,
+ProcId, QDate, JobRuns, JobState (\"idle\", \"running\", \"held\", ...), RemoteHost
+while it runs and HoldReason while held.")]
 pub struct QArgs {
     /// Print the job summaries as JSON.
     #[arg(long)]
@@ -213,6 +262,15 @@ pub struct QArgs {
     /// Include completed and removed jobs.
     #[arg(long)]
     pub all: bool,
+    /// List only jobs whose ad makes EXPR true, e.g. 'RequestMemory > 1024'.
+    #[arg(long, value_name = "EXPR")]
+    pub constraint: Option<String>,
+    /// List only running jobs, with their hosts.
+    #[arg(long, conflicts_with = "held")]
+    pub run: bool,
+    /// List only held jobs, with the reasons.
+    #[arg(long)]
+    pub held: bool,
 }
 
 #[derive(Debug, Args)]
@@ -519,6 +577,64 @@ mod tests {
             panic!("not demo")
         };
         assert_eq!((d.dir, d.hosts, d.keep), (None, 2, false));
+    }
+
+    #[test]
+    fn why_eval_and_filters() {
+        let cli = parse(&["why", "4.1", "--json"]).unwrap();
+        let Command::Why(w) = cli.command else {
+            panic!("not why")
+        };
+        assert_eq!(
+            (w.job, w.json),
+            (
+                JobSel::Job(JobId {
+                    cluster: 4,
+                    proc: 1
+                }),
+                true
+            )
+        );
+        assert!(parse(&["why"]).is_err());
+        assert!(parse(&["why", "x.y"]).is_err());
+
+        let cli = parse(&[
+            "eval", "1 + 2", "Memory", "--my", "j.ad", "--target", "m.ad",
+        ])
+        .unwrap();
+        let Command::Eval(e) = cli.command else {
+            panic!("not eval")
+        };
+        assert_eq!(e.exprs, ["1 + 2", "Memory"]);
+        assert_eq!(e.my, Some(PathBuf::from("j.ad")));
+        assert_eq!(e.target, Some(PathBuf::from("m.ad")));
+        assert!(parse(&["eval"]).is_err(), "eval needs an expression");
+
+        let cli = parse(&["q", "--constraint", "Owner == \"ann\"", "--held"]).unwrap();
+        let Command::Q(q) = cli.command else {
+            panic!("not q")
+        };
+        assert_eq!(q.constraint.as_deref(), Some("Owner == \"ann\""));
+        assert!(q.held && !q.run && !q.all);
+        let err = parse(&["q", "--run", "--held"]).unwrap_err().to_string();
+        assert!(err.contains("cannot be used with"), "{err}");
+
+        let cli = parse(&["status", "--constraint", "Memory > 1", "--json"]).unwrap();
+        let Command::Status(s) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(
+            (s.constraint.as_deref(), s.json),
+            (Some("Memory > 1"), true)
+        );
+        let cli = parse(&["pool", "status", "--constraint", "true"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Pool(PoolCommand::Status(StatusArgs {
+                constraint: Some(_),
+                ..
+            }))
+        ));
     }
 
     #[test]

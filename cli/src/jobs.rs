@@ -157,6 +157,44 @@ pub fn history(schedd: &Schedd, limit: Option<u32>) -> Result<Vec<JobSummary>> {
     }
 }
 
+/// `roost why`: the job's ad as the schedd would send it to the
+/// matchmaker, and its owner.
+pub fn job_ad(schedd: &Schedd, job: JobId) -> Result<(proto::pool::Ad, String)> {
+    match schedd.request(&CliRequest::JobAd { job })? {
+        CliReply::JobAd { ad, owner } => Ok((ad, owner)),
+        other => Err(unexpected("JobAd", other)),
+    }
+}
+
+/// `roost q --constraint`: every job's ad (unfinished ones, or all).
+pub fn job_ads(schedd: &Schedd, all: bool) -> Result<Vec<proto::pool::JobAd>> {
+    match schedd.request(&CliRequest::JobAds { all })? {
+        CliReply::JobAds { jobs } => Ok(jobs),
+        other => Err(unexpected("JobAds", other)),
+    }
+}
+
+/// The jobs `roost q` lists: `run` keeps running ones, `held` held ones,
+/// `constraint` those whose ad (from `ads`) makes it true.
+pub fn filter_queue(
+    jobs: Vec<JobSummary>,
+    run: bool,
+    held: bool,
+    constraint: Option<(&crate::ads::Constraint, &[proto::pool::JobAd])>,
+) -> Vec<JobSummary> {
+    jobs.into_iter()
+        .filter(|j| !run || j.state == JobState::Running)
+        .filter(|j| !held || j.state == JobState::Held)
+        .filter(|j| match constraint {
+            None => true,
+            Some((c, ads)) => ads
+                .iter()
+                .find(|a| a.job == j.id)
+                .is_some_and(|a| c.holds(&policies::Ad::from_wire_lossy(&a.attrs))),
+        })
+        .collect()
+}
+
 /// `roost log`: the job's event log, one JSON object per line.
 pub fn log(schedd: &Schedd, job: JobId) -> Result<Vec<String>> {
     match schedd.request(&CliRequest::Log { job })? {

@@ -8,8 +8,10 @@
 //! - [`jobs`]: `submit`, `q`, `rm`, `log`, `wait`, `checkpoint`, `vacate`,
 //!   `hold`, `release`, `history`.
 //! - [`render`]: tables and readable logs; [`demo`]: `roost demo`.
+//! - [`ads`]: `roost eval`, `--constraint`, ad files; [`why`]: `roost why`.
 #![forbid(unsafe_code)]
 
+pub mod ads;
 pub mod args;
 pub mod client;
 pub mod daemons;
@@ -18,6 +20,7 @@ pub mod jobs;
 pub mod mm;
 pub mod pool;
 pub mod render;
+pub mod why;
 
 use anyhow::{Context, Result};
 use args::{Cli, Command, PoolCommand, StatusArgs};
@@ -63,12 +66,43 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Q(a) => {
-            let list = jobs::queue(&schedd()?, a.all)?;
+            let constraint = a
+                .constraint
+                .as_deref()
+                .map(ads::Constraint::parse)
+                .transpose()?;
+            let s = schedd()?;
+            let list = jobs::queue(&s, a.all)?;
+            let job_ads = match &constraint {
+                Some(_) => jobs::job_ads(&s, a.all)?,
+                None => Vec::new(),
+            };
+            let list = jobs::filter_queue(
+                list,
+                a.run,
+                a.held,
+                constraint.as_ref().map(|c| (c, job_ads.as_slice())),
+            );
+            let width = render::terminal_width();
             if a.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else if a.run {
+                out.write_all(render::queue_running(&list, width).as_bytes())?;
+            } else if a.held {
+                out.write_all(render::queue_held(&list, width).as_bytes())?;
             } else {
-                out.write_all(render::queue(&list, a.all, render::terminal_width()).as_bytes())?;
+                out.write_all(render::queue(&list, a.all, width).as_bytes())?;
             }
+            Ok(0)
+        }
+        Command::Why(a) => why(&schedd()?, global_pool, cli.matchmaker.as_deref(), &a, out),
+        Command::Eval(a) => {
+            let load = |f: &Option<PathBuf>| {
+                f.as_deref()
+                    .map_or_else(|| Ok(policies::Ad::new()), ads::load_ad)
+            };
+            let (my, target) = (load(&a.my)?, load(&a.target)?);
+            out.write_all(ads::eval_lines(&a.exprs, &my, &target)?.as_bytes())?;
             Ok(0)
         }
         Command::Rm(a) => {
@@ -240,12 +274,13 @@ fn status(
     a: &StatusArgs,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let pool = pool_dir(None, global)?;
-    let mut cfg = pool.load()?;
-    if let Some(addr) = mm {
-        cfg.matchmaker.addr = addr.to_string();
-    }
-    let machines = mm::Matchmaker::new(&pool, &cfg)?.machines(Duration::from_secs(10))?;
+    let constraint = a
+        .constraint
+        .as_deref()
+        .map(ads::Constraint::parse)
+        .transpose()?;
+    let machines = matchmaker(global, mm)?.machines(Duration::from_secs(10))?;
+    let machines = ads::filter_machines(machines, constraint.as_ref());
     if a.json {
         writeln!(
             out,
@@ -258,17 +293,88 @@ fn status(
     Ok(0)
 }
 
-/// `roost submit --dry-run`: the jobs the file describes, checked and
-/// expanded here as the schedd would (cluster shown as 0).
+/// The pool's matchmaker (`mm` overrides the address in `pool.toml`).
+fn matchmaker(global: Option<&Path>, mm: Option<&str>) -> Result<mm::Matchmaker> {
+    let pool = pool_dir(None, global)?;
+    let mut cfg = pool.load()?;
+    if let Some(addr) = mm {
+        cfg.matchmaker.addr = addr.to_string();
+    }
+    mm::Matchmaker::new(&pool, &cfg)
+}
+
+/// `roost why JOB`.
+fn why(
+    schedd: &Schedd,
+    global: Option<&Path>,
+    mm: Option<&str>,
+    a: &args::WhyArgs,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let id = a.job.first();
+    let list = jobs::queue(schedd, true)?;
+    let Some(summary) = list.iter().find(|j| j.id == id) else {
+        anyhow::bail!("no job {id} in the queue (`roost q --all` lists every job)");
+    };
+    let report = match why::Why::settled(summary) {
+        Some(w) => w,
+        None => {
+            let (wire, owner) = jobs::job_ad(schedd, id)?;
+            let ad = policies::Ad::from_wire_lossy(&wire);
+            let m = matchmaker(global, mm)?;
+            let t = Duration::from_secs(10);
+            let job = proto::pool::JobAd {
+                job: id,
+                owner: owner.clone(),
+                attrs: wire,
+            };
+            let (report, source) = match m.why(job, t)? {
+                Ok(r) => (r, why::Source::Matchmaker),
+                Err(reason) => {
+                    let machines = m.machines(t)?;
+                    (
+                        why::local_report(id, &ad, &machines),
+                        why::Source::Local { reason },
+                    )
+                }
+            };
+            why::Why {
+                job: id,
+                owner,
+                state: summary.state,
+                host: summary.host.clone(),
+                hold_reason: summary.hold_reason.clone(),
+                requirements: why::requirements_text(&ad),
+                report: Some(report),
+                source: Some(source),
+            }
+        }
+    };
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        out.write_all(why::render(&report, render::terminal_width()).as_bytes())?;
+    }
+    Ok(0)
+}
+
+/// `roost submit --dry-run`: the jobs the file describes (a TOML job file,
+/// or an HTCondor submit file by its extension), checked and expanded here
+/// as the schedd would (cluster shown as 0), each with the ad it would
+/// advertise.
 fn dry_run(file: &Path, cwd: &Path, out: &mut dyn Write) -> Result<i32> {
     let text = std::fs::read_to_string(cwd.join(file))
         .with_context(|| format!("cannot read the job file {}", file.display()))?;
     let name = file.display().to_string();
-    let specs = policies::jobfile::parse(&name, &text, cwd)
+    let specs = policies::jobfile::parse_any(&name, &text, cwd)
         .and_then(|d| d.expand(0))
         .map_err(anyhow::Error::new)?;
+    let owner = std::env::var("USER").unwrap_or_else(|_| "you".into());
     for (i, s) in specs.iter().enumerate() {
         out.write_all(render::job_spec(&format!("0.{i}"), s).as_bytes())?;
+        let ad = policies::job_ad(s, &owner).map_err(anyhow::Error::new)?;
+        writeln!(out, "  ad:")?;
+        out.write_all(render::ad_lines(&ad, "    ").as_bytes())?;
     }
     writeln!(
         out,

@@ -168,6 +168,72 @@ pub fn queue_at(jobs: &[JobSummary], with_exit: bool, width: Option<usize>, now:
     out
 }
 
+/// `roost q --run`: ID OWNER HOST RUNS CKPT CMD, running jobs only.
+pub fn queue_running(jobs: &[JobSummary], width: Option<usize>) -> String {
+    queue_running_at(jobs, width, now())
+}
+
+/// [`queue_running`] with checkpoint ages counted from `now`.
+pub fn queue_running_at(jobs: &[JobSummary], width: Option<usize>, now: i64) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.owner.clone(),
+                j.host
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |h| h.to_string()),
+                j.runs.to_string(),
+                ckpt_text(j, now),
+                shell_words(std::iter::once(&j.executable).chain(&j.arguments)),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["ID", "OWNER", "HOST", "RUNS", "CKPT", "CMD"],
+        &rows,
+        width,
+    );
+    out.push_str(&match jobs.len() {
+        0 => "no running jobs\n".to_string(),
+        1 => "1 job running\n".to_string(),
+        n => format!("{n} jobs running\n"),
+    });
+    out
+}
+
+/// `roost q --held`: ID OWNER RUNS CMD REASON, held jobs only.
+pub fn queue_held(jobs: &[JobSummary], width: Option<usize>) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.owner.clone(),
+                j.runs.to_string(),
+                shell_words(std::iter::once(&j.executable).chain(&j.arguments)),
+                j.hold_reason.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut out = table(&["ID", "OWNER", "RUNS", "CMD", "REASON"], &rows, width);
+    out.push_str(&match jobs.len() {
+        0 => "no held jobs\n".to_string(),
+        1 => "1 job held (`roost release JOB` lets it run)\n".to_string(),
+        n => format!("{n} jobs held (`roost release JOB` lets them run)\n"),
+    });
+    out
+}
+
+/// An ad as `Name = expression` lines, each indented by `indent`.
+pub fn ad_lines(ad: &policies::Ad, indent: &str) -> String {
+    ad.to_string()
+        .lines()
+        .map(|l| format!("{indent}{l}\n"))
+        .collect()
+}
+
 /// `roost history`: ID OWNER STATE EXIT RUNS CKPT FINISHED CMD.
 pub fn history(jobs: &[JobSummary], width: Option<usize>) -> String {
     let headers = [
@@ -593,6 +659,39 @@ ID   OWNER  STATE      EXIT      RUNS  CKPT  FINISHED             CMD
         );
         assert_eq!(bytes(999), "999 B");
         assert_eq!(bytes(1_250_000_000), "1.2 GB");
+    }
+
+    #[test]
+    fn running_and_held_listings() {
+        let mut a = job(1, 0, JobState::Running, Some("exec2"), &["x y"]);
+        a.runs = 2;
+        assert_eq!(
+            queue_running_at(&[a], None, 0),
+            "\
+ID   OWNER  HOST   RUNS  CKPT  CMD
+1.0  ann    exec2  2     -     /home/ann/upper.sh 'x y'
+1 job running
+"
+        );
+        assert_eq!(
+            queue_running_at(&[], None, 0),
+            "ID  OWNER  HOST  RUNS  CKPT  CMD\nno running jobs\n"
+        );
+        let mut h = job(5, 1, JobState::Held, None, &[]);
+        h.hold_reason = Some("held by ann: input not ready".into());
+        let mut h2 = job(5, 2, JobState::Held, None, &[]);
+        h2.hold_reason = None;
+        let t = queue_held(&[h, h2], Some(60));
+        assert_eq!(
+            t,
+            "\
+ID   OWNER  RUNS  CMD                 REASON
+5.1  ann    0     /home/ann/upper.sh  held by ann: input no…
+5.2  ann    0     /home/ann/upper.sh  -
+2 jobs held (`roost release JOB` lets them run)
+"
+        );
+        assert!(t.lines().all(|l| l.chars().count() <= 60), "{t}");
     }
 
     #[test]

@@ -47,6 +47,15 @@ pub enum CliRequest {
     History {
         limit: Option<u32>,
     },
+    /// One job's ad, as `roost why` sends it to the matchmaker.
+    JobAd {
+        job: JobId,
+    },
+    /// Every job's ad (unfinished ones, or all with `all`), for
+    /// `roost q --constraint`.
+    JobAds {
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +86,18 @@ pub enum CliReply {
     },
     History {
         jobs: Vec<JobSummary>,
+    },
+    /// Answer to `JobAd`: the job's description attributes
+    /// (`policies::ad::job_ad`) plus its queue state: `ClusterId`,
+    /// `ProcId`, `QDate`, `JobRuns`, `JobState` (`"idle"`, `"running"`, …),
+    /// `RemoteHost` while it runs (`LastRemoteHost` after), `HoldReason` while held.
+    JobAd {
+        ad: crate::pool::Ad,
+        owner: String,
+    },
+    /// Answer to `JobAds`, in queue order.
+    JobAds {
+        jobs: Vec<crate::pool::JobAd>,
     },
     Error {
         message: String,

@@ -7,7 +7,7 @@
 //! send several requests, each answered by one reply. A frame that is
 //! oversized or does not decode closes that connection only.
 
-use crate::queue::{NewJob, QueueError};
+use crate::queue::{JobRow, NewJob, QueueError};
 use crate::{Schedd, ShadowCmd};
 use proto::cli::{CliReply, CliRequest};
 use proto::frame::{read_frame_async, write_frame_async};
@@ -230,7 +230,73 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
             Ok(jobs) => CliReply::History { jobs },
             Err(e) => queue_error(e),
         },
+        CliRequest::JobAd { job } => match s.db(move |q| q.get(job)).await {
+            Ok(Some(row)) => match job_ad(&row) {
+                Ok(ad) => CliReply::JobAd {
+                    ad,
+                    owner: row.owner,
+                },
+                Err(e) => error(format!("job {job}: {e}")),
+            },
+            Ok(None) => error(format!("no job {job} in this schedd's queue")),
+            Err(e) => queue_error(e),
+        },
+        CliRequest::JobAds { all } => {
+            let rows = s
+                .db(move |q| {
+                    let ids: Vec<JobId> = q.list(all)?.into_iter().map(|j| j.id).collect();
+                    let mut rows = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        rows.extend(q.get(id)?);
+                    }
+                    Ok(rows)
+                })
+                .await;
+            match rows {
+                Ok(rows) => {
+                    let mut jobs = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        match job_ad(&row) {
+                            Ok(attrs) => jobs.push(proto::pool::JobAd {
+                                job: row.id,
+                                owner: row.owner,
+                                attrs,
+                            }),
+                            Err(e) => return error(format!("job {}: {e}", row.id)),
+                        }
+                    }
+                    CliReply::JobAds { jobs }
+                }
+                Err(e) => queue_error(e),
+            }
+        }
     }
+}
+
+/// A job's ad for the CLI: its description (`policies::ad::job_ad`) and
+/// its place in the queue (see `CliReply::JobAd`).
+pub(crate) fn job_ad(row: &JobRow) -> Result<proto::pool::Ad, policies::PolicyError> {
+    let mut ad = policies::ad::job_ad(&row.spec, &row.owner)?;
+    ad.set(
+        "ClusterId",
+        i64::try_from(row.id.cluster).unwrap_or(i64::MAX),
+    );
+    ad.set("ProcId", i64::from(row.id.proc));
+    ad.set("QDate", row.submitted);
+    ad.set("JobRuns", i64::from(row.runs));
+    ad.set("JobState", row.state.as_str());
+    if let Some(h) = &row.host {
+        let name = if row.state == JobState::Running {
+            "RemoteHost"
+        } else {
+            "LastRemoteHost"
+        };
+        ad.set(name, h.0.as_str());
+    }
+    if let Some(r) = &row.hold_reason {
+        ad.set("HoldReason", r.as_str());
+    }
+    Ok(ad.to_wire())
 }
 
 /// `roost checkpoint` / `roost vacate`: asks each running job's starter.
@@ -270,5 +336,74 @@ async fn ask_running(s: &Arc<Schedd>, jobs: &[JobId], vacate: bool) -> CliReply 
         done,
         vacating,
         refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::HostName;
+    use proto::pool::AdValue;
+
+    #[test]
+    fn job_ads_carry_the_description_and_the_queue_state() {
+        let d = policies::jobfile::parse(
+            "job.toml",
+            "executable = \"/bin/sim\"\nrequirements = 'Memory >= 2048'\nrequest_memory = 512\n[attributes]\nProject = \"physics\"\n",
+            Path::new("/home/ann"),
+        )
+        .unwrap();
+        let spec = d.expand(3).unwrap().remove(0);
+        let mut row = JobRow {
+            id: JobId {
+                cluster: 3,
+                proc: 0,
+            },
+            owner: "ann".into(),
+            state: JobState::Running,
+            spec,
+            host: Some(HostName("exec2".into())),
+            claim: None,
+            claimed_at: None,
+            exit: None,
+            runs: 2,
+            failures: 0,
+            submitted: 1_795_464_062,
+            checkpoints: 0,
+            image: None,
+            finished: None,
+            hold_reason: None,
+            hold_pending: None,
+        };
+        let ad = job_ad(&row).unwrap();
+        let get = |ad: &proto::pool::Ad, k: &str| ad.get(k).cloned();
+        assert_eq!(get(&ad, "Owner"), Some(AdValue::Str("ann".into())));
+        assert_eq!(get(&ad, "ClusterId"), Some(AdValue::Int(3)));
+        assert_eq!(get(&ad, "ProcId"), Some(AdValue::Int(0)));
+        assert_eq!(get(&ad, "QDate"), Some(AdValue::Int(1_795_464_062)));
+        assert_eq!(get(&ad, "JobRuns"), Some(AdValue::Int(2)));
+        assert_eq!(get(&ad, "RequestMemory"), Some(AdValue::Int(512)));
+        assert_eq!(get(&ad, "JobState"), Some(AdValue::Str("running".into())));
+        assert_eq!(get(&ad, "RemoteHost"), Some(AdValue::Str("exec2".into())));
+        assert_eq!(get(&ad, "Project"), Some(AdValue::Str("physics".into())));
+        assert_eq!(
+            get(&ad, "Requirements"),
+            Some(AdValue::Expr("Memory >= 2048".into()))
+        );
+        assert_eq!(get(&ad, "HoldReason"), None);
+
+        row.state = JobState::Held;
+        row.hold_reason = Some("disk full".into());
+        let ad = job_ad(&row).unwrap();
+        assert_eq!(get(&ad, "RemoteHost"), None);
+        assert_eq!(
+            get(&ad, "LastRemoteHost"),
+            Some(AdValue::Str("exec2".into()))
+        );
+        assert_eq!(
+            get(&ad, "HoldReason"),
+            Some(AdValue::Str("disk full".into()))
+        );
+        assert_eq!(get(&ad, "JobState"), Some(AdValue::Str("held".into())));
     }
 }
