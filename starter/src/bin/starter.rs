@@ -26,6 +26,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 /// How long the starter keeps trying to attach to the shadow.
 const ATTACH_PATIENCE: Duration = Duration::from_secs(10);
+/// Longest a vacate may spend checkpointing before the job is killed.
+const MAX_VACATE_TIME: Duration = Duration::from_secs(60);
 
 /// Runs one claimed job on this host for its shadow on the submit host.
 #[derive(Parser, Debug)]
@@ -118,8 +120,9 @@ fn read_commands(input: std::io::Stdin) -> tokio::sync::mpsc::Receiver<Control> 
 /// How the job's run ended.
 enum End {
     Ran(anyhow::Result<(proto::job::ExitStatus, proto::job::Usage)>),
-    /// The ownerd vacated it: its result does not count.
-    Vacated(String),
+    /// The ownerd or the shadow vacated it: its result does not count;
+    /// with `true` it resumes from the image just committed.
+    Vacated(String, bool),
 }
 
 async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> anyhow::Result<()> {
@@ -141,16 +144,35 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
     tokio::pin!(lost);
     let notifier = link.notifier();
     let (job, job_rx) = JobControl::new();
+    let mut asks = link
+        .checkpoint_requests()
+        .expect("checkpoint requests are taken once");
     let end = {
         let exec = execute(&args, &mut link, attached, &mut made_scratch, job_rx);
         tokio::pin!(exec);
-        let mut leaving: Option<String> = None;
+        // Why the job is leaving, and the outcome of its vacate checkpoint.
+        let mut leaving: Option<(String, Option<CkptReply>)> = None;
         loop {
             tokio::select! {
                 r = &mut exec => break match leaving.take() {
-                    Some(reason) => End::Vacated(reason),
+                    Some((reason, Some(outcome))) => {
+                        let checkpointed = outcome.await.is_ok_and(|o| o.committed());
+                        End::Vacated(reason, checkpointed)
+                    }
+                    Some((reason, None)) => End::Vacated(reason, false),
                     None => End::Ran(r),
                 },
+                Some(vacate) = asks.recv() => {
+                    if vacate && leaving.is_none() {
+                        let reason = "vacated from the submit host".to_string();
+                        info!("vacating: {reason}");
+                        leaving = Some((reason.clone(), Some(job.vacate(reason, MAX_VACATE_TIME))));
+                    } else if !vacate {
+                        // The outcome is logged by the job's loop and
+                        // recorded by the shadow.
+                        drop(job.checkpoint("asked from the submit host"));
+                    }
+                }
                 Some(cmd) = commands.recv() => match cmd {
                     Control::Suspend if leaving.is_none() => {
                         job.suspend();
@@ -166,10 +188,15 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
                             warn!("cannot tell the shadow: {e}");
                         }
                     }
-                    Control::Vacate { reason } | Control::Kill { reason } if leaving.is_none() => {
+                    Control::Vacate { reason } if leaving.is_none() => {
                         info!("vacating: {reason}");
-                        vacate(&job);
-                        leaving = Some(reason);
+                        let outcome = job.vacate(reason.clone(), MAX_VACATE_TIME);
+                        leaving = Some((reason, Some(outcome)));
+                    }
+                    Control::Kill { reason } if leaving.is_none() => {
+                        info!("killing the job: {reason}");
+                        job.kill();
+                        leaving = Some((reason, None));
                     }
                     other => info!("ignored while leaving: {other:?}"),
                 },
@@ -189,8 +216,8 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
         }
     }
     match end {
-        End::Vacated(reason) => {
-            link.vacated(reason, false)
+        End::Vacated(reason, checkpointed) => {
+            link.vacated(reason, checkpointed)
                 .await
                 .context("reporting the vacate to the shadow")?;
             info!("job vacated");
@@ -216,11 +243,8 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
     }
 }
 
-/// The one way a job leaves this host early: it is killed and `run_job`
-/// returns. (Checkpointing first belongs here: `JobControl::vacate`.)
-fn vacate(job: &JobControl) {
-    job.kill();
-}
+/// The outcome of a vacate's checkpoint.
+type CkptReply = tokio::sync::oneshot::Receiver<starter::job::CkptOutcome>;
 
 /// Connects and attaches, retrying for [`ATTACH_PATIENCE`]: the claim can
 /// reach this host before the schedd has recorded the match.
@@ -299,6 +323,15 @@ async fn execute(
     };
     let mut argv = vec![name];
     argv.extend(spec.arguments.iter().cloned());
+    // A job that was checkpointed before restarts from its last image.
+    let restore = match link.fetch_image().await {
+        Ok(image) => image,
+        Err(LinkError::Closed(why)) => bail!("lost the shadow: {why}"),
+        Err(e) => return Err(anyhow::Error::new(e).context("asking for the job's image")),
+    };
+    if restore.is_some() {
+        info!("restarting from the last checkpoint");
+    }
     let launch = JobLaunch {
         program,
         argv,
@@ -309,9 +342,9 @@ async fn execute(
         stdout: attached.stdout,
         stderr: attached.stderr,
         shim: args.shim.clone(),
-        restore: None,
+        restore,
         control: Some(control),
-        checkpoint_interval: None,
+        checkpoint_interval: starter::job::checkpoint_interval(&spec),
     };
     let (status, usage) = run_job(launch, link.backend())
         .await
@@ -428,7 +461,8 @@ mod tests {
                         id,
                         reply: FileReply::Ok,
                     },
-                    ToShadow::Started { .. } => continue,
+                    ToShadow::Started { .. } | ToShadow::CkptAbort { .. } => continue,
+                    ToShadow::FetchImage => FromShadow::NoImage,
                     end @ (ToShadow::Exited { .. } | ToShadow::Failed { .. }) => {
                         seen.scratch_existed_at_end = scratch2.exists();
                         seen.end = Some(end);
@@ -678,6 +712,12 @@ mod tests {
                 let m: ToShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
                 match m {
                     ToShadow::Started { .. } => {}
+                    ToShadow::FetchImage => write_frame_async(&mut s, &FromShadow::NoImage)
+                        .await
+                        .unwrap(),
+                    ToShadow::CkptAbort { reason } => {
+                        seen.push(format!("not checkpointed: {reason}"))
+                    }
                     ToShadow::Suspended => seen.push("suspended".to_string()),
                     ToShadow::Continued => seen.push("continued".to_string()),
                     ToShadow::Vacated {
@@ -813,6 +853,7 @@ mod tests {
                 "continued",
                 "suspended",
                 "continued",
+                "not checkpointed: the job runs without the shim",
                 "vacated false preempted by job 9.0 of bob"
             ]
         );
