@@ -55,6 +55,31 @@ impl Why {
     }
 }
 
+/// The expression `name` / `MY.name` leads to in `ad`, following plain
+/// attribute references (`Requirements = START` → `START`'s expression),
+/// with the last name followed (upper-cased) as its label, as the
+/// matchmaker reports it.
+fn resolve<'a>(ad: &'a Ad, e: &'a Expr) -> (String, &'a Expr) {
+    let mut cur = e;
+    let mut label = String::new();
+    for _ in 0..8 {
+        match cur {
+            Expr::Attr {
+                scope: expr::Scope::My | expr::Scope::Auto,
+                name,
+            } => match ad.get(name) {
+                Some(next) => {
+                    label = name.to_uppercase();
+                    cur = next;
+                }
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    (label, cur)
+}
+
 /// The first clause of `ad`'s requirements that does not hold against
 /// `other` (the whole expression if no single clause fails), when the
 /// requirements as a whole reject it.
@@ -63,12 +88,17 @@ fn refusing_clause(ad: &Ad, other: &Ad) -> Option<String> {
     if expr::eval(req, ad, other).is_true() {
         return None;
     }
-    let failing = req
+    let (label, body) = resolve(ad, req);
+    let failing = body
         .clauses()
         .into_iter()
         .find(|c| !expr::eval(c, ad, other).is_true())
-        .unwrap_or(req);
-    Some(failing.to_string())
+        .unwrap_or(body);
+    Some(if label.is_empty() {
+        failing.to_string()
+    } else {
+        format!("{label}: {failing}")
+    })
 }
 
 /// The report the matchmaker would give, computed here against `machines`
@@ -174,6 +204,9 @@ pub fn render(w: &Why, width: Option<usize>) -> String {
                 "No machine matches now. The clause that rejects the most machines is `{c}` ({n} of {}).\n",
                 r.machines
             )),
+            _ if !r.machine_refusals.is_empty() => out.push_str(
+                "No machine matches now: the job accepts them, but their own requirements reject it.\n",
+            ),
             _ => out.push_str("No machine matches now.\n"),
         }
     } else {
@@ -360,6 +393,41 @@ Machines whose own requirements reject the job:
         );
         j.state = JobState::Idle;
         assert!(Why::settled(&j).is_none());
+    }
+
+    #[test]
+    fn machines_that_all_refuse_are_blamed() {
+        let job = Ad::parse("job", "Owner = \"ann\"\nRequirements = Memory > 1").unwrap();
+        let busy = machine(
+            "exec9",
+            &[
+                ("Memory", AdValue::Int(64)),
+                ("KeyboardIdle", AdValue::Int(1)),
+                ("Requirements", AdValue::Expr("Start".into())),
+                ("Start", AdValue::Expr("KeyboardIdle >= 2".into())),
+            ],
+        );
+        let w = Why {
+            report: Some(local_report(JOB, &job, &[busy])),
+            source: Some(Source::Matchmaker),
+            ..why(&job, JobState::Idle)
+        };
+        assert_eq!(
+            render(&w, None),
+            "\
+Job 7.0 (ann, idle) against 1 machine the matchmaker knows:
+
+The job's requirements, clause by clause:
+  REJECTS  CLAUSE
+  0 of 1   Memory > 1
+
+Machines whose own requirements reject the job:
+  MACHINE  FAILING CLAUSE
+  exec9    START: KeyboardIdle >= 2
+
+No machine matches now: the job accepts them, but their own requirements reject it.
+"
+        );
     }
 
     #[test]

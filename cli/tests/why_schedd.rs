@@ -228,7 +228,7 @@ The job's requirements, clause by clause:
 
 Machines whose own requirements reject the job:
   MACHINE  FAILING CLAUSE
-  exec2    START
+  exec2    START: KeyboardIdle > 15 * 60
 
 No machine matches now. The clause that rejects the most machines is `Memory >= 4096` (1 of 2).
 "
