@@ -106,7 +106,17 @@ impl Daemon {
                 push("--matchmaker", cfg.matchmaker.addr.clone().into());
                 push("--matchmaker-name", cfg.matchmaker.name.clone().into());
                 push("--activity-file", pool.activity_file(&self.host).into());
-                push("--idle-secs", opts.idle_secs.to_string().into());
+                // An owner's policy file in the host's directory wins over
+                // the pool's idle time.
+                let policy = pool.host_dir(&self.host).join("policy.toml");
+                if policy.exists() {
+                    push("--policy", policy.into());
+                } else {
+                    push("--idle-secs", opts.idle_secs.to_string().into());
+                }
+                // A personal pool shares this machine's terminals with its
+                // user: only `roost pool touch` speaks for the owners.
+                push("--devices", "false".into());
                 push("--starter", bins.join("roost-starter").into());
                 push("--shim", bins.join("libroost_shim.so").into());
             }
@@ -810,6 +820,8 @@ mod tests {
                 "/p/exec1/activity",
                 "--idle-secs",
                 "2",
+                "--devices",
+                "false",
                 "--starter",
                 "/bin/roost/roost-starter",
                 "--shim",

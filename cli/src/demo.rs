@@ -17,29 +17,48 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// What the job reads.
-pub const INPUT: &str = "\
-roost lends idle workstations to batch jobs.
-the job runs on an execute host;
-every byte it reads or writes lives on the submit host.
-";
+/// What the job reads: one parameter per line.
+pub fn input() -> String {
+    (1..=36).map(|i| format!("{}\n", i * 7919 % 1000)).collect()
+}
 
-/// The job: a shell script (so `tr`, `wc` and the shell itself, children
-/// of the job, run under the shim too).
-pub const SCRIPT: &str = r#"#!/bin/sh
-# Reads $1 on the submit host, writes it upper-cased to $2 there.
-set -e
-echo "upper.sh: running as pid $$ in $(readlink /proc/self/cwd 2>/dev/null || echo '?')"
-echo "upper.sh: my current directory is $(pwd)"
-tr 'a-z' 'A-Z' < "$1" > "$2"
-echo "upper.sh: wrote $(wc -l < "$2") lines to $2"
+/// The job: a parameter sweep in plain Python. One process, so it can be
+/// checkpointed; slow enough (about 6 s) for its owner to come back.
+pub const SCRIPT: &str = r#"# sweep.py: reads params.txt and appends one result per parameter to
+# results.txt, as it goes, on the submit host.
+import hashlib, time
+
+acc = 0
+with open("params.txt") as params, open("results.txt", "a") as out:
+    for n, line in enumerate(params):
+        p = int(line)
+        for k in range(30000):
+            acc = (acc * 31 + p * k + n) % 1000000007
+        digest = hashlib.sha256(str(acc).encode()).hexdigest()[:16]
+        out.write(f"{n:3d} p={p:4d} acc={acc:10d} {digest}\n")
+        out.flush()
+        time.sleep(0.15)
+print("sweep done:", n + 1, "parameters, final", acc)
 "#;
 
-pub const JOB_FILE: &str = r#"# The demo's job: run upper.sh on some execute host of the pool.
-executable = "upper.sh"
-arguments = ["input.txt", "output.txt"]
-output = "upper.out"
-error = "upper.err"
+pub const JOB_FILE: &str = r#"# The demo's job: a Python parameter sweep on some execute host.
+executable = "/usr/bin/python3"
+arguments = ["sweep.py"]
+output = "sweep.out"
+error = "sweep.err"
+"#;
+
+/// The execute hosts' owner policy: a touch suspends the job at once and
+/// vacates it (checkpoint, then leave) a second later; a host takes jobs
+/// again two seconds after its owner's last touch.
+pub const POLICY: &str = r#"start = "KeyboardIdle > 2"
+suspend = "KeyboardIdle < 2"
+continue = "KeyboardIdle > 60"
+preempt = 'Activity == "Suspended" && CurrentTime - EnteredCurrentActivity >= 1'
+kill = "CurrentTime - EnteredCurrentActivity > MaxVacateTime"
+want_suspend = true
+want_vacate = true
+max_vacate_time = 120
 "#;
 
 #[derive(Debug, Clone)]
@@ -131,7 +150,8 @@ impl Demo<'_> {
         self.write_job()?;
         let schedd = Schedd::at(&self.pool.schedd_sock(), self.pool.root());
         let job = self.submit(&schedd)?;
-        let waited = self.wait(&schedd, job, opts.timeout);
+        let moved = self.owner_returns(&schedd, job, opts.timeout);
+        let waited = moved.and_then(|()| self.wait(&schedd, job, opts.timeout));
         // What there is to see helps most when the job failed.
         self.show_queue_and_log(&schedd, job)?;
         let files = self.show_files();
@@ -152,7 +172,84 @@ impl Demo<'_> {
             cycle_secs: None,
             timeout: opts.timeout,
         };
+        for i in 1..=opts.hosts {
+            let h = self.pool.host_dir(&format!("exec{i}"));
+            std::fs::create_dir_all(&h)
+                .with_context(|| format!("cannot create {}", h.display()))?;
+            write_file(&h.join("policy.toml"), POLICY, false)?;
+        }
+        writeln!(
+            self.out,
+            "--- each execute host's owner policy (policy.toml)"
+        )?;
+        self.out.write_all(POLICY.as_bytes())?;
         self.started = daemons::up(&self.pool, &up, self.out)?;
+        Ok(())
+    }
+
+    /// The events of the job's log, parsed.
+    fn events(schedd: &Schedd, job: JobId) -> Result<Vec<serde_json::Value>> {
+        Ok(jobs::log(schedd, job)?
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// The job starts on host A; A's owner comes back and stays; the job is
+    /// suspended, checkpointed, vacated, and resumes on another host.
+    fn owner_returns(&mut self, schedd: &Schedd, job: JobId, timeout: Duration) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let host = loop {
+            let ev = Self::events(schedd, job)?;
+            if let Some(h) = ev
+                .iter()
+                .find(|e| e["event"] == "executing")
+                .and_then(|e| e["host"].as_str())
+            {
+                break h.to_string();
+            }
+            ensure!(
+                t0.elapsed() < timeout,
+                "job {job} did not start within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        self.section(&format!(
+            "job {job} runs on {host}; let it work for two seconds"
+        ))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let done = self.job_dir.join("results.txt");
+        let lines = std::fs::read_to_string(&done)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        writeln!(self.out, "results.txt has {lines} lines so far")?;
+        self.section(&format!(
+            "the owner of {host} comes back: roost pool touch {host} (and keeps typing)"
+        ))?;
+        let t0 = std::time::Instant::now();
+        let mut shown = 0;
+        loop {
+            daemons::touch(&self.pool, &host)?;
+            let ev = Self::events(schedd, job)?;
+            for e in ev.iter().skip(shown) {
+                writeln!(self.out, "{}", render::log_line(&e.to_string()))?;
+            }
+            shown = ev.len();
+            let elsewhere = ev
+                .iter()
+                .filter(|e| e["event"] == "executing")
+                .filter_map(|e| e["host"].as_str())
+                .any(|h| h != host);
+            let finished = ev.iter().any(|e| e["event"] == "completed");
+            if elsewhere || finished {
+                break;
+            }
+            ensure!(
+                t0.elapsed() < timeout,
+                "job {job} did not move off {host} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
         Ok(())
     }
 
@@ -160,17 +257,19 @@ impl Demo<'_> {
         let d = self.job_dir.clone();
         self.section(&format!("a job in {} on the submit host", d.display()))?;
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        for f in ["output.txt", "upper.out", "upper.err"] {
+        for f in ["results.txt", "sweep.out", "sweep.err"] {
             let _ = std::fs::remove_file(d.join(f));
         }
-        write_file(&d.join("input.txt"), INPUT, false)?;
-        write_file(&d.join("upper.sh"), SCRIPT, true)?;
+        let input = input();
+        write_file(&d.join("params.txt"), &input, false)?;
+        write_file(&d.join("sweep.py"), SCRIPT, false)?;
         write_file(&d.join("job.toml"), JOB_FILE, false)?;
-        for (name, text) in [
-            ("job.toml", JOB_FILE),
-            ("upper.sh", SCRIPT),
-            ("input.txt", INPUT),
-        ] {
+        writeln!(
+            self.out,
+            "--- params.txt: {} parameters",
+            input.lines().count()
+        )?;
+        for (name, text) in [("job.toml", JOB_FILE), ("sweep.py", SCRIPT)] {
             writeln!(self.out, "--- {name}")?;
             self.out.write_all(text.as_bytes())?;
         }
@@ -231,7 +330,7 @@ impl Demo<'_> {
             "what the job wrote, in {} on the submit host",
             d.display()
         ))?;
-        for f in ["upper.out", "upper.err", "output.txt"] {
+        for f in ["sweep.out", "sweep.err", "results.txt"] {
             match std::fs::read(d.join(f)) {
                 Ok(text) => {
                     writeln!(self.out, "--- {f}")?;
@@ -243,18 +342,44 @@ impl Demo<'_> {
         Ok(())
     }
 
+    /// The same script run here, without roost, must write the same bytes.
     fn check_output(&mut self) -> Result<bool> {
-        let path = self.job_dir.join("output.txt");
-        let got =
-            std::fs::read(&path).with_context(|| format!("the job wrote no {}", path.display()))?;
-        let want = INPUT.to_uppercase();
-        let same = got == want.as_bytes();
-        writeln!(
-            self.out,
-            "\noutput.txt is {} the expected {} bytes",
-            if same { "byte-identical to" } else { "NOT" },
-            want.len()
-        )?;
+        let here = self.pool.root().join("reference");
+        let _ = std::fs::remove_dir_all(&here);
+        std::fs::create_dir_all(&here)
+            .with_context(|| format!("cannot create {}", here.display()))?;
+        write_file(&here.join("params.txt"), &input(), false)?;
+        write_file(&here.join("sweep.py"), SCRIPT, false)?;
+        self.section("the same sweep run here without roost, for reference")?;
+        let local = std::process::Command::new("/usr/bin/python3")
+            .arg("sweep.py")
+            .current_dir(&here)
+            .output()
+            .context("cannot run /usr/bin/python3")?;
+        ensure!(
+            local.status.success(),
+            "the reference run failed: {}",
+            String::from_utf8_lossy(&local.stderr)
+        );
+        let mut same = true;
+        for (name, want) in [
+            ("results.txt", std::fs::read(here.join("results.txt"))?),
+            ("sweep.out", local.stdout.clone()),
+        ] {
+            let got = std::fs::read(self.job_dir.join(name)).unwrap_or_default();
+            let ok = got == want;
+            same &= ok;
+            writeln!(
+                self.out,
+                "{name} is {} the reference's ({} bytes)",
+                if ok {
+                    "byte-identical to"
+                } else {
+                    "NOT the same as"
+                },
+                want.len()
+            )?;
+        }
         Ok(same)
     }
 }
@@ -274,42 +399,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_job_file_is_valid_and_ships_the_script() {
+    fn the_demo_job_file_and_policy_are_valid() {
         let d = tempfile::tempdir().unwrap();
         let desc = policies::jobfile::parse("job.toml", JOB_FILE, d.path()).unwrap();
         let specs = desc.expand(1).unwrap();
         assert_eq!(specs.len(), 1);
         let s = &specs[0];
-        assert_eq!(s.executable, "upper.sh");
-        assert!(s.transfer_executable);
-        assert_eq!(s.arguments, ["input.txt", "output.txt"]);
-        assert_eq!(s.output.as_deref(), Some("upper.out"));
+        assert_eq!(s.executable, "/usr/bin/python3");
+        assert_eq!(s.arguments, ["sweep.py"]);
+        assert_eq!(s.output.as_deref(), Some("sweep.out"));
         assert_eq!(s.initialdir, d.path().display().to_string());
+        policies::policy::OwnerPolicy::parse("policy.toml", POLICY).unwrap();
     }
 
     #[test]
-    fn the_script_does_what_the_demo_expects_when_run_locally() {
-        let d = tempfile::tempdir().unwrap();
-        write_file(&d.path().join("input.txt"), INPUT, false).unwrap();
-        write_file(&d.path().join("upper.sh"), SCRIPT, true).unwrap();
-        let out = std::process::Command::new("./upper.sh")
-            .args(["input.txt", "output.txt"])
-            .current_dir(d.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            std::fs::read_to_string(d.path().join("output.txt")).unwrap(),
-            INPUT.to_uppercase()
-        );
-        let said = String::from_utf8(out.stdout).unwrap();
-        assert!(
-            said.ends_with("upper.sh: wrote 3 lines to output.txt\n"),
-            "{said}"
-        );
+    fn the_sweep_runs_locally_and_is_deterministic() {
+        let mut outs = vec![];
+        for _ in 0..2 {
+            let d = tempfile::tempdir().unwrap();
+            write_file(&d.path().join("params.txt"), &input(), false).unwrap();
+            write_file(&d.path().join("sweep.py"), SCRIPT, false).unwrap();
+            let out = std::process::Command::new("/usr/bin/python3")
+                .arg("sweep.py")
+                .current_dir(d.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let results = std::fs::read_to_string(d.path().join("results.txt")).unwrap();
+            assert_eq!(results.lines().count(), 36);
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("sweep done: 36 parameters"));
+            outs.push((results, out.stdout));
+        }
+        assert_eq!(outs[0], outs[1]);
     }
 }
