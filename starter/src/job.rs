@@ -59,6 +59,10 @@ const GRACE: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Longest a checkpoint that does not vacate may take.
 pub const CKPT_LIMIT: Duration = Duration::from_secs(600);
+/// What the shim says when a checkpoint finds it inside a call.
+const SHIM_BUSY: &str = "the shim is busy";
+/// How soon a busy shim is asked again.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
 /// Exit code of a restart that could not restore its image (the shim's).
 const RESTORE_FAILED: i32 = 121;
 /// `personality(2)`: no address space randomization.
@@ -390,6 +394,8 @@ struct Pending {
     deadline: Instant,
     /// The job was stopped: stop it again afterwards.
     restop: bool,
+    /// The shim was busy: ask again then.
+    retry_at: Option<Instant>,
 }
 
 /// Spawns the job, serves its shim connections, returns when the job's
@@ -610,6 +616,7 @@ pub async fn run_job<B: Backend>(
                     started: now,
                     deadline: now + max_time,
                     restop: false,
+                    retry_at: None,
                 };
                 ended = begin_checkpoint(
                     &mut relay,
@@ -643,6 +650,7 @@ pub async fn run_job<B: Backend>(
                     started: now,
                     deadline: now + CKPT_LIMIT,
                     restop: false,
+                    retry_at: None,
                 };
                 ended = begin_checkpoint(
                     &mut relay,
@@ -663,6 +671,12 @@ pub async fn run_job<B: Backend>(
                 }
                 None => warn!("a checkpoint image nobody asked for; dropped"),
             },
+            Ev::Ckpt(CkptConn::Refused(why)) if why.contains(SHIM_BUSY) && pending.is_some() => {
+                // The job is inside the shim; it is asked again shortly.
+                if let Some(p) = pending.as_mut() {
+                    p.retry_at = Some(Instant::now() + BUSY_RETRY);
+                }
+            }
             Ev::Ckpt(CkptConn::Refused(why)) => match pending.take() {
                 Some(p) => {
                     relay.backend_mut().ckpt_abort(why.clone()).await;
@@ -671,6 +685,18 @@ pub async fn run_job<B: Backend>(
                 None => warn!("a checkpoint refusal nobody asked for: {why}"),
             },
             Ev::Ckpt(CkptConn::Reattach(conn, fds)) => reattach(&mut relay, conn, &fds).await,
+            Ev::CkptTimeout
+                if pending
+                    .as_ref()
+                    .is_some_and(|p| p.retry_at.is_some() && Instant::now() < p.deadline) =>
+            {
+                if let Some(p) = pending.as_mut() {
+                    p.retry_at = None;
+                    if let Err(e) = signal_checkpoint(pid) {
+                        debug!(pid, "asking again for the checkpoint: {e}");
+                    }
+                }
+            }
             Ev::CkptTimeout => {
                 if let Some(p) = pending.take() {
                     let why = "the job did not answer the checkpoint signal in time".to_string();
@@ -692,9 +718,10 @@ pub async fn run_job<B: Backend>(
                 break;
             }
         }
-        pending_sleep = pending
-            .as_ref()
-            .map(|p| Box::pin(tokio::time::sleep_until(p.deadline.into())));
+        pending_sleep = pending.as_ref().map(|p| {
+            let at = p.retry_at.map_or(p.deadline, |r| r.min(p.deadline));
+            Box::pin(tokio::time::sleep_until(at.into()))
+        });
         if let Some((p, outcome)) = ended {
             match &outcome {
                 CkptOutcome::Committed {
@@ -841,16 +868,23 @@ async fn begin_checkpoint<B: Backend>(
     if req.restop {
         let _ = rustix::process::kill_process(p, Signal::Cont);
     }
-    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-    let r = unsafe { libc::kill(pid, ckpt::SIG_CKPT) };
-    if r != 0 {
-        let why = format!("cannot signal the job: {}", io::Error::last_os_error());
+    if let Err(e) = signal_checkpoint(pid) {
+        let why = format!("cannot signal the job: {e}");
         relay.backend_mut().ckpt_abort(why.clone()).await;
         return Some((req, CkptOutcome::Failed(why)));
     }
     debug!(pid, reason = %req.reason, vacate = req.vacate, "checkpoint asked for");
     *pending = Some(req);
     None
+}
+
+/// Asks the job's process for an image.
+fn signal_checkpoint(pid: i32) -> io::Result<()> {
+    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+    if unsafe { libc::kill(pid, ckpt::SIG_CKPT) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Takes the image the shim is sending on `conn` to the backend: begin,

@@ -49,7 +49,7 @@ fn shim() -> Option<PathBuf> {
     .then_some(path)
 }
 
-/// A job that reads `input.txt` line by line, keeps a running hash and
+/// A job that reads `input.txt` (or with `-`, its stdin) line by line, keeps a running hash and
 /// 8 MiB of memory that every line changes, appends one line per input
 /// line to `output.txt`, and prints a summary of all of it at the end.
 const READER_C: &str = r#"
@@ -59,8 +59,8 @@ const READER_C: &str = r#"
 #include <string.h>
 #include <unistd.h>
 
-int main(void) {
-    FILE *in = fopen("input.txt", "r");
+int main(int argc, char **argv) {
+    FILE *in = argc > 1 && strcmp(argv[1], "-") == 0 ? stdin : fopen("input.txt", "r");
     if (!in) { perror("input.txt"); return 2; }
     int out = open("output.txt", O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (out < 0) { perror("output.txt"); return 2; }
@@ -237,8 +237,10 @@ struct Run<'a> {
     /// seen by the job as `/tmp/NAME`).
     ship: bool,
     argv: &'a [&'a str],
+    stdin: Option<Handle>,
     stdout: Option<Handle>,
     image: Option<Vec<u8>>,
+    interval: Option<Duration>,
 }
 
 /// Runs one job; `during` gets its control handle while it runs (spawned).
@@ -283,7 +285,9 @@ where
         scratch.path().to_path_buf(),
         submit.to_str().unwrap().to_string(),
     );
+    launch.stdin = r.stdin;
     launch.stdout = r.stdout;
+    launch.checkpoint_interval = r.interval;
     launch.shim = shim().expect("shim");
     launch.restore = restore;
     launch.control = Some(rx);
@@ -296,11 +300,18 @@ where
     (status, outcomes)
 }
 
-/// Vacates the job after `after`.
-fn vacate_after(after: Duration) -> impl FnOnce(JobControl) -> VacateFut {
+/// Vacates the job once `file` has `at_least` lines.
+fn vacate_at(file: PathBuf, at_least: usize) -> impl FnOnce(JobControl) -> VacateFut {
     move |ctl| {
         Box::pin(async move {
-            tokio::time::sleep(after).await;
+            loop {
+                let n =
+                    std::fs::read(&file).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+                if n >= at_least {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let o = ctl
                 .vacate("the owner is back", Duration::from_secs(60))
                 .await
@@ -367,6 +378,8 @@ async fn a_c_program_vacated_mid_run_restarts_elsewhere_with_identical_output() 
         argv: &["reader"],
         stdout: Some(stdout),
         image: None,
+        stdin: None,
+        interval: None,
     };
     let (status, _) = run(b, plain.path(), run1, nothing).await;
     assert_eq!(status, ExitStatus::Code(0));
@@ -387,12 +400,14 @@ async fn a_c_program_vacated_mid_run_restarts_elsewhere_with_identical_output() 
         argv: &["reader"],
         stdout: Some(stdout),
         image: None,
+        stdin: None,
+        interval: None,
     };
     let (status, outcomes) = run(
         b,
         moved.path(),
         run2,
-        vacate_after(Duration::from_millis(1200)),
+        vacate_at(moved.path().join("output.txt"), 150),
     )
     .await;
     assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
@@ -417,6 +432,8 @@ async fn a_c_program_vacated_mid_run_restarts_elsewhere_with_identical_output() 
         argv: &["reader"],
         stdout: None,
         image: Some(img),
+        stdin: None,
+        interval: None,
     };
     let (status, _) = run(b, moved.path(), run3, nothing).await;
     assert_eq!(status, ExitStatus::Code(0));
@@ -452,6 +469,8 @@ async fn a_python_script_restarted_twice_gives_the_same_results() {
         argv: &argv,
         stdout: Some(stdout),
         image: None,
+        stdin: None,
+        interval: None,
     };
     let (status, _) = run(b, plain.path(), r, nothing).await;
     assert_eq!(status, ExitStatus::Code(0));
@@ -471,14 +490,11 @@ async fn a_python_script_restarted_twice_gives_the_same_results() {
         argv: &argv,
         stdout: Some(stdout),
         image: None,
+        stdin: None,
+        interval: None,
     };
-    let (status, outcomes) = run(
-        b,
-        moved.path(),
-        r,
-        vacate_after(Duration::from_millis(1500)),
-    )
-    .await;
+    let results = moved.path().join("results.txt");
+    let (status, outcomes) = run(b, moved.path(), r, vacate_at(results.clone(), 60)).await;
     assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
     assert!(outcomes[0].committed(), "{outcomes:?}");
     let mut progress = vec![read(moved.path(), "results.txt").lines().count()];
@@ -494,10 +510,13 @@ async fn a_python_script_restarted_twice_gives_the_same_results() {
             argv: &argv,
             stdout: None,
             image: Some(img),
+            stdin: None,
+            interval: None,
         };
+        let results = results.clone();
         let during = move |ctl: JobControl| -> VacateFut {
             if round == 0 {
-                vacate_after(Duration::from_millis(1200))(ctl)
+                vacate_at(results, 150)(ctl)
             } else {
                 nothing(ctl)
             }
@@ -533,6 +552,8 @@ async fn a_job_of_two_processes_is_not_checkpointable_and_vacate_kills_it() {
         argv: &["sh", "-c", "echo start; sleep 30; echo end"],
         stdout: Some(stdout),
         image: None,
+        stdin: None,
+        interval: None,
     };
     let started = std::time::Instant::now();
     let (status, outcomes) = run(b, submit.path(), r, |ctl| {
@@ -566,4 +587,216 @@ async fn a_job_of_two_processes_is_not_checkpointable_and_vacate_kills_it() {
     assert!(s.aborts[0].contains("2 processes"), "{:?}", s.aborts);
     drop(s);
     assert_eq!(read(submit.path(), "stdout.txt"), "start\n");
+}
+
+/// Runs the reader job to its end in a new submit directory holding
+/// `input`; returns the directory, the store and the outcomes of `during`.
+async fn reader_run<F, Fut>(
+    prog: &Path,
+    input: &str,
+    from_stdin: bool,
+    interval: Option<Duration>,
+    during: F,
+) -> (
+    tempfile::TempDir,
+    Arc<Mutex<Store>>,
+    ExitStatus,
+    Vec<CkptOutcome>,
+)
+where
+    F: FnOnce(JobControl, PathBuf) -> Fut,
+    Fut: Future<Output = Vec<CkptOutcome>> + Send + 'static,
+{
+    let dir = submit_dir();
+    let output = dir.path().join("output.txt");
+    std::fs::write(dir.path().join("input.txt"), input).unwrap();
+    let store = Arc::new(Mutex::new(Store::default()));
+    let b = CkptBackend::new(JobFs::new(dir.path()).unwrap(), store.clone());
+    let stdout = b.open_std("stdout.txt", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC);
+    let stdin = from_stdin.then(|| b.open_std("input.txt", libc::O_RDONLY));
+    let argv: &[&str] = if from_stdin {
+        &["reader", "-"]
+    } else {
+        &["reader"]
+    };
+    let r = Run {
+        program: prog,
+        ship: true,
+        argv,
+        stdout: Some(stdout),
+        image: None,
+        stdin,
+        interval,
+    };
+    let (status, outcomes) = run(b, dir.path(), r, |ctl| during(ctl, output)).await;
+    (dir, store, status, outcomes)
+}
+
+/// Restarts the reader job from the store's image in `dir`.
+async fn reader_restart(prog: &Path, dir: &Path, store: &Arc<Mutex<Store>>) -> ExitStatus {
+    let (img, snap) = image(store);
+    let fs = JobFs::restore(dir, &snap).expect("restore the job's files");
+    let b = CkptBackend::new(fs, store.clone());
+    let r = Run {
+        program: prog,
+        ship: true,
+        argv: &["reader"],
+        stdout: None,
+        image: Some(img),
+        stdin: None,
+        interval: None,
+    };
+    run(b, dir, r, nothing).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_reading_its_stdin_resumes_where_it_had_read() {
+    let (Some(_), Some(prog)) = (shim(), reader_program()) else {
+        return;
+    };
+    let input = lines(500);
+    let (plain, _, status, _) = reader_run(&prog, &input, true, None, |c, _| nothing(c)).await;
+    assert_eq!(status, ExitStatus::Code(0));
+    let want_out = read(plain.path(), "output.txt");
+    assert_eq!(want_out.lines().count(), 500);
+    let want_stdout = read(plain.path(), "stdout.txt");
+
+    let (moved, store, status, outcomes) = reader_run(&prog, &input, true, None, |ctl, out| {
+        vacate_at(out, 120)(ctl)
+    })
+    .await;
+    assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
+    assert!(outcomes[0].committed(), "{outcomes:?}");
+    let done = read(moved.path(), "output.txt").lines().count();
+    assert!(done > 10 && done < 500, "vacated mid-run: {done} lines");
+    // The stream was pushed ahead of the job; the image records what the
+    // job had consumed, which is less than the whole file.
+    let (_, snap) = image(&store);
+    let stdin = snap
+        .handles
+        .iter()
+        .find(|h| h.path == b"input.txt")
+        .unwrap();
+    assert!(
+        stdin.offset > 0 && (stdin.offset as usize) < input.len(),
+        "{stdin:?}"
+    );
+    assert_eq!(
+        reader_restart(&prog, moved.path(), &store).await,
+        ExitStatus::Code(0)
+    );
+    assert_eq!(read(moved.path(), "output.txt"), want_out);
+    assert_eq!(read(moved.path(), "stdout.txt"), want_stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_and_suspended_checkpoints_let_the_job_go_on_and_restart_from_the_last() {
+    let (Some(_), Some(prog)) = (shim(), reader_program()) else {
+        return;
+    };
+    let input = lines(700);
+    let (plain, _, _, _) = reader_run(&prog, &input, false, None, |c, _| nothing(c)).await;
+    let want_out = read(plain.path(), "output.txt");
+    let want_stdout = read(plain.path(), "stdout.txt");
+
+    // Images every 700 ms, and one asked for while the job is suspended.
+    // The program under its own name, to find its process.
+    let own = prog.with_file_name("ckpt_susp");
+    if !own.exists() {
+        let tmp = prog.with_file_name(format!("ckpt_susp.{}", std::process::id()));
+        std::fs::copy(&prog, &tmp).unwrap();
+        std::fs::rename(&tmp, &own).unwrap();
+    }
+    let (dir, store, status, outcomes) = reader_run(
+        &own,
+        &input,
+        false,
+        Some(Duration::from_millis(700)),
+        |ctl, _| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                ctl.suspend();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pid = job_pid("ckpt_susp").expect("the job's process");
+                assert_eq!(state(pid), Some('T'));
+                let o = ctl.checkpoint("while suspended").await.expect("an outcome");
+                // Still stopped after the image, until continued.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert_eq!(state(pid), Some('T'));
+                ctl.resume();
+                vec![o]
+            }) as VacateFut
+        },
+    )
+    .await;
+    assert_eq!(status, ExitStatus::Code(0));
+    assert!(outcomes[0].committed(), "{outcomes:?}");
+    let commits = store.lock().unwrap().commits;
+    assert!(commits >= 3, "{commits} images");
+    // Checkpoints did not disturb the job.
+    assert_eq!(read(dir.path(), "output.txt"), want_out);
+    assert_eq!(read(dir.path(), "stdout.txt"), want_stdout);
+
+    // The host dies after the last image: the job restarts from it (the
+    // files are cut back to their size at that image) and ends the same.
+    assert_eq!(
+        reader_restart(&own, dir.path(), &store).await,
+        ExitStatus::Code(0)
+    );
+    assert_eq!(read(dir.path(), "output.txt"), want_out);
+    assert_eq!(read(dir.path(), "stdout.txt"), want_stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_image_is_a_restore_error() {
+    let (Some(shim), Some(prog)) = (shim(), reader_program()) else {
+        return;
+    };
+    let (dir, store, _, outcomes) = reader_run(&prog, &lines(400), false, None, |ctl, out| {
+        vacate_at(out, 100)(ctl)
+    })
+    .await;
+    assert!(outcomes[0].committed(), "{outcomes:?}");
+    let (img, snap) = image(&store);
+    // Raw (not compressed) bytes that are not an image.
+    let bad = zstd::encode_all(&b"ROOSTCK\x01 but not an image at all"[..], 1).unwrap();
+    for data in [bad, img[..img.len() / 2].to_vec()] {
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::copy(&prog, scratch.path().join("reader")).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(data).await.unwrap();
+        drop(tx);
+        let mut launch = JobLaunch::new(
+            scratch.path().join("reader"),
+            vec!["reader".into()],
+            scratch.path().to_path_buf(),
+            dir.path().to_str().unwrap().to_string(),
+        );
+        launch.shim = shim.clone();
+        launch.restore = Some(rx);
+        let fs = JobFs::restore(dir.path(), &snap).unwrap();
+        let b = CkptBackend::new(fs, store.clone());
+        let r = tokio::time::timeout(LIMIT, run_job(launch, b))
+            .await
+            .unwrap();
+        match r {
+            Err(starter::job::JobError::Restore(why)) => assert!(!why.is_empty()),
+            other => panic!("expected a restore error, got {other:?}"),
+        }
+    }
+}
+
+/// The pid of the process named `comm`.
+fn job_pid(comm: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+}
+
+fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
 }
