@@ -866,4 +866,193 @@ mod tests {
         }
         panic!("the vacated job's process is still there");
     }
+
+    /// What a checkpointing fake shadow saw in one session.
+    #[derive(Debug, Default)]
+    struct CkptSeen {
+        image: Vec<u8>,
+        commits: u32,
+        end: Option<ToShadow>,
+    }
+
+    /// One starter session for `spec` against a fake shadow that keeps
+    /// checkpoint images and hands out `image` on `FetchImage`.
+    async fn ckpt_session(
+        pki: &Path,
+        spec: JobSpec,
+        image: Option<Vec<u8>>,
+        scratch: PathBuf,
+        commands: tokio::sync::mpsc::Receiver<Control>,
+    ) -> (anyhow::Result<()>, CkptSeen) {
+        let acc = Identity::load(pki, "submit").unwrap().acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let shadow = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = acc.accept(s).await.unwrap();
+            let ToShadow::Attach { job, .. } = read_frame_async(&mut s, MAX_FRAME).await.unwrap()
+            else {
+                panic!()
+            };
+            let a = Attached {
+                job,
+                spec,
+                owner: "ann".into(),
+                stdin: None,
+                stdout: None,
+                stderr: None,
+            };
+            write_frame_async(&mut s, &FromShadow::Attached(a))
+                .await
+                .unwrap();
+            let mut seen = CkptSeen::default();
+            let mut incoming = Vec::new();
+            loop {
+                let m: ToShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+                let reply = match m {
+                    ToShadow::FetchImage => match &image {
+                        None => FromShadow::NoImage,
+                        Some(img) => {
+                            let pieces: Vec<&[u8]> = img.chunks(64 << 10).collect();
+                            for (i, p) in pieces.iter().enumerate() {
+                                let chunk = FromShadow::ImageChunk {
+                                    data: p.to_vec(),
+                                    last: i + 1 == pieces.len(),
+                                };
+                                write_frame_async(&mut s, &chunk).await.unwrap();
+                            }
+                            continue;
+                        }
+                    },
+                    ToShadow::CkptBegin { .. } => {
+                        incoming.clear();
+                        continue;
+                    }
+                    ToShadow::CkptChunk { data } => {
+                        incoming.extend(data);
+                        continue;
+                    }
+                    ToShadow::CkptEnd { .. } => {
+                        seen.image = std::mem::take(&mut incoming);
+                        seen.commits += 1;
+                        FromShadow::CkptCommitted {
+                            bytes: seen.image.len() as u64,
+                        }
+                    }
+                    ToShadow::Call { id, .. } => FromShadow::Reply {
+                        id,
+                        reply: FileReply::Ok,
+                    },
+                    ToShadow::Started { .. } | ToShadow::Write { .. } => continue,
+                    end @ (ToShadow::Exited { .. }
+                    | ToShadow::Failed { .. }
+                    | ToShadow::Vacated { .. }) => {
+                        seen.end = Some(end);
+                        write_frame_async(&mut s, &FromShadow::Done).await.unwrap();
+                        return seen;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                write_frame_async(&mut s, &reply).await.unwrap();
+            }
+        });
+        let args = Args {
+            pki: pki.to_path_buf(),
+            name: "exec1".into(),
+            schedd_name: "submit".into(),
+            schedd_addr: addr,
+            claim: "c0ffee00".into(),
+            job: JobId {
+                cluster: 4,
+                proc: 2,
+            },
+            scratch,
+            shim: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libroost_shim.so"),
+        };
+        let r = run(args, commands).await;
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(30), shadow)
+            .await
+            .unwrap()
+            .unwrap();
+        (r, seen)
+    }
+
+    /// A vacate checkpoints the job and reports `Vacated { checkpointed:
+    /// true }`; the next starter fetches the image and the job goes on
+    /// from where it was (it does not start over).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vacated_job_is_checkpointed_and_the_next_starter_resumes_it() {
+        let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libroost_shim.so");
+        if !shim.is_file() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no shim");
+            eprintln!("SKIPPED: build the shim with `cargo build -p syscall-shim`");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "submit", "schedd", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let job_argv = ["sleep", "4.25"];
+        let job = || spec("/bin/sleep", false, &["4.25"]);
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let owner = async {
+            for _ in 0..250 {
+                if pid_of(&job_argv).is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            let reason = "the owner is back".to_string();
+            tx.send(Control::Vacate { reason }).await.unwrap();
+        };
+        let scratch1 = d.path().join("scratch").join("4.2-1");
+        let ((r, seen), ()) =
+            tokio::join!(ckpt_session(&pki, job(), None, scratch1.clone(), rx), owner);
+        r.unwrap();
+        assert_eq!(seen.commits, 1);
+        assert_eq!(
+            seen.end,
+            Some(ToShadow::Vacated {
+                reason: "the owner is back".into(),
+                checkpointed: true
+            })
+        );
+        let raw = zstd::decode_all(&seen.image[..]).unwrap();
+        assert_eq!(&raw[..8], &proto::ckpt::MAGIC);
+        assert!(!scratch1.exists());
+        assert!(pid_of(&job_argv).is_none(), "the vacated job is gone");
+
+        let t = std::time::Instant::now();
+        let scratch2 = d.path().join("scratch").join("4.2-2");
+        let (r, seen2) = ckpt_session(
+            &pki,
+            job(),
+            Some(seen.image),
+            scratch2.clone(),
+            tokio::sync::mpsc::channel(1).1,
+        )
+        .await;
+        r.unwrap();
+        assert!(
+            matches!(
+                seen2.end,
+                Some(ToShadow::Exited {
+                    status: ExitStatus::Code(0),
+                    ..
+                })
+            ),
+            "{:?}",
+            seen2.end
+        );
+        // About 2.75 s were left to sleep, not 4.25.
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(3900),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!scratch2.exists());
+    }
 }
