@@ -44,13 +44,25 @@ impl From<std::io::Error> for ProtoError {
 
 /// Encodes `msg` as one complete frame (header included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
-    let mut out = vec![0u8; 5];
-    out[4] = FRAME_VERSION;
-    let out = postcard::to_extend(msg, out).map_err(ProtoError::Encode)?;
-    let len = (out.len() - 4) as u32;
-    let mut out = out;
-    out[..4].copy_from_slice(&len.to_le_bytes());
+    let mut out = Vec::new();
+    encode_into(msg, &mut out)?;
     Ok(out)
+}
+
+/// Encodes `msg` as one complete frame into `out`, replacing what it held.
+/// The buffer is sized once, up front; a caller that keeps `out` between
+/// frames reuses its memory.
+pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    let size = postcard::experimental::serialized_size(msg).map_err(ProtoError::Encode)?;
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    buf.reserve(5 + size);
+    buf.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    let mut buf = postcard::to_extend(msg, buf).map_err(ProtoError::Encode)?;
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    *out = buf;
+    Ok(())
 }
 
 /// Checks a frame header and returns the body length (version byte excluded).
@@ -120,9 +132,31 @@ mod asynch {
         r.read_exact(&mut body).await?;
         decode_body(&body)
     }
+
+    /// Reads one frame from an async reader into `buf` (replacing what it
+    /// held) and decodes it. A caller that keeps `buf` between frames
+    /// reuses its memory; the bytes are not zero-filled first.
+    pub async fn read_frame_async_into<R: AsyncRead + Unpin, T: DeserializeOwned>(
+        r: &mut R,
+        max: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<T, ProtoError> {
+        let mut hdr = [0u8; 4];
+        r.read_exact(&mut hdr).await?;
+        let len = check_header(hdr, max)?;
+        buf.clear();
+        buf.reserve(len);
+        let mut body = (&mut *r).take(len as u64);
+        while buf.len() < len {
+            if body.read_buf(buf).await? == 0 {
+                return Err(ProtoError::Closed);
+            }
+        }
+        decode_body(buf)
+    }
 }
 #[cfg(feature = "tokio")]
-pub use asynch::{read_frame_async, write_frame_async};
+pub use asynch::{read_frame_async, read_frame_async_into, write_frame_async};
 
 #[cfg(test)]
 mod tests {
@@ -147,6 +181,41 @@ mod tests {
 
         let r: Result<String, _> = read_frame(&mut &[1u8, 0][..], MAX_FRAME);
         assert!(matches!(r, Err(ProtoError::Closed)));
+    }
+
+    #[test]
+    fn encode_into_reuses_its_buffer_and_matches_encode() {
+        let mut out = Vec::new();
+        let big = vec![7u8; 100_000];
+        encode_into(&big, &mut out).unwrap();
+        assert_eq!(out, encode(&big).unwrap());
+        let cap = out.capacity();
+        encode_into(&"hi".to_string(), &mut out).unwrap();
+        assert_eq!(out, encode(&"hi".to_string()).unwrap());
+        assert_eq!(out.capacity(), cap);
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn read_into_a_reused_buffer_gives_each_frame_and_then_closed() {
+        let mut wire = encode(&vec![1u8; 70_000]).unwrap();
+        wire.extend(encode(&vec![2u8; 3]).unwrap());
+        wire.extend(&encode(&vec![3u8; 10]).unwrap()[..8]);
+        let mut r = wire.as_slice();
+        let mut buf = Vec::new();
+        let a: Vec<u8> = read_frame_async_into(&mut r, MAX_FRAME, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(a, vec![1u8; 70_000]);
+        let b: Vec<u8> = read_frame_async_into(&mut r, MAX_FRAME, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(b, vec![2u8; 3]);
+        let c: Result<Vec<u8>, _> = read_frame_async_into(&mut r, MAX_FRAME, &mut buf).await;
+        assert!(matches!(c, Err(ProtoError::Closed)), "{c:?}");
+        let mut over = &(MAX_FRAME + 1).to_le_bytes()[..];
+        let d: Result<Vec<u8>, _> = read_frame_async_into(&mut over, MAX_FRAME, &mut buf).await;
+        assert!(matches!(d, Err(ProtoError::TooLarge { .. })));
     }
 
     proptest! {

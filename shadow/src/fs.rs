@@ -126,6 +126,37 @@ pub struct JobFs {
     next: u64,
     read: u64,
     written: u64,
+    /// A buffer for the next `Read`/`Pread` reply, given back by
+    /// [`JobFs::recycle`] once the reply is sent: a large read then
+    /// reuses memory that is already mapped instead of faulting in fresh
+    /// pages each time.
+    spare: Vec<u8>,
+}
+
+/// Reads up to `len` bytes with `f` into a buffer taken from `spare`.
+/// The buffer keeps the length of its last use, so only bytes beyond that
+/// are zero-filled before the read (none, for same-sized reads).
+fn read_with(
+    spare: &mut Vec<u8>,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> rustix::io::Result<usize>,
+) -> R<Vec<u8>> {
+    let mut buf = std::mem::take(spare);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
+    }
+    match f(&mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(e) => {
+            *spare = buf;
+            Err(errno(e))
+        }
+    }
 }
 
 fn errno(e: rustix::io::Errno) -> Errno {
@@ -306,7 +337,16 @@ impl JobFs {
             next: 1,
             read: 0,
             written: 0,
+            spare: Vec::new(),
         })
+    }
+
+    /// Gives back the data buffer of a `Read`/`Pread` reply that has been
+    /// sent, for the next read to reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.spare.capacity() && buf.capacity() <= MAX_READ as usize {
+            self.spare = buf;
+        }
     }
 
     /// Bytes the job read from the submit host so far.
@@ -684,18 +724,20 @@ impl JobFs {
                 FileReply::Ok
             }
             Read { h, len } => {
-                let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-                let n = rustix::io::read(self.fd(h)?, &mut buf).map_err(errno)?;
-                buf.truncate(n);
-                self.read += n as u64;
+                let fd = self.handles.get(&h.0).ok_or(libc::EBADF)?.fd.as_fd();
+                let buf = read_with(&mut self.spare, len.min(MAX_READ) as usize, |b| {
+                    rustix::io::read(fd, b)
+                })?;
+                self.read += buf.len() as u64;
                 FileReply::Data(buf)
             }
             Pread { h, len, off } => {
                 let off = u64::try_from(off).map_err(|_| libc::EINVAL)?;
-                let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-                let n = rustix::io::pread(self.fd(h)?, &mut buf, off).map_err(errno)?;
-                buf.truncate(n);
-                self.read += n as u64;
+                let fd = self.handles.get(&h.0).ok_or(libc::EBADF)?.fd.as_fd();
+                let buf = read_with(&mut self.spare, len.min(MAX_READ) as usize, |b| {
+                    rustix::io::pread(fd, b, off)
+                })?;
+                self.read += buf.len() as u64;
                 FileReply::Data(buf)
             }
             Write { h, data } => {

@@ -1098,3 +1098,34 @@ fn snapshot_follows_renames_uses_stream_offsets_and_sees_deleted_files() {
     let e = JobFs::restore(&t.root, &snap).unwrap_err().to_string();
     assert!(e.contains("scratch"), "{e}");
 }
+
+#[test]
+fn recycled_read_buffers_hold_only_the_bytes_of_each_read() {
+    let mut t = setup();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(t.root.join("big"), &body).unwrap();
+    let h = open(&mut t.fs, "big", libc::O_RDONLY, 0).unwrap();
+    let a = data(t.fs.call(FileOp::Read { h, len: 200_000 }));
+    assert_eq!(a, &body[..200_000]);
+    t.fs.recycle(a);
+    // A short read into the recycled buffer: no stale bytes past the end.
+    let b = data(t.fs.call(FileOp::Read { h, len: 200_000 }));
+    assert_eq!(b, &body[200_000..]);
+    t.fs.recycle(b);
+    let c = data(t.fs.call(FileOp::Pread {
+        h,
+        len: 3,
+        off: 250_000,
+    }));
+    assert_eq!(c, &body[250_000..250_003]);
+    t.fs.recycle(c);
+    assert_eq!(data(t.fs.call(FileOp::Read { h, len: 10 })), b"");
+    assert_eq!(
+        t.fs.call(FileOp::Read {
+            h: Handle(999),
+            len: 10
+        }),
+        FileReply::Err(libc::EBADF)
+    );
+    assert_eq!(t.fs.bytes_read(), 300_003);
+}

@@ -22,7 +22,9 @@ use crate::fs::{FsSnapshot, JobFs};
 use crate::queue::NewImage;
 use crate::{Schedd, ShadowCmd};
 use proto::fileop::FileReply;
-use proto::frame::{MAX_FRAME, check_header, decode_body, read_frame_async, write_frame_async};
+use proto::frame::{
+    MAX_FRAME, check_header, decode_body, encode_into, read_frame_async, write_frame_async,
+};
 use proto::ids::Handle;
 use proto::job::{JobSpec, JobState};
 use proto::shadow::{Attached, FromShadow, ToShadow};
@@ -503,6 +505,8 @@ impl Session<'_> {
         mut cmds: tokio::sync::mpsc::UnboundedReceiver<ShadowCmd>,
     ) -> End {
         let mut frames = Frames::default();
+        // Reply frames are encoded here, reusing its memory.
+        let mut out = Vec::new();
         loop {
             let deadline = self.vacate_by;
             let msg = tokio::select! {
@@ -537,8 +541,15 @@ impl Session<'_> {
             };
             match self.handle(st, &mut cmds, msg).await {
                 Step::Reply(m) => {
-                    if let Err(e) = write_frame_async(st, &m).await {
+                    if let Err(e) = send_reusing(st, &m, &mut out).await {
                         return End::Lost(format!("cannot reply: {}", chain(&e)));
+                    }
+                    if let FromShadow::Reply {
+                        reply: FileReply::Data(d),
+                        ..
+                    } = m
+                    {
+                        self.fs.recycle(d);
                     }
                 }
                 Step::Nothing => {}
@@ -863,6 +874,20 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// Writes one frame, encoded into `out` (whose memory is reused from
+/// frame to frame), and flushes it.
+async fn send_reusing(
+    st: &mut Stream,
+    m: &FromShadow,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
+    use tokio::io::AsyncWriteExt;
+    encode_into(m, out)?;
+    st.write_all(out).await?;
+    st.flush().await?;
+    Ok(())
 }
 
 async fn send_executable(st: &mut Stream, data: &[u8]) -> Result<(), ProtoError> {
