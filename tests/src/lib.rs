@@ -641,7 +641,9 @@ impl Drop for Pool {
                     }
                 }
             }
-            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+            if Path::new("/run/netns").join(&h.ns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+            }
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.hub])
