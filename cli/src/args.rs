@@ -81,15 +81,19 @@ pub enum Command {
     #[command(after_help = "\
 The job's starter takes the image and sends it to the schedd; `roost log JOB` shows
 `checkpointed` (size, seconds) or why the job could not be checkpointed, and the CKPT
-column of `roost q` the checkpoints taken so far.")]
-    Checkpoint(JobsArgs),
+column of `roost q` the checkpoints taken so far. With --wait, a progress bar with MB/s
+shows the image arriving (on stderr) until the job's log says `checkpointed` (exit
+status 0), `checkpoint_refused` or `checkpoint_failed` (1); that event is printed.")]
+    Checkpoint(CkptArgs),
     /// Move running jobs off their hosts: checkpoint, leave, run again elsewhere.
     #[command(after_help = "\
 Each job is checkpointed, leaves its execute host and goes back to the queue; it
 resumes from that image on the next machine it is matched with. A job that cannot be
 checkpointed at that moment is stopped and restarts from its last image (or from the
-beginning); `roost log JOB` says which.")]
-    Vacate(JobsArgs),
+beginning); `roost log JOB` says which. With --wait, a progress bar with MB/s shows the
+image arriving (on stderr) until the job's log says `vacated` (exit status 0) or
+`evicted` (left without a checkpoint: 1); that event is printed.")]
+    Vacate(CkptArgs),
     /// Keep jobs from running until released; running ones are vacated first.
     Hold(HoldArgs),
     /// Let held jobs run again.
@@ -271,6 +275,13 @@ pub struct QArgs {
     /// List only held jobs, with the reasons.
     #[arg(long)]
     pub held: bool,
+    /// Redraw the list every interval until interrupted, with a progress
+    /// bar and MB/s for each checkpoint or restart image on its way.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// Seconds between redraws of --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +296,17 @@ pub struct JobsArgs {
     /// The jobs: CLUSTER.PROC, or CLUSTER for all of its jobs.
     #[arg(value_name = "JOB", required = true)]
     pub jobs: Vec<JobSel>,
+}
+
+#[derive(Debug, Args)]
+pub struct CkptArgs {
+    /// The jobs: CLUSTER.PROC, or CLUSTER for all of its jobs.
+    #[arg(value_name = "JOB", required = true)]
+    pub jobs: Vec<JobSel>,
+    /// Show the image transfer's progress until the job's log records the
+    /// outcome, then print it.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +554,29 @@ mod tests {
                 JobSel::Cluster(2)
             ]
         );
+        assert!(!a.wait);
+        let cli = parse(&["vacate", "--wait", "1.0"]).unwrap();
+        let Command::Vacate(a) = cli.command else {
+            panic!("not vacate")
+        };
+        assert!(a.wait);
+        assert!(parse(&["release", "--wait", "1"]).is_err());
+        let cli = parse(&["q", "--watch"]).unwrap();
+        let Command::Q(q) = cli.command else {
+            panic!("not q")
+        };
+        assert!(q.watch);
+        assert_eq!(q.interval, 1.0);
+        let cli = parse(&["q", "--watch", "--interval", "0.5"]).unwrap();
+        let Command::Q(q) = cli.command else {
+            panic!("not q")
+        };
+        assert_eq!(q.interval, 0.5);
+        assert!(
+            parse(&["q", "--interval", "2"]).is_err(),
+            "--interval needs --watch"
+        );
+        assert!(parse(&["q", "--watch", "--json"]).is_err());
         let cli = parse(&["hold", "3", "--reason", "input not ready"]).unwrap();
         let Command::Hold(h) = cli.command else {
             panic!("not hold")

@@ -84,7 +84,7 @@ pub fn remove(schedd: &Schedd, sels: &[JobSel]) -> Result<(Vec<JobId>, Vec<JobId
 
 /// The job ids `sels` name: a cluster stands for its unfinished jobs (or
 /// for CLUSTER.0, for the schedd to say it does not know it).
-fn expand(schedd: &Schedd, sels: &[JobSel]) -> Result<Vec<JobId>> {
+pub fn expand(schedd: &Schedd, sels: &[JobSel]) -> Result<Vec<JobId>> {
     let mut ids: Vec<JobId> = Vec::new();
     if sels.iter().any(|s| matches!(s, JobSel::Cluster(_))) {
         let jobs = queue(schedd, false)?;
@@ -128,7 +128,11 @@ pub enum Action {
 
 /// `roost checkpoint|vacate|hold|release JOB...`.
 pub fn act(schedd: &Schedd, sels: &[JobSel], action: Action) -> Result<Acted> {
-    let jobs = expand(schedd, sels)?;
+    act_on(schedd, expand(schedd, sels)?, action)
+}
+
+/// [`act`] on jobs already expanded.
+pub fn act_on(schedd: &Schedd, jobs: Vec<JobId>, action: Action) -> Result<Acted> {
     let req = match action {
         Action::Checkpoint => CliRequest::Checkpoint { jobs },
         Action::Vacate => CliRequest::Vacate { jobs },
@@ -203,6 +207,122 @@ pub fn log(schedd: &Schedd, job: JobId) -> Result<Vec<String>> {
             Err(unexpected("Log", other)).with_context(|| format!("no event log for job {job}"))
         }
     }
+}
+
+/// The events that end `roost checkpoint|vacate --wait` for a job: those
+/// meaning the action succeeded, and those meaning it did not (or the job
+/// ended first).
+fn outcome_events(action: &Action) -> Result<(&'static [&'static str], &'static [&'static str])> {
+    const ENDED: [&str; 4] = ["evicted", "completed", "removed", "shadow_error"];
+    match action {
+        Action::Checkpoint => Ok((
+            &["checkpointed"],
+            &[
+                "checkpoint_refused",
+                "checkpoint_failed",
+                ENDED[0],
+                ENDED[1],
+                ENDED[2],
+                ENDED[3],
+                "vacated",
+            ],
+        )),
+        Action::Vacate => Ok((&["vacated"], &ENDED)),
+        _ => bail!("only checkpoint and vacate can wait for their outcome"),
+    }
+}
+
+/// How many lines each job's event log has now (0 for a job the schedd
+/// does not know), for [`wait_outcomes`] to read only what follows.
+pub fn log_lengths(schedd: &Schedd, jobs: &[JobId]) -> Vec<(JobId, usize)> {
+    jobs.iter()
+        .map(|&j| (j, log(schedd, j).map_or(0, |l| l.len())))
+        .collect()
+}
+
+/// `--wait` of `roost checkpoint|vacate`: polls the queue and the logs of
+/// `jobs` every 200 ms, drawing each image transfer's bar on `progress`
+/// (redrawn in place on a terminal, else one line whenever more bytes
+/// have moved), until each job's log gains an outcome event past its
+/// length in `logs`; prints that event on `out` as `ID: EVENT...`.
+/// Returns whether every outcome was the one asked for.
+pub fn wait_outcomes(
+    schedd: &Schedd,
+    jobs: &[JobId],
+    logs: &[(JobId, usize)],
+    action: &Action,
+    out: &mut dyn Write,
+    progress: &mut dyn Write,
+    terminal: bool,
+) -> Result<bool> {
+    let (good, bad) = outcome_events(action)?;
+    let mut pending: Vec<(JobId, usize)> = jobs
+        .iter()
+        .map(|&j| (j, logs.iter().find(|l| l.0 == j).map_or(0, |l| l.1)))
+        .collect();
+    let mut all_good = true;
+    let mut shown = false;
+    let mut last_bytes: Vec<(JobId, u64)> = Vec::new();
+    while !pending.is_empty() {
+        let q = queue(schedd, true)?;
+        let moving: Vec<&JobSummary> = q
+            .iter()
+            .filter(|j| j.transfer.is_some() && pending.iter().any(|p| p.0 == j.id))
+            .collect();
+        let bars: Vec<String> = moving
+            .iter()
+            .filter_map(|j| {
+                let t = j.transfer.as_ref()?;
+                Some(format!("{}  {}", j.id, render::transfer_bar(t)))
+            })
+            .collect();
+        if terminal {
+            if !bars.is_empty() || shown {
+                write!(progress, "\r\x1b[K{}", bars.join("   "))?;
+                progress.flush()?;
+                shown = !bars.is_empty();
+            }
+        } else {
+            let bytes: Vec<(JobId, u64)> = moving
+                .iter()
+                .filter_map(|j| Some((j.id, j.transfer.as_ref()?.bytes)))
+                .collect();
+            if !bars.is_empty() && bytes != last_bytes {
+                writeln!(progress, "{}", bars.join("   "))?;
+            }
+            last_bytes = bytes;
+        }
+        let mut i = 0;
+        while i < pending.len() {
+            let (job, seen) = pending[i];
+            let lines = log(schedd, job)?;
+            let found = lines.iter().skip(seen).find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                let ev = v.get("event")?.as_str()?.to_string();
+                (good.contains(&ev.as_str()) || bad.contains(&ev.as_str())).then_some((l, ev))
+            });
+            match found {
+                Some((line, ev)) => {
+                    if shown {
+                        write!(progress, "\r\x1b[K")?;
+                        progress.flush()?;
+                        shown = false;
+                    }
+                    writeln!(out, "{job}: {}", render::log_line(line))?;
+                    all_good &= good.contains(&ev.as_str());
+                    pending.remove(i);
+                }
+                None => {
+                    pending[i].1 = lines.len();
+                    i += 1;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(all_good)
 }
 
 /// The exit status `roost wait` gives for a job that has ended, and a
@@ -338,6 +458,7 @@ mod tests {
             ckpt_time: None,
             finished: None,
             hold_reason: None,
+            transfer: None,
         }
     }
 

@@ -72,28 +72,28 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .map(ads::Constraint::parse)
                 .transpose()?;
             let s = schedd()?;
-            let list = jobs::queue(&s, a.all)?;
-            let job_ads = match &constraint {
-                Some(_) => jobs::job_ads(&s, a.all)?,
-                None => Vec::new(),
-            };
-            let list = jobs::filter_queue(
-                list,
-                a.run,
-                a.held,
-                constraint.as_ref().map(|c| (c, job_ads.as_slice())),
-            );
-            let width = render::terminal_width();
-            if a.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
-            } else if a.run {
-                out.write_all(render::queue_running(&list, width).as_bytes())?;
-            } else if a.held {
-                out.write_all(render::queue_held(&list, width).as_bytes())?;
-            } else {
-                out.write_all(render::queue(&list, a.all, width).as_bytes())?;
+            if !a.watch {
+                out.write_all(q_frame(&s, &a, constraint.as_ref())?.as_bytes())?;
+                return Ok(0);
             }
-            Ok(0)
+            if !(a.interval.is_finite() && a.interval > 0.0) {
+                anyhow::bail!(
+                    "--interval {}: expected a number of seconds above 0",
+                    a.interval
+                );
+            }
+            let terminal = std::io::stdout().is_terminal();
+            loop {
+                let frame = q_frame(&s, &a, constraint.as_ref())?;
+                if terminal {
+                    // Home, clear the screen, draw.
+                    write!(out, "\x1b[H\x1b[2J{frame}")?;
+                } else {
+                    writeln!(out, "{frame}")?;
+                }
+                out.flush()?;
+                std::thread::sleep(Duration::from_secs_f64(a.interval));
+            }
         }
         Command::Why(a) => why(&schedd()?, global_pool, cli.matchmaker.as_deref(), &a, out),
         Command::Eval(a) => {
@@ -144,6 +144,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(outcome.code)
         }
+        Command::Checkpoint(a) if a.wait => {
+            act_wait(&schedd()?, &a.jobs, jobs::Action::Checkpoint, out)
+        }
+        Command::Vacate(a) if a.wait => act_wait(&schedd()?, &a.jobs, jobs::Action::Vacate, out),
         Command::Checkpoint(a) => act(&schedd()?, &a.jobs, jobs::Action::Checkpoint, out),
         Command::Vacate(a) => act(&schedd()?, &a.jobs, jobs::Action::Vacate, out),
         Command::Hold(a) => act(
@@ -174,6 +178,55 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// One `roost q` listing (the table, then a bar per image transfer).
+fn q_frame(s: &Schedd, a: &args::QArgs, constraint: Option<&ads::Constraint>) -> Result<String> {
+    let list = jobs::queue(s, a.all)?;
+    let job_ads = match constraint {
+        Some(_) => jobs::job_ads(s, a.all)?,
+        None => Vec::new(),
+    };
+    let list = jobs::filter_queue(
+        list,
+        a.run,
+        a.held,
+        constraint.map(|c| (c, job_ads.as_slice())),
+    );
+    let width = render::terminal_width();
+    let mut text = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&list)?)
+    } else if a.run {
+        render::queue_running(&list, width)
+    } else if a.held {
+        render::queue_held(&list, width)
+    } else {
+        render::queue(&list, a.all, width)
+    };
+    if a.watch {
+        text.push_str(&render::transfers(&list));
+    }
+    Ok(text)
+}
+
+/// `roost checkpoint|vacate --wait`: as [`act`], then the transfers'
+/// progress on stderr and one outcome line per job on stdout; exit status
+/// 1 if any job was refused or did not reach the outcome asked for.
+fn act_wait(
+    schedd: &Schedd,
+    sels: &[args::JobSel],
+    action: jobs::Action,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let ids = jobs::expand(schedd, sels)?;
+    let logs = jobs::log_lengths(schedd, &ids);
+    let r = jobs::act_on(schedd, ids, action.clone())?;
+    let refused = print_acted(&r, &action, out)?;
+    out.flush()?;
+    let mut err = std::io::stderr();
+    let terminal = err.is_terminal();
+    let good = jobs::wait_outcomes(schedd, &r.done, &logs, &action, out, &mut err, terminal)?;
+    Ok(i32::from(refused || !good))
+}
+
 /// `roost checkpoint|vacate|hold|release`: one line per job acted on;
 /// the others on stderr with the schedd's reason, and exit status 1.
 fn act(
@@ -183,8 +236,13 @@ fn act(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let r = jobs::act(schedd, sels, action.clone())?;
+    Ok(i32::from(print_acted(&r, &action, out)?))
+}
+
+/// Prints what [`act`] prints; returns whether any job was refused.
+fn print_acted(r: &jobs::Acted, action: &jobs::Action, out: &mut dyn Write) -> Result<bool> {
     for id in &r.done {
-        let line = match &action {
+        let line = match action {
             jobs::Action::Checkpoint => format!("checkpointing {id}"),
             jobs::Action::Vacate => format!("vacating {id}"),
             jobs::Action::Hold { .. } if r.vacating.contains(id) => {
@@ -198,7 +256,7 @@ fn act(
     for (id, why) in &r.refused {
         eprintln!("roost: {id}: {why}");
     }
-    Ok(i32::from(!r.refused.is_empty()))
+    Ok(!r.refused.is_empty())
 }
 
 fn pool_dir(dir: Option<PathBuf>, global: Option<&Path>) -> Result<PoolDir> {

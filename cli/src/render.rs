@@ -1,7 +1,7 @@
 //! What the CLI prints: aligned tables that fit the terminal, the job and
 //! machine tables, readable event logs, times and durations.
 
-use proto::job::{ExitStatus, JobState, JobSummary};
+use proto::job::{ExitStatus, JobState, JobSummary, Transfer, TransferKind};
 use proto::pool::{AdValue, MachineAd};
 use serde_json::Value;
 use std::io::IsTerminal;
@@ -96,6 +96,69 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+/// Cells of a transfer's bar between the brackets.
+pub const BAR_CELLS: usize = 20;
+
+/// A transfer as one line: what moves, a bar, bytes and MB/s
+/// (1 MB = 10^6 bytes):
+/// `restart    [##########----------]  50%  1.0 MB / 2.0 MB  4.0 MB/s`.
+/// A checkpoint's size is known only at its end, so its bar has no
+/// percentage: a block of three `#` sweeps along it (placed by the
+/// seconds so far) next to the bytes received.
+pub fn transfer_bar(t: &Transfer) -> String {
+    let rate = if t.secs > 0.0 {
+        t.bytes as f64 / t.secs / 1e6
+    } else {
+        0.0
+    };
+    let (what, verb) = match t.kind {
+        TransferKind::Checkpoint => ("checkpoint", "received"),
+        TransferKind::Restart => ("restart", "sent"),
+    };
+    match t.total {
+        Some(total) => {
+            let frac = if total == 0 {
+                1.0
+            } else {
+                (t.bytes as f64 / total as f64).clamp(0.0, 1.0)
+            };
+            let full = (frac * BAR_CELLS as f64).floor() as usize;
+            format!(
+                "{what:<10} [{}{}] {:>3}%  {} / {}  {rate:.1} MB/s",
+                "#".repeat(full),
+                "-".repeat(BAR_CELLS - full),
+                (frac * 100.0).floor() as u32,
+                bytes(t.bytes),
+                bytes(total)
+            )
+        }
+        None => {
+            // Four steps a second, bouncing between the ends.
+            let span = BAR_CELLS - 3;
+            let step = (t.secs.max(0.0) * 4.0) as usize % (2 * span);
+            let at = if step <= span { step } else { 2 * span - step };
+            format!(
+                "{what:<10} [{}###{}]  {} {verb}  {rate:.1} MB/s",
+                "-".repeat(at),
+                "-".repeat(span - at),
+                bytes(t.bytes)
+            )
+        }
+    }
+}
+
+/// One line per job with an image transfer in progress, `ID  bar`, or
+/// nothing when none moves.
+pub fn transfers(jobs: &[JobSummary]) -> String {
+    let mut out = String::new();
+    for j in jobs {
+        if let Some(t) = &j.transfer {
+            out.push_str(&format!("{}  {}\n", j.id, transfer_bar(t)));
+        }
+    }
+    out
 }
 
 /// The CKPT column: how many checkpoints, the last image's size and age
@@ -587,7 +650,65 @@ mod tests {
             ckpt_time: None,
             finished: None,
             hold_reason: None,
+            transfer: None,
         }
+    }
+
+    fn tr(kind: TransferKind, bytes: u64, total: Option<u64>, secs: f64) -> Transfer {
+        Transfer {
+            kind,
+            bytes,
+            total,
+            secs,
+        }
+    }
+
+    #[test]
+    fn a_restart_bar_fills_with_the_bytes_sent() {
+        let t = tr(TransferKind::Restart, 1_000_000, Some(2_000_000), 0.25);
+        assert_eq!(
+            transfer_bar(&t),
+            "restart    [##########----------]  50%  1.0 MB / 2.0 MB  4.0 MB/s"
+        );
+        let t = tr(TransferKind::Restart, 2_000_000, Some(2_000_000), 2.0);
+        assert_eq!(
+            transfer_bar(&t),
+            "restart    [####################] 100%  2.0 MB / 2.0 MB  1.0 MB/s"
+        );
+        let t = tr(TransferKind::Restart, 0, Some(0), 0.0);
+        assert_eq!(
+            transfer_bar(&t),
+            "restart    [####################] 100%  0 B / 0 B  0.0 MB/s"
+        );
+        let t = tr(TransferKind::Restart, 99, Some(1000), 1.0);
+        assert!(transfer_bar(&t).contains("[#---"), "{}", transfer_bar(&t));
+        assert!(transfer_bar(&t).contains("   9%"), "{}", transfer_bar(&t));
+    }
+
+    #[test]
+    fn a_checkpoint_bar_shows_bytes_and_rate_with_a_moving_block() {
+        let t = tr(TransferKind::Checkpoint, 3_500_000, None, 0.0);
+        assert_eq!(
+            transfer_bar(&t),
+            "checkpoint [###-----------------]  3.5 MB received  0.0 MB/s"
+        );
+        let t = tr(TransferKind::Checkpoint, 3_500_000, None, 0.5);
+        assert_eq!(
+            transfer_bar(&t),
+            "checkpoint [--###---------------]  3.5 MB received  7.0 MB/s"
+        );
+        // At the right end it turns back.
+        let t = tr(TransferKind::Checkpoint, 0, None, 17.0 / 4.0);
+        assert!(transfer_bar(&t).contains("[-----------------###]"));
+        let t = tr(TransferKind::Checkpoint, 0, None, 18.0 / 4.0);
+        assert!(transfer_bar(&t).contains("[----------------###-]"));
+        let mut j = job(3, 1, JobState::Running, Some("exec1"), &[]);
+        assert_eq!(transfers(std::slice::from_ref(&j)), "");
+        j.transfer = Some(tr(TransferKind::Checkpoint, 1000, None, 1.0));
+        assert_eq!(
+            transfers(&[j]),
+            "3.1  checkpoint [----###-------------]  1.0 kB received  0.0 MB/s\n"
+        );
     }
 
     #[test]

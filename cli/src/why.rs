@@ -381,6 +381,7 @@ Machines whose own requirements reject the job:
             ckpt_time: None,
             finished: None,
             hold_reason: None,
+            transfer: None,
         };
         assert_eq!(
             render(&Why::settled(&j).unwrap(), None),

@@ -59,6 +59,7 @@ fn job(proc: u32, state: JobState, exit: Option<ExitStatus>) -> JobSummary {
         ckpt_time: None,
         finished: None,
         hold_reason: None,
+        transfer: None,
     }
 }
 

@@ -113,4 +113,30 @@ pub struct JobSummary {
     /// Why the job is held.
     #[serde(default)]
     pub hold_reason: Option<String>,
+    /// A checkpoint or restart image moving between the schedd and the
+    /// job's host right now.
+    #[serde(default)]
+    pub transfer: Option<Transfer>,
+}
+
+/// Which way an image moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferKind {
+    /// A checkpoint image arriving from the execute host.
+    Checkpoint,
+    /// The committed image going to the host the job restarts on.
+    Restart,
+}
+
+/// An image transfer in progress, as the schedd sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub kind: TransferKind,
+    /// Image bytes (compressed, as stored) moved so far.
+    pub bytes: u64,
+    /// The image's size when known (a restart; a checkpoint learns its
+    /// size only at the end).
+    pub total: Option<u64>,
+    /// Seconds since the transfer began.
+    pub secs: f64,
 }

@@ -9,14 +9,21 @@
 //! killed when. At start-up ([`Store::recover`]) temporary files and images
 //! no row names are removed, and a row whose file is missing forgets its
 //! checkpoint (event `checkpoint_lost`) so the job starts from the beginning.
+//!
+//! Transfers in progress (an image arriving, or one going to a restarting
+//! host) are kept in memory per job ([`Transfers`]) for `roost q`.
 
 use crate::ScheddError;
 use crate::queue::Queue;
 use proto::JobId;
+use proto::job::{Transfer, TransferKind};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Largest `ImageChunk` payload.
@@ -27,6 +34,89 @@ const TMP: &str = "image.tmp";
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Transfers in progress, shared by every clone.
+    pub transfers: Transfers,
+}
+
+#[derive(Debug)]
+struct Live {
+    id: u64,
+    kind: TransferKind,
+    bytes: u64,
+    total: Option<u64>,
+    started: Instant,
+}
+
+/// The image transfers in progress, per job.
+#[derive(Debug, Clone, Default)]
+pub struct Transfers {
+    live: Arc<Mutex<HashMap<JobId, Live>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Transfers {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts showing a transfer of the job's image (replacing one shown);
+    /// it is shown until the returned guard is dropped.
+    pub fn begin(&self, job: JobId, kind: TransferKind, total: Option<u64>) -> TransferGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map().insert(
+            job,
+            Live {
+                id,
+                kind,
+                bytes: 0,
+                total,
+                started: Instant::now(),
+            },
+        );
+        TransferGuard {
+            transfers: self.clone(),
+            job,
+            id,
+        }
+    }
+
+    /// The job's transfer in progress.
+    pub fn get(&self, job: JobId) -> Option<Transfer> {
+        self.map().get(&job).map(|l| Transfer {
+            kind: l.kind,
+            bytes: l.bytes,
+            total: l.total,
+            secs: l.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// One transfer being shown; dropping it ends the showing.
+#[derive(Debug)]
+pub struct TransferGuard {
+    transfers: Transfers,
+    job: JobId,
+    id: u64,
+}
+
+impl TransferGuard {
+    /// Counts `n` more bytes moved.
+    pub fn add(&self, n: u64) {
+        if let Some(l) = self.transfers.map().get_mut(&self.job)
+            && l.id == self.id
+        {
+            l.bytes += n;
+        }
+    }
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        let mut m = self.transfers.map();
+        if m.get(&self.job).is_some_and(|l| l.id == self.id) {
+            m.remove(&self.job);
+        }
+    }
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -46,6 +136,7 @@ impl Store {
     pub fn new(state_dir: &Path) -> Store {
         Store {
             root: state_dir.join("ckpt"),
+            transfers: Transfers::default(),
         }
     }
 
@@ -143,6 +234,7 @@ pub struct Incoming {
     error: Option<std::io::Error>,
     pub reason: String,
     pub started: Instant,
+    progress: TransferGuard,
 }
 
 impl Incoming {
@@ -168,6 +260,7 @@ impl Incoming {
             error: None,
             reason,
             started: Instant::now(),
+            progress: store.transfers.begin(job, TransferKind::Checkpoint, None),
         })
     }
 
@@ -179,7 +272,10 @@ impl Incoming {
         }
         if let Some(f) = self.file.as_mut() {
             match f.write_all(data) {
-                Ok(()) => self.bytes += data.len() as u64,
+                Ok(()) => {
+                    self.bytes += data.len() as u64;
+                    self.progress.add(data.len() as u64);
+                }
                 Err(e) => self.error = Some(e),
             }
         }
@@ -259,5 +355,34 @@ mod tests {
         assert!(s.image_path(id(1), 3).exists());
         s.discard(id(1));
         assert!(!s.job_dir(id(1)).exists());
+    }
+
+    #[test]
+    fn an_arriving_image_is_shown_until_it_is_finished_or_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        assert_eq!(s.transfers.get(id(1)), None);
+        let mut inc = Incoming::begin(&s, id(1), "test".into()).unwrap();
+        inc.append(&[0; 1000]);
+        inc.append(&[0; 24]);
+        let t = s.transfers.get(id(1)).unwrap();
+        assert_eq!(
+            (t.kind, t.bytes, t.total),
+            (TransferKind::Checkpoint, 1024, None)
+        );
+        assert_eq!(s.transfers.get(id(2)), None);
+        inc.finish(&s, id(1), 1).unwrap();
+        assert_eq!(s.transfers.get(id(1)), None);
+
+        // A replaced transfer's guard does not end its successor.
+        let old = s.transfers.begin(id(2), TransferKind::Restart, Some(10));
+        let new = s.transfers.begin(id(2), TransferKind::Restart, Some(20));
+        old.add(5);
+        drop(old);
+        new.add(7);
+        let t = s.transfers.get(id(2)).unwrap();
+        assert_eq!((t.bytes, t.total), (7, Some(20)));
+        drop(new);
+        assert_eq!(s.transfers.get(id(2)), None);
     }
 }

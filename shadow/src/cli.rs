@@ -138,7 +138,12 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
             }
         }
         CliRequest::Queue { all } => match s.db(move |q| q.list(all)).await {
-            Ok(jobs) => CliReply::Queue { jobs },
+            Ok(mut jobs) => {
+                for j in &mut jobs {
+                    j.transfer = s.images.transfers.get(j.id);
+                }
+                CliReply::Queue { jobs }
+            }
             Err(e) => queue_error(e),
         },
         CliRequest::Log { job } => match s.db(move |q| q.log(job)).await {

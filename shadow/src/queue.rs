@@ -1083,6 +1083,7 @@ fn summary(r: JobRow) -> JobSummary {
         ckpt_time: r.image.as_ref().map(|i| i.time),
         finished: r.finished,
         hold_reason: r.hold_reason,
+        transfer: None,
     }
 }
 

@@ -859,6 +859,8 @@ impl Session<'_> {
             .await
             .map_err(|e| format!("cannot open the image {}: {e}", path.display()))?;
         let total = f.metadata().await.map_err(|e| e.to_string())?.len();
+        let progress =
+            (self.s.images.transfers).begin(job, proto::job::TransferKind::Restart, Some(total));
         let mut sent = 0u64;
         loop {
             let want = (total - sent).min(IMAGE_CHUNK as u64) as usize;
@@ -869,6 +871,7 @@ impl Session<'_> {
             write_frame_async(st, &FromShadow::ImageChunk { data, last })
                 .await
                 .map_err(|e| chain(&e))?;
+            progress.add(want as u64);
             if last {
                 return Ok(());
             }

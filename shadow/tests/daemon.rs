@@ -1754,3 +1754,98 @@ async fn kill_9_of_the_schedd_during_a_transfer_keeps_the_last_image() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The job's image transfer as `roost q` sees it.
+async fn transfer(p: &Pool, job: JobId) -> Option<proto::job::Transfer> {
+    queue(p, false)
+        .await
+        .into_iter()
+        .find(|j| j.id == job)
+        .and_then(|j| j.transfer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_transfers_in_progress_show_in_the_queue() {
+    use proto::job::TransferKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"x").unwrap();
+    let job = submit(&p, "executable = \"prog\"\n").await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "c1");
+    let (mut s, r) = attach(&p, "exec1", job, "c1").await;
+    assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
+    wait_state(&p, job, JobState::Running).await;
+    assert_eq!(transfer(&p, job).await, None);
+
+    // A checkpoint arriving slowly: bytes so far, no total, time running.
+    let image = image_bytes(16 << 20, 7);
+    send(
+        &mut s,
+        ToShadow::CkptBegin {
+            reason: "vacate".into(),
+        },
+    )
+    .await;
+    let mut secs = 0.0;
+    for (i, c) in image.chunks(1 << 20).enumerate() {
+        send(&mut s, ToShadow::CkptChunk { data: c.to_vec() }).await;
+        assert_eq!(call(&mut s, i as u64, FileOp::Barrier).await, FileReply::Ok);
+        let t = transfer(&p, job).await.expect("a transfer in progress");
+        assert_eq!(t.kind, TransferKind::Checkpoint);
+        assert_eq!(t.bytes, ((i + 1) << 20) as u64);
+        assert_eq!(t.total, None);
+        assert!(t.secs > secs, "{} after {secs}", t.secs);
+        secs = t.secs;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(secs >= 0.25, "{secs}");
+    send(
+        &mut s,
+        ToShadow::CkptEnd {
+            raw_bytes: image.len() as u64,
+            seconds: 0.3,
+            streams: Vec::new(),
+        },
+    )
+    .await;
+    let r = next(&mut s).await;
+    assert!(matches!(r, FromShadow::CkptCommitted { .. }), "{r:?}");
+    assert_eq!(transfer(&p, job).await, None, "shown only while it moves");
+
+    // A restart image the starter reads slowly: its size is known.
+    send(&mut s, ToShadow::FetchImage).await;
+    let t0 = std::time::Instant::now();
+    let t = loop {
+        if let Some(t) = transfer(&p, job).await {
+            break t;
+        }
+        assert!(t0.elapsed() < T, "the restart transfer never showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(t.kind, TransferKind::Restart);
+    assert_eq!(t.total, Some(image.len() as u64));
+    assert!(t.bytes < image.len() as u64, "{t:?}");
+    let mut got = Vec::new();
+    let mut seen = t.bytes;
+    loop {
+        let FromShadow::ImageChunk { data, last } = next(&mut s).await else {
+            panic!("not an image chunk")
+        };
+        got.extend_from_slice(&data);
+        if last {
+            break;
+        }
+        if let Some(t) = transfer(&p, job).await {
+            assert!(t.bytes >= seen, "{t:?}");
+            seen = t.bytes;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, image);
+    assert_eq!(call(&mut s, 99, FileOp::Barrier).await, FileReply::Ok);
+    assert_eq!(transfer(&p, job).await, None);
+}
