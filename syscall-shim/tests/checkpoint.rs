@@ -39,7 +39,10 @@ fn receive_image(l: &UnixListener, child: &mut Child, dir: &Path) -> Vec<u8> {
                 if let Ok(Some(st)) = child.try_wait() {
                     panic!("the job ended ({st:?}) instead of sending an image: {stderr}");
                 }
-                assert!(t0.elapsed() < Duration::from_secs(30), "no image within 30 s: {stderr}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "no image within 30 s: {stderr}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => panic!("accept: {e}"),

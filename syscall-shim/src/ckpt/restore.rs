@@ -7,8 +7,8 @@ use super::sys::{self, read_exact, say, sc};
 use super::{AREA, AREA_SIZE, ENV_RESTORE_FD};
 use core::arch::asm;
 use proto::ckpt::{
-    Checksum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, REATTACH, RF_DATA, RF_FILE, RF_HEAP, RF_STACK,
-    Region, checksum, table_bytes,
+    Checksum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, REATTACH, RF_DATA, RF_FILE, RF_HEAP,
+    RF_STACK, Region, checksum, table_bytes,
 };
 
 /// Called by the shim after memory is restored and before the job runs
@@ -230,7 +230,11 @@ extern "C" fn restore_main(args: usize) -> ! {
                     die(&[b"the image ends in a memory region"]);
                 }
                 sum.update(&bounce[..n]);
-                core::ptr::copy_nonoverlapping(bounce.as_ptr(), (r.start as usize + off) as *mut u8, n);
+                core::ptr::copy_nonoverlapping(
+                    bounce.as_ptr(),
+                    (r.start as usize + off) as *mut u8,
+                    n,
+                );
                 off += n;
             }
             let mut want = [0u8; 8];
@@ -328,7 +332,22 @@ unsafe fn reopen_fds(fds: &[FdRecord], sock: &[u8; 108]) {
         {
             die(&[b"cannot reach the starter for the remote fds"]);
         }
-        let s = s as i32;
+        // The socket must not sit on a number the image's fds go back to.
+        let high = sc(
+            sys::FCNTL,
+            s as usize,
+            libc::F_DUPFD_CLOEXEC as usize,
+            900,
+            0,
+            0,
+            0,
+        );
+        let s = if high >= 0 {
+            sc(sys::CLOSE, s as usize, 0, 0, 0, 0, 0);
+            high as i32
+        } else {
+            s as i32
+        };
         let count = (nremote as u32).to_le_bytes();
         let mut ok = sys::write_all(s, &REATTACH) && sys::write_all(s, &count);
         for f in fds.iter().filter(|f| f.kind & FD_REMOTE != 0) {
