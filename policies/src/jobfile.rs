@@ -113,6 +113,9 @@ pub(crate) enum Args {
     /// Split shell-style after macro expansion.
     Line(Text),
     List(Vec<Text>),
+    /// HTCondor's argument syntax (old or new), split after macro
+    /// expansion as `condor_submit` does.
+    Submit(Text),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +123,9 @@ pub(crate) enum Env {
     /// `"A=1 B='x y'"`, split shell-style after macro expansion.
     Line(Text),
     Table(Vec<(String, Text)>),
+    /// HTCondor's environment syntax (old `A=1;B=2` or new `"A=1 B='x y'"`),
+    /// split after macro expansion as `condor_submit` does.
+    Submit(Text),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +141,9 @@ pub(crate) enum Attr {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QueueItem {
     pub loc: Loc,
+    /// The item's position in its list, `$(ItemIndex)`: the processes of
+    /// `queue N VAR in (...)` made from one item share it.
+    pub index: u64,
     /// Macro name as written → value.
     pub vars: Vec<(String, String)>,
 }
@@ -475,6 +484,10 @@ impl JobDescription {
                 split_words(&s).map_err(|e| bad(t, e))?
             }
             Some(Args::List(ts)) => ts.iter().map(|t| m.subst(t)).collect::<Result<_, _>>()?,
+            Some(Args::Submit(t)) => {
+                let s = m.subst(t)?;
+                crate::submit::condor_words(&s).map_err(|e| bad(t, e))?
+            }
         };
         if arguments.iter().any(|a| a.contains('\0')) {
             let t = self.arguments_text().expect("arguments are set");
@@ -484,9 +497,13 @@ impl JobDescription {
         let mut environment: Vec<(String, String)> = Vec::new();
         match &self.environment {
             None => {}
-            Some(Env::Line(t)) => {
+            Some(Env::Line(t) | Env::Submit(t)) => {
                 let s = m.subst(t)?;
-                for word in split_words(&s).map_err(|e| bad(t, e))? {
+                let words = match &self.environment {
+                    Some(Env::Submit(_)) => crate::submit::environment_words(&s),
+                    _ => split_words(&s),
+                };
+                for word in words.map_err(|e| bad(t, e))? {
                     let Some((name, value)) = word.split_once('=') else {
                         return Err(bad(
                             t,
@@ -555,7 +572,7 @@ impl JobDescription {
 
     fn arguments_text(&self) -> Option<&Text> {
         match &self.arguments {
-            Some(Args::Line(t)) => Some(t),
+            Some(Args::Line(t) | Args::Submit(t)) => Some(t),
             Some(Args::List(ts)) => ts.first(),
             None => None,
         }
@@ -563,7 +580,7 @@ impl JobDescription {
 
     fn environment_text(&self) -> Option<&Text> {
         match &self.environment {
-            Some(Env::Line(t)) => Some(t),
+            Some(Env::Line(t) | Env::Submit(t)) => Some(t),
             Some(Env::Table(vars)) => vars.first().map(|(_, t)| t),
             None => None,
         }
@@ -609,13 +626,14 @@ struct Macros<'a> {
 impl<'a> Macros<'a> {
     fn new(cluster: u64, proc: u32, item: Option<&'a QueueItem>) -> Self {
         let (c, p) = (cluster.to_string(), proc.to_string());
+        let index = item.map_or_else(|| p.clone(), |i| i.index.to_string());
         Macros {
             builtin: [
                 ("Cluster", c.clone()),
                 ("ClusterId", c),
                 ("Process", p.clone()),
                 ("ProcId", p.clone()),
-                ("ItemIndex", p),
+                ("ItemIndex", index),
             ],
             item,
         }
@@ -985,6 +1003,7 @@ impl Parser<'_> {
                     };
                     out.push(QueueItem {
                         loc: self.src.loc(item.at),
+                        index: out.len() as u64,
                         vars,
                     });
                 }

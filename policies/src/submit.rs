@@ -14,7 +14,7 @@
 
 use crate::jobfile::{
     Args, Attr, Env, JobDescription, Notification, Queue, QueueItem, Text, check_attr_name,
-    check_env_name, check_macro_name, parse_size_mb,
+    check_macro_name, parse_size_mb,
 };
 use crate::{Loc, PolicyError};
 use std::path::Path;
@@ -216,54 +216,15 @@ pub fn parse(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, Polic
         let bad = |m: String| cx.bad(line.number, value_col, &key, m);
         match key.as_str() {
             "executable" => executable = Some(text(&key)),
-            "arguments" => {
-                let words = condor_words(value).map_err(bad)?;
-                d.arguments = Some(Args::List(
-                    words
-                        .into_iter()
-                        .map(|w| Text {
-                            value: w,
-                            body: None,
-                            ..text(&key)
-                        })
-                        .collect(),
-                ));
-            }
+            // Split after macro expansion, as condor_submit does: an item
+            // value with blanks in it gives several words.
+            "arguments" => d.arguments = Some(Args::Submit(text(&key))),
             "input" => d.input = Some(text(&key)),
             "output" => d.output = Some(text(&key)),
             "error" => d.error = Some(text(&key)),
             "log" => d.log = Some(text(&key)),
             "initialdir" | "iwd" => d.initialdir = Some(text("initialdir")),
-            "environment" => {
-                let pairs: Vec<String> = if value.starts_with('"') {
-                    condor_words(value).map_err(bad)?
-                } else {
-                    value
-                        .split(';')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                };
-                let mut vars = Vec::new();
-                for pair in pairs {
-                    let Some((name, v)) = pair.split_once('=') else {
-                        return Err(bad(format!(
-                            "'{pair}' is not NAME=VALUE (expected e.g. \"A=1 B='x y'\")"
-                        )));
-                    };
-                    check_env_name(name).map_err(bad)?;
-                    vars.push((
-                        name.to_string(),
-                        Text {
-                            value: v.to_string(),
-                            body: None,
-                            ..text(&key)
-                        },
-                    ));
-                }
-                d.environment = Some(Env::Table(vars));
-            }
+            "environment" => d.environment = Some(Env::Submit(text(&key))),
             "requirements" => d.requirements = Some(text(&key)),
             "rank" => d.rank = Some(text(&key)),
             "request_cpus" => {
@@ -350,7 +311,7 @@ pub fn parse(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, Polic
 /// Splits HTCondor's argument syntax. New syntax (the whole value in double
 /// quotes): words separated by blanks, `'...'` groups, `''` inside it is a
 /// `'`, `""` is a `"`. Old syntax: words separated by blanks, `\"` is `"`.
-fn condor_words(value: &str) -> Result<Vec<String>, String> {
+pub(crate) fn condor_words(value: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     if let Some(inner) = value.strip_prefix('"') {
         let Some(inner) = inner.strip_suffix('"') else {
@@ -411,6 +372,21 @@ fn condor_words(value: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(words)
+}
+
+/// Splits an HTCondor `environment` value into `NAME=VALUE` words: the new
+/// syntax (the whole value in double quotes) as [`condor_words`], the old
+/// syntax at `;`.
+pub(crate) fn environment_words(value: &str) -> Result<Vec<String>, String> {
+    if value.starts_with('"') {
+        return condor_words(value);
+    }
+    Ok(value
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// The queue statement after the word `queue`; `extra` holds the lines of
@@ -537,10 +513,11 @@ fn queue(
         return Err(bad("the item list is empty".into()));
     }
     let mut items = Vec::new();
-    for row in rows {
+    for (index, row) in rows.into_iter().enumerate() {
         for _ in 0..count {
             items.push(QueueItem {
                 loc: cx.loc(line.number, line.col),
+                index: index as u64,
                 vars: vars.iter().cloned().zip(row.iter().cloned()).collect(),
             });
         }

@@ -105,8 +105,8 @@ fn queue_forms() {
     );
     assert_eq!(
         args("executable = a\narguments = $(Item)\nqueue from (x.csv y.csv)\n"),
-        [["x.csv y.csv"]],
-        "from: one item per line"
+        [["x.csv", "y.csv"]],
+        "from: one item per line (one process); arguments split after expansion, as in HTCondor"
     );
     assert_eq!(
         args("executable = a\narguments = $(Item)\nqueue in (x.csv, y.csv z)\n"),
@@ -121,6 +121,11 @@ fn queue_forms() {
     assert_eq!(
         args("executable = a\narguments = $(f) $(Process)\nqueue 2 f in (a, b)\n"),
         [["a", "0"], ["a", "1"], ["b", "2"], ["b", "3"]]
+    );
+    assert_eq!(
+        args("executable = a\narguments = $(ItemIndex)\nqueue 2 f in (a, b)\n"),
+        [["0"], ["0"], ["1"], ["1"]],
+        "ItemIndex counts items, not processes"
     );
     assert_eq!(
         args("executable = a\narguments = $(input_file)\nqueue input_file in (p, q)\n"),
