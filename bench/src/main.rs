@@ -7,9 +7,14 @@
 //! (see [`baseline`]): a 1-byte ping-pong and a bulk transfer over loopback,
 //! on raw TCP and on TLS 1.3 (the remote path crosses TLS).
 //!
+//! Checkpoint and restart (`--ckpt`): see [`ckpt`].
+//!
 //! Usage: `cargo run --release -p roost-bench -- [--size-mib N] [--runs N] [--calls N] [--no-build]`
+//! or `cargo run --release -p roost-bench -- --ckpt [--sizes 64,256,1024] [--runs N] [--workers N] [--no-pool] [--no-mist] [--no-build]`
 
 mod baseline;
+mod ckpt;
+mod mist;
 
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -42,11 +47,16 @@ fn roost(bin: &Path, pool: &Path, cwd: &Path, args: &[&str]) -> Result<std::proc
 
 /// Builds the release binaries the pool runs; returns their directory.
 fn build_roost() -> Result<PathBuf> {
+    build(&["cli", "shadow", "starter", "matchmaker", "syscall-shim"])
+}
+
+/// Builds `packages` in release mode; returns the binaries' directory.
+fn build(packages: &[&str]) -> Result<PathBuf> {
     let ws = workspace();
-    eprintln!("building roost (release)…");
+    eprintln!("building {} (release)…", packages.join(", "));
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&ws).args(["build", "--release", "-q"]);
-    for p in ["cli", "shadow", "starter", "matchmaker", "syscall-shim"] {
+    for p in packages {
         cmd.args(["-p", p]);
     }
     if !cmd.status()?.success() {
@@ -158,9 +168,27 @@ fn main() -> Result<()> {
     let mut runs = 3;
     let mut calls = 20_000;
     let mut build = true;
+    let mut ckpt_mode = false;
+    let mut sizes = vec![64, 256, 1024];
+    let mut workers = 1;
+    let mut pool = true;
+    let mut mist = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--ckpt" => ckpt_mode = true,
+            "--sizes" => {
+                sizes = args
+                    .next()
+                    .context("--sizes MIB,MIB,…")?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--sizes takes MiB numbers separated by commas")?
+            }
+            "--workers" => workers = args.next().context("--workers N")?.parse()?,
+            "--no-pool" => pool = false,
+            "--no-mist" => mist = false,
             "--size-mib" => size_mib = args.next().context("--size-mib N")?.parse()?,
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
             "--calls" => calls = args.next().context("--calls N")?.parse()?,
@@ -169,6 +197,9 @@ fn main() -> Result<()> {
                 println!(
                     "usage: roost-bench [--size-mib N (default 1024)] [--runs N (default 3)] [--calls N (default 20000)] [--no-build (use target/release as it is)]"
                 );
+                println!(
+                    "       roost-bench --ckpt [--sizes MIB,… (default 64,256,1024)] [--runs N (default 3)] [--workers N (zstd threads, default 1)] [--no-pool] [--no-mist] [--no-build]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -176,6 +207,12 @@ fn main() -> Result<()> {
     }
     if size_mib == 0 || runs == 0 || calls == 0 {
         bail!("--size-mib, --runs and --calls must be at least 1");
+    }
+    if ckpt_mode {
+        if sizes.is_empty() || sizes.contains(&0) {
+            bail!("--sizes must name heaps of at least 1 MiB");
+        }
+        return ckpt_main(sizes, runs, workers, pool, mist, build);
     }
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bin = if build {
@@ -293,6 +330,47 @@ fn main() -> Result<()> {
         println!("goals: latency within 2x of a raw round trip; throughput at least 0.50 of raw");
         Ok(())
     })();
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    } else {
+        eprintln!("kept {} for inspection", tmp.display());
+    }
+    result
+}
+
+/// `--ckpt`: builds what it needs (the pool's binaries only if `pool`; if
+/// they do not build, the pool figures are skipped and the rest runs).
+fn ckpt_main(
+    sizes: Vec<usize>,
+    runs: usize,
+    workers: u32,
+    pool: bool,
+    mist: bool,
+    build_first: bool,
+) -> Result<()> {
+    let mut pool = pool;
+    let bin = if build_first {
+        build(&["syscall-shim"])?;
+        if pool && build_roost().is_err() {
+            eprintln!("the pool's binaries did not build: pool figures skipped");
+            pool = false;
+        }
+        workspace().join("target/release")
+    } else {
+        workspace().join("target/release")
+    };
+    let tmp = std::env::temp_dir().join(format!("roost-bench-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let o = ckpt::Opts {
+        sizes,
+        runs,
+        workers,
+        bin,
+        pool,
+        mist,
+    };
+    let result = ckpt::run(&o, &tmp);
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
     } else {
