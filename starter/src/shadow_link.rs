@@ -12,7 +12,7 @@
 
 use crate::relay;
 use proto::fileop::{FileOp, FileReply};
-use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
+use proto::frame::{MAX_FRAME, read_frame_async_into, write_frame_async};
 use proto::job::{ExitStatus, Usage};
 use proto::shadow::{Attached, FromShadow, ToShadow};
 use proto::tls::{Identity, TlsError};
@@ -406,8 +406,11 @@ async fn read_loop(
     control: mpsc::UnboundedSender<FromShadow>,
     checkpoints: mpsc::UnboundedSender<bool>,
 ) {
+    // Frame bodies are read into this one buffer, reused from frame to frame.
+    let mut body = Vec::new();
     let why = loop {
-        let msg = match read_frame_async::<_, FromShadow>(&mut rd, MAX_FRAME).await {
+        let msg = match read_frame_async_into::<_, FromShadow>(&mut rd, MAX_FRAME, &mut body).await
+        {
             Ok(m) => m,
             Err(ProtoError::Closed) => break "the shadow closed the connection".to_string(),
             Err(e) => break format!("bad frame from the shadow: {e}"),
@@ -550,6 +553,7 @@ impl relay::Backend for LinkBackend {
 mod tests {
     use super::*;
     use crate::relay::Backend;
+    use proto::frame::read_frame_async;
     use proto::job::JobSpec;
     use proto::tls::{init_ca, issue};
     use tokio::net::TcpListener;
