@@ -10,11 +10,39 @@ use proto::fileop::Errno;
 use proto::frame::{MAX_FRAME, check_header, decode_body, encode};
 use proto::shim::{ShimReply, ShimRequest};
 use std::mem::{size_of, zeroed};
+use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::lock::Spin;
 use crate::sys;
 
 /// The channel's fd is at least this number.
 pub const CHAN_FD_MIN: i32 = 900;
+
+/// This process's pid as the shim last learnt it: set when a channel
+/// connects and in a forked child, so that a call needs no `getpid`.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+/// This process's pid (cached; see [`forked`]).
+pub fn pid() -> i32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => forked(),
+        p => p,
+    }
+}
+
+/// In a forked child (and wherever the cache may be stale): learns the
+/// pid again, so that the parent's channel is no longer taken as ours.
+pub fn forked() -> i32 {
+    let p = sys::getpid();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Reply bodies up to this size keep their buffer for the next reply.
+const KEEP_RECV: usize = 8 << 20 | 64 << 10;
+
+/// The receive buffer of [`Chan::recv`].
+static RECV_BUF: Spin<Vec<u8>> = Spin::new(Vec::new());
 
 /// One connection, owned by the process with pid `pid`.
 #[derive(Debug)]
@@ -36,7 +64,7 @@ impl Chan {
 
     /// Connected in this process (a forked child must reconnect).
     pub fn live(&self) -> bool {
-        self.fd >= 0 && self.pid == sys::getpid()
+        self.fd >= 0 && self.pid == pid()
     }
 
     /// Connects to the starter's socket at `path`.
@@ -79,7 +107,7 @@ impl Chan {
         let ino = sys::fstat(fd).map(|st| st.st_ino).unwrap_or(0);
         Ok(Chan {
             fd,
-            pid: sys::getpid(),
+            pid: forked(),
             ino,
         })
     }
@@ -125,15 +153,25 @@ impl Chan {
         let mut hdr = [0u8; 4];
         self.recv_exact(&mut hdr, &mut fd)?;
         let len = check_header(hdr, MAX_FRAME).map_err(|_| libc::EIO)?;
-        let mut body = vec![0u8; len];
-        self.recv_exact(&mut body, &mut fd)?;
-        match decode_body(&body) {
+        // The body goes into one buffer kept between replies (the shim's
+        // state lock is held around every call): no fresh pages per reply.
+        let mut body = RECV_BUF.lock();
+        if body.len() < len {
+            body.resize(len, 0);
+        }
+        let r = self.recv_exact(&mut body[..len], &mut fd);
+        let decoded = r.and_then(|()| decode_body(&body[..len]).map_err(|_| libc::EIO));
+        if body.capacity() > KEEP_RECV {
+            *body = Vec::new();
+        }
+        drop(body);
+        match decoded {
             Ok(r) => Ok((r, fd)),
-            Err(_) => {
+            Err(e) => {
                 if let Some(f) = fd {
                     sys::close(f);
                 }
-                Err(libc::EIO)
+                Err(e)
             }
         }
     }

@@ -23,7 +23,12 @@ fn fork_impl() -> pid_t {
         },
         || {
             // SAFETY: fork takes no arguments.
-            unsafe { real!(fork: fn() -> pid_t)() }
+            let pid = unsafe { real!(fork: fn() -> pid_t)() };
+            if pid == 0 {
+                // The child: the parent's channel is not its own.
+                crate::chan::forked();
+            }
+            pid
         },
     )
 }

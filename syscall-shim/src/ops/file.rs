@@ -93,7 +93,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, n: usize) -> Op<isize> {
     if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
-    let v = s.vfd(fd)?;
+    let v = s.vfd_fast(fd)?;
     if v.stream {
         return None;
     }
@@ -104,7 +104,11 @@ pub unsafe fn read(fd: i32, buf: *mut u8, n: usize) -> Op<isize> {
         return Some(Err(libc::EBADF));
     }
     // SAFETY: forwarded from the caller.
-    Some(unsafe { read_remote(&mut s, fd, buf, n) })
+    match unsafe { read_remote(&mut s, fd, buf, n) } {
+        // The fd no longer is our placeholder: it is a local file now.
+        Err(_) if s.vfd(fd).is_none() => None,
+        r => Some(r),
+    }
 }
 
 /// # Safety
@@ -214,7 +218,7 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, n: usize, off: i64) -> Op<isize> {
     if s.vfds.get(fd).is_none() || s.ensure().is_err() {
         return None;
     }
-    let v = s.vfd(fd)?;
+    let v = s.vfd_fast(fd)?;
     if v.stream {
         return Some(Err(libc::ESPIPE));
     }
@@ -238,6 +242,8 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, n: usize, off: i64) -> Op<isize> {
         }) {
             Ok(FileReply::Data(d)) => d,
             Ok(r) => return Some(unexpected(r)),
+            // The fd no longer is our placeholder: it is a local file now.
+            Err(_) if done == 0 && s.vfd(fd).is_none() => return None,
             Err(e) if done == 0 => return Some(Err(e)),
             Err(_) => break,
         };

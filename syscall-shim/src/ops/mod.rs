@@ -277,6 +277,15 @@ impl Shim {
         }
     }
 
+    /// The remote entry for `fd` as the table has it, without asking the
+    /// kernel whether the placeholder is still there: for the hot paths
+    /// (`read`, `pread`), which check with [`Shim::vfd`] when the shadow
+    /// answers with an error (a placeholder closed behind the shim's back
+    /// has its handle closed by the starter before the call arrives).
+    pub fn vfd_fast(&mut self, fd: i32) -> Option<&mut Vfd> {
+        self.vfds.get_mut(fd)
+    }
+
     /// Is `fd` remote? (connecting first, so a forked child knows.)
     pub fn remote(&mut self, fd: i32) -> bool {
         if self.vfds.get(fd).is_none() || self.ensure().is_err() {
