@@ -171,6 +171,11 @@ fn spawn(exe: &Path, shim: &Path, dir: &Path, heap_mib: usize, how: Start) -> Re
 
 /// Starts the job afresh in `dir`.
 pub(crate) fn spawn_fresh(exe: &Path, shim: &Path, dir: &Path, heap_mib: usize) -> Result<Child> {
+    // A beat left by an earlier process would pass for this one's.
+    match std::fs::remove_file(dir.join("beat")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     spawn(exe, shim, dir, heap_mib, Start::Fresh)
 }
 
