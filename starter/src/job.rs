@@ -376,6 +376,22 @@ impl Sandbox {
     }
 }
 
+/// Name of the shim's copy in the scratch directory.
+pub const SHIM_NAME: &str = ".roost-shim.so";
+
+/// Puts the shim into the scratch directory (a hard link, or a copy across
+/// file systems) unless it is there already; returns its path there.
+fn place_shim(shim: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
+    if shim.starts_with(scratch) {
+        return Ok(shim.to_path_buf());
+    }
+    let dst = scratch.join(SHIM_NAME);
+    if !dst.exists() && std::fs::hard_link(shim, &dst).is_err() {
+        std::fs::copy(shim, &dst)?;
+    }
+    Ok(dst)
+}
+
 /// Where the job sees a path of this host: inside the scratch directory
 /// it is under `/tmp`.
 fn job_path(p: &Path, scratch: &Path) -> PathBuf {
@@ -476,8 +492,17 @@ pub async fn run_job<B: Backend>(
     if !launch.env.iter().any(|(k, _)| k == "PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
+    // The shim's copy goes when the job is over, like the sockets.
+    let mut _shim_copy = None;
     if !launch.shim.as_os_str().is_empty() {
-        let mut preload = job_path(&launch.shim, &launch.scratch).into_os_string();
+        // The job's /tmp is the scratch directory, which hides whatever this
+        // host keeps under /tmp; the shim travels into the scratch directory
+        // so that every host preloads it from the same path.
+        let shim = place_shim(&launch.shim, &launch.scratch).map_err(spawn_err)?;
+        if shim != launch.shim {
+            _shim_copy = Some(Unlink(shim.clone()));
+        }
+        let mut preload = job_path(&shim, &launch.scratch).into_os_string();
         if let Some((_, v)) = launch.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
             preload.push(":");
             preload.push(v);
@@ -1121,7 +1146,7 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Removes the shim socket when the job is over.
+/// Removes the shim's socket (or its copy) when the job is over.
 struct Unlink(PathBuf);
 
 impl Drop for Unlink {
