@@ -379,15 +379,21 @@ impl Sandbox {
 /// Name of the shim's copy in the scratch directory.
 pub const SHIM_NAME: &str = ".roost-shim.so";
 
-/// Puts the shim into the scratch directory (a hard link, or a copy across
-/// file systems) unless it is there already; returns its path there.
+/// Puts the shim into the scratch directory unless it is there already;
+/// returns its path there.
 fn place_shim(shim: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
     if shim.starts_with(scratch) {
         return Ok(shim.to_path_buf());
     }
-    let dst = scratch.join(SHIM_NAME);
-    if !dst.exists() && std::fs::hard_link(shim, &dst).is_err() {
-        std::fs::copy(shim, &dst)?;
+    place_in_scratch(shim, scratch, SHIM_NAME)
+}
+
+/// Puts a file into the scratch directory under `name` (a hard link, or a
+/// copy across file systems); returns its path there.
+fn place_in_scratch(src: &Path, scratch: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let dst = scratch.join(name);
+    if !dst.exists() && std::fs::hard_link(src, &dst).is_err() {
+        std::fs::copy(src, &dst)?;
     }
     Ok(dst)
 }
@@ -471,7 +477,25 @@ pub async fn run_job<B: Backend>(
     )
     .map_err(spawn_err)?;
 
-    let mut cmd = Command::new(job_path(&launch.program, &launch.scratch));
+    // A program this host keeps under /tmp would be hidden by the job's
+    // own /tmp (the scratch directory): it travels in, like the shim.
+    let mut _program_copy = None;
+    let program =
+        if !launch.program.starts_with(&launch.scratch) && launch.program.starts_with(JOB_TMP) {
+            let name = format!(
+                ".roost-program-{}",
+                launch
+                    .program
+                    .file_name()
+                    .map_or("job".into(), |n| n.to_string_lossy())
+            );
+            let p = place_in_scratch(&launch.program, &launch.scratch, &name).map_err(spawn_err)?;
+            _program_copy = Some(Unlink(p.clone()));
+            p
+        } else {
+            launch.program.clone()
+        };
+    let mut cmd = Command::new(job_path(&program, &launch.scratch));
     if let Some((argv0, args)) = launch.argv.split_first() {
         cmd.arg0(argv0).args(args);
     }

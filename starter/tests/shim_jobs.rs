@@ -431,8 +431,21 @@ async fn paths_that_leave_the_job_directory_get_eacces() {
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("secret.txt"), b"TOP SECRET\n").unwrap();
     std::os::unix::fs::symlink("../outside/secret.txt", submit.join("link")).unwrap();
-    let secret = outside.join("secret.txt");
-    let secret = secret.to_str().unwrap();
+    // The absolute path: a file of the submit host outside the job's
+    // directory and outside the system paths a job reads locally (the
+    // user's home; this checkout may itself live under /tmp, which is local).
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let abs =
+        std::path::Path::new(&home).join(format!(".roost-starter-secret-{}", std::process::id()));
+    std::fs::write(&abs, b"TOP SECRET\n").unwrap();
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _gone = Gone(abs.clone());
+    let secret = abs.to_str().unwrap();
     let script = "for p in ../../etc/passwd \"$1\" link; do\n\
                   \x20 if cat \"$p\"; then echo \"$p: read\"; else echo \"$p: refused\"; fi\n\
                   done\n\
