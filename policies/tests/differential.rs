@@ -14,10 +14,12 @@
 //! divisions by zero (HTCondor makes some of them infinite), and lists
 //! converted to text (HTCondor prints their items unevaluated). `ROOST_DIFF_SEED=N` generates a different set.
 
+mod common;
+use common::{Rng, json_string, python};
 use policies::ad::Ad;
 use policies::expr::{self, BinOp, Expr, Value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 
 const CASES: usize = 12_000;
@@ -76,47 +78,6 @@ fn canon(v: &Value) -> String {
         }
         Value::Undefined => "undefined".into(),
         Value::Error => "error".into(),
-    }
-}
-
-/// JSON string encoding as Python's `json.dumps` writes it (ASCII only).
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut buf = [0u16; 2];
-                for u in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
     }
 }
 
@@ -273,34 +234,6 @@ fn regexp_case(r: &mut Rng) -> String {
     ]);
     let opts = r.pick(&["", ", \"i\"", ", \"m\"", ", \"s\"", ", 1"]);
     format!("regexp({pat}, {}{opts})", random_expr(r, 2, true))
-}
-
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ROOST_CLASSAD_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("classad-venv");
-    let py = venv.join("bin/python");
-    let works = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import classad2"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works(&py) {
-        return Some(py);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "htcondor"])
-            .status()
-            .is_ok_and(|s| s.success());
-    (made && works(&py)).then_some(py)
 }
 
 /// Whether a division in `e` has a zero divisor or a non-finite result:

@@ -35,6 +35,8 @@
 //!
 //! `ROOST_SUBMIT_DIFF_SEED=N` generates a different set of files.
 
+mod common;
+use common::{Rng, json_string, python};
 use policies::ad::Ad;
 use policies::expr::{self, Value};
 use policies::jobfile;
@@ -208,27 +210,6 @@ for n in range(count):
     out.append("end")
 sys.stdout.write("\n".join(out) + "\n")
 "#;
-
-/// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
 
 /// One generated submit file: its text and the `request_*` keys it sets.
 struct Generated {
@@ -660,29 +641,6 @@ fn canon(v: &Value) -> String {
     }
 }
 
-/// JSON string encoding as Python's `json.dumps` writes it (ASCII only).
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut buf = [0u16; 2];
-                for u in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn json_opt(s: Option<&str>) -> String {
     s.map_or_else(|| "null".into(), json_string)
 }
@@ -737,35 +695,6 @@ fn roost_lines(g: &Generated, n: usize, my: &Ad, machines: &[Ad]) -> Result<Stri
     }
     out.push_str("end\n");
     Ok(out)
-}
-
-/// The Python with `htcondor2`, as `differential.rs` finds or makes it.
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ROOST_CLASSAD_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("classad-venv");
-    let py = venv.join("bin/python");
-    let works = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import classad2, htcondor2"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works(&py) {
-        return Some(py);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "htcondor"])
-            .status()
-            .is_ok_and(|s| s.success());
-    (made && works(&py)).then_some(py)
 }
 
 fn python_or_fail() -> Option<PathBuf> {
