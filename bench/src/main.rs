@@ -338,8 +338,7 @@ fn main() -> Result<()> {
     result
 }
 
-/// `--ckpt`: builds what it needs (the pool's binaries only if `pool`; if
-/// they do not build, the pool figures are skipped and the rest runs).
+/// `--ckpt`: builds what it needs (the pool's binaries only if `pool`).
 fn ckpt_main(
     sizes: Vec<usize>,
     runs: usize,
@@ -348,17 +347,17 @@ fn ckpt_main(
     mist: bool,
     build_first: bool,
 ) -> Result<()> {
-    let mut pool = pool;
-    let bin = if build_first {
+    if build_first {
         build(&["syscall-shim"])?;
-        if pool && build_roost().is_err() {
-            eprintln!("the pool's binaries did not build: pool figures skipped");
-            pool = false;
+        if pool {
+            // Figures the user asked for are measured or the run fails;
+            // `--no-pool` leaves them out on purpose.
+            build_roost().context(
+                "the pool's binaries did not build (use --no-pool to measure without them)",
+            )?;
         }
-        workspace().join("target/release")
-    } else {
-        workspace().join("target/release")
-    };
+    }
+    let bin = workspace().join("target/release");
     let tmp = std::env::temp_dir().join(format!("roost-bench-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
