@@ -156,9 +156,12 @@ impl fmt::Display for Expr {
                     UnOp::Plus => "+",
                     UnOp::Not => "!",
                 })?;
-                // Parenthesize anything below unary, and anything that
-                // itself starts with a sign (so "- -1" never reads as "--").
-                child(f, e, precedence(e) <= 7)
+                // Parenthesize anything below unary, anything that itself
+                // starts with a sign (so "- -1" never reads as "--"), and a
+                // number after a minus (the parser folds "-1" into one
+                // literal, so the negation of 1 prints as "-(1)").
+                let number = matches!(**e, Expr::Lit(Value::Int(_) | Value::Real(_)));
+                child(f, e, precedence(e) <= 7 || (*op == UnOp::Neg && number))
             }
             Expr::Binary(op, l, r) => {
                 let p = op.precedence();

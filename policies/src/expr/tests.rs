@@ -511,3 +511,16 @@ fn clauses_and_references() {
         .collect();
     assert_eq!(refs, ["Memory", "OpSys", "Arch", "TARGET.Cpus"]);
 }
+
+#[test]
+fn negated_number_literals_print_stably() {
+    // The parser folds a minus on a number into the literal; the negation
+    // of a literal must print so that it parses back to the same tree.
+    for src in ["-(--00)", "-(-1)", "- -1", "-(-(2.5))", "-(0)", "--1"] {
+        let e = parse(src).unwrap();
+        let printed = e.to_string();
+        let again = parse(&printed).unwrap();
+        assert_eq!(again, e, "{src} printed as {printed}");
+        assert_eq!(again.to_string(), printed, "{src}");
+    }
+}
