@@ -1,4 +1,5 @@
 //! The execute host: the owner's daemon and the per-job starter.
+pub mod check_policy;
 pub mod ckpt;
 pub mod control;
 pub mod job;

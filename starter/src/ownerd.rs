@@ -97,6 +97,83 @@ pub struct Config {
     pub release_grace: Duration,
 }
 
+/// Why the owner's policy file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("cannot read the policy file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the owner's policy is not valid: {0}")]
+    Invalid(policies::PolicyError),
+}
+
+/// Reads and parses the owner's policy file: the daemon at start-up and
+/// `--check-policy` both come here, so both say the same about a bad file.
+pub fn load_policy(file: &Path) -> Result<OwnerPolicy, PolicyFileError> {
+    let text = std::fs::read_to_string(file).map_err(|source| PolicyFileError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    OwnerPolicy::parse(&file.display().to_string(), &text).map_err(PolicyFileError::Invalid)
+}
+
+/// What a machine's ad is made from (see [`machine_attrs`]).
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    /// This host's name.
+    pub name: &'a str,
+    /// The state directory (its file system's free space is `Disk`).
+    pub dir: &'a Path,
+    /// (KFlops, Mips).
+    pub speed: (i64, i64),
+    /// The newest owner activity, if any was ever seen.
+    pub last_activity: Option<SystemTime>,
+    /// What `KeyboardIdle` counts from when there was none (boot).
+    pub since: SystemTime,
+    /// The running job's own share of the load average.
+    pub job_load: f64,
+    /// The running job and its schedd.
+    pub job: Option<(JobId, &'a str)>,
+}
+
+/// The machine's own attributes (the policy's and the state's are added
+/// by the daemon).
+pub fn machine_attrs(o: &Observed) -> policies::Ad {
+    let mut ad = policies::Ad::new();
+    ad.set("Machine", o.name);
+    ad.set("Name", o.name);
+    ad.set("MyType", "Machine");
+    ad.set("Arch", "X86_64");
+    ad.set("OpSys", "LINUX");
+    ad.set(
+        "Cpus",
+        std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
+    );
+    if let Some(m) = memory_mib() {
+        ad.set("Memory", m);
+    }
+    if let Some(d) = disk_free_mib(o.dir) {
+        ad.set("Disk", d);
+    }
+    ad.set("KFlops", o.speed.0);
+    ad.set("Mips", o.speed.1);
+    let idle = keyboard_idle(o.last_activity, SystemTime::now(), o.since);
+    let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+    ad.set("KeyboardIdle", idle);
+    ad.set("ConsoleIdle", idle);
+    if let Some(l) = load_avg() {
+        ad.set("LoadAvg", (l - o.job_load).max(0.0));
+    }
+    if let Some((job, schedd)) = o.job {
+        ad.set(ATTR_JOB_ID, job.to_string().as_str());
+        ad.set(ATTR_CLIENT_MACHINE, schedd);
+    }
+    ad
+}
+
 /// The desktop policy with the owner counted as away after `idle`: start
 /// and continue once the keyboard was idle that long, suspend at the first
 /// key press within it.
@@ -122,7 +199,7 @@ pub fn keyboard_idle(mtime: Option<SystemTime>, now: SystemTime, since: SystemTi
 
 /// When this host booted: what `KeyboardIdle` counts from when no
 /// activity source was ever touched.
-fn boot_time() -> SystemTime {
+pub fn boot_time() -> SystemTime {
     let up = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
@@ -515,37 +592,15 @@ impl Daemon {
     /// The machine's own attributes (the policy's and the state's are added
     /// by [`Daemon::ad`]).
     fn machine_attrs(&self) -> policies::Ad {
-        let mut ad = policies::Ad::new();
-        ad.set("Machine", self.cfg.name.as_str());
-        ad.set("Name", self.cfg.name.as_str());
-        ad.set("MyType", "Machine");
-        ad.set("Arch", "X86_64");
-        ad.set("OpSys", "LINUX");
-        ad.set(
-            "Cpus",
-            std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
-        );
-        if let Some(m) = memory_mib() {
-            ad.set("Memory", m);
-        }
-        if let Some(d) = disk_free_mib(&self.cfg.dir) {
-            ad.set("Disk", d);
-        }
-        ad.set("KFlops", self.speed.0);
-        ad.set("Mips", self.speed.1);
-        let idle = keyboard_idle(*self.activity.borrow(), SystemTime::now(), self.started);
-        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
-        ad.set("KeyboardIdle", idle);
-        ad.set("ConsoleIdle", idle);
-        if let Some(l) = load_avg() {
-            let own = self.running.as_ref().map_or(0.0, |r| r.load);
-            ad.set("LoadAvg", (l - own).max(0.0));
-        }
-        if let Some(r) = &self.running {
-            ad.set(ATTR_JOB_ID, r.job.to_string().as_str());
-            ad.set(ATTR_CLIENT_MACHINE, r.schedd.0.as_str());
-        }
-        ad
+        machine_attrs(&Observed {
+            name: &self.cfg.name,
+            dir: &self.cfg.dir,
+            speed: self.speed,
+            last_activity: *self.activity.borrow(),
+            since: self.started,
+            job_load: self.running.as_ref().map_or(0.0, |r| r.load),
+            job: self.running.as_ref().map(|r| (r.job, r.schedd.0.as_str())),
+        })
     }
 
     /// What the policy sees of the running job.
