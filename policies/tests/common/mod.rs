@@ -69,14 +69,23 @@ pub fn python() -> Option<PathBuf> {
     if works(&py) {
         return Some(py);
     }
+    // Made under a name of its own and renamed into place, so that test
+    // processes running at once never see (or make) half a venv; the
+    // interpreter finds its site-packages relative to its own path.
+    let tmp = venv.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
     let made = Command::new("python3")
         .args(["-m", "venv"])
-        .arg(&venv)
+        .arg(&tmp)
         .status()
         .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "htcondor"])
+        && Command::new(tmp.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "htcondor"])
             .status()
             .is_ok_and(|s| s.success());
-    (made && works(&py)).then_some(py)
+    if made && std::fs::rename(&tmp, &venv).is_err() {
+        // Another process put its venv there first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    works(&py).then_some(py)
 }
