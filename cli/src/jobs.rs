@@ -30,16 +30,22 @@ pub enum SubmitOutcome {
     Refused(String),
 }
 
-/// Sends `file`'s text (a relative `file` is read from `cwd`); `cwd` is the
-/// default `initialdir`.
-pub fn submit(schedd: &Schedd, file: &Path, cwd: &Path) -> Result<SubmitOutcome> {
+/// The request `roost submit` sends for `file` (a relative `file` is read
+/// from `cwd`; `cwd` is the default `initialdir`). `--dry-run` checks the
+/// same request's fields as the schedd does.
+pub fn submit_request(file: &Path, cwd: &Path) -> Result<CliRequest> {
     let text = std::fs::read_to_string(cwd.join(file))
         .with_context(|| format!("cannot read the job file {}", file.display()))?;
-    let req = CliRequest::Submit {
+    Ok(CliRequest::Submit {
         file: file.display().to_string(),
         text,
         cwd: cwd.display().to_string(),
-    };
+    })
+}
+
+/// Sends `file`'s text (see [`submit_request`]).
+pub fn submit(schedd: &Schedd, file: &Path, cwd: &Path) -> Result<SubmitOutcome> {
+    let req = submit_request(file, cwd)?;
     match schedd.request(&req)? {
         CliReply::Submitted { jobs } => Ok(SubmitOutcome::Queued(jobs)),
         CliReply::Error { message } => Ok(SubmitOutcome::Refused(message)),

@@ -417,16 +417,28 @@ fn why(
 }
 
 /// `roost submit --dry-run`: the jobs the file describes (a TOML job file,
-/// or an HTCondor submit file by its extension), checked and expanded here
-/// as the schedd would (cluster shown as 0), each with the ad it would
-/// advertise.
+/// or an HTCondor submit file by its extension), checked and expanded by
+/// the schedd's own steps ([`policies::jobfile::Submission`], cluster
+/// shown as 0) on the request `roost submit` would send, each with the ad
+/// it would advertise. A refused file gets the schedd's message and exit
+/// status 1, as from `roost submit`.
 fn dry_run(file: &Path, cwd: &Path, out: &mut dyn Write) -> Result<i32> {
-    let text = std::fs::read_to_string(cwd.join(file))
-        .with_context(|| format!("cannot read the job file {}", file.display()))?;
-    let name = file.display().to_string();
-    let specs = policies::jobfile::parse_any(&name, &text, cwd)
-        .and_then(|d| d.expand(0))
-        .map_err(anyhow::Error::new)?;
+    let proto::cli::CliRequest::Submit {
+        file: name,
+        text,
+        cwd,
+    } = jobs::submit_request(file, cwd)?
+    else {
+        unreachable!("submit_request makes a Submit request");
+    };
+    let specs =
+        match policies::jobfile::Submission::parse(&name, &text, &cwd).and_then(|s| s.expand(0)) {
+            Ok(procs) => procs.into_iter().map(|p| p.spec).collect::<Vec<_>>(),
+            Err(message) => {
+                eprintln!("roost: {message}");
+                return Ok(1);
+            }
+        };
     let owner = std::env::var("USER").unwrap_or_else(|_| "you".into());
     for (i, s) in specs.iter().enumerate() {
         out.write_all(render::job_spec(&format!("0.{i}"), s).as_bytes())?;

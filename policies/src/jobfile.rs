@@ -279,6 +279,42 @@ pub fn parse_any(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, P
     }
 }
 
+/// A submitted job file as the schedd checks it before it stores
+/// anything. `roost submit --dry-run` takes the same steps, so a bad file
+/// gets the same message from both; a message is the error's one-line text.
+#[derive(Debug, Clone)]
+pub struct Submission(JobDescription);
+
+impl Submission {
+    /// Parses `text` by `file`'s name ([`parse_any`]); `cwd` is the
+    /// submitter's directory, which must be absolute (the default
+    /// `initialdir`).
+    pub fn parse(file: &str, text: &str, cwd: &str) -> Result<Submission, String> {
+        if !Path::new(cwd).is_absolute() {
+            return Err(format!(
+                "{file}: the submit directory `{cwd}` is not absolute"
+            ));
+        }
+        parse_any(file, text, Path::new(cwd))
+            .map(Submission)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The cluster's processes ([`JobDescription::expand_full`]); a file
+    /// that queues none is refused.
+    pub fn expand(&self, cluster: u64) -> Result<Vec<ProcessDescription>, String> {
+        let procs = self.0.expand_full(cluster).map_err(|e| e.to_string())?;
+        if procs.is_empty() {
+            return Err(format!("{}: the description queues no job", self.0.file()));
+        }
+        Ok(procs)
+    }
+
+    pub fn description(&self) -> &JobDescription {
+        &self.0
+    }
+}
+
 impl JobDescription {
     /// A description with every default set and an empty executable; the
     /// parsers fill it in and call [`JobDescription::validate`].

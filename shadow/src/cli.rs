@@ -13,7 +13,6 @@ use proto::cli::{CliReply, CliRequest};
 use proto::frame::{read_frame_async, write_frame_async};
 use proto::job::JobState;
 use proto::{JobId, ProtoError};
-use std::path::Path;
 use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -102,12 +101,9 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
     match req {
         CliRequest::Ping => CliReply::Pong,
         CliRequest::Submit { file, text, cwd } => {
-            if !Path::new(&cwd).is_absolute() {
-                return error(format!(
-                    "{file}: the submit directory `{cwd}` is not absolute"
-                ));
-            }
-            let desc = match policies::jobfile::parse_any(&file, &text, Path::new(&cwd)) {
+            // `roost submit --dry-run` checks files through the same
+            // `Submission`, so both give the same message.
+            let desc = match policies::jobfile::Submission::parse(&file, &text, &cwd) {
                 Ok(d) => d,
                 Err(e) => return error(e),
             };
@@ -116,7 +112,7 @@ async fn handle(s: &Arc<Schedd>, owner: &str, req: CliRequest) -> CliReply {
             let r = s
                 .db(move |q| {
                     q.submit_jobs(&owner2, &file2, |cluster| {
-                        let procs = desc.expand_full(cluster).map_err(|e| e.to_string())?;
+                        let procs = desc.expand(cluster)?;
                         Ok(procs
                             .into_iter()
                             .map(|p| NewJob {
@@ -355,7 +351,7 @@ mod tests {
         let d = policies::jobfile::parse(
             "job.toml",
             "executable = \"/bin/sim\"\nrequirements = 'Memory >= 2048'\nrequest_memory = 512\n[attributes]\nProject = \"physics\"\n",
-            Path::new("/home/ann"),
+            std::path::Path::new("/home/ann"),
         )
         .unwrap();
         let spec = d.expand(3).unwrap().remove(0);
