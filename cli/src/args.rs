@@ -120,6 +120,34 @@ Ad files hold `Name = expression` lines (`#` starts a comment line) or one recor
     /// Run the demo: a personal pool, a job on an execute host, its files on
     /// the submit host.
     Demo(DemoArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_help = "\
+  roost completions bash > /etc/bash_completion.d/roost
+  roost completions zsh > \"${fpath[1]}/_roost\"
+  roost completions fish > ~/.config/fish/completions/roost.fish")]
+    Completions(CompletionsArgs),
+    /// Write the man pages of roost, its subcommands and the daemons.
+    #[command(after_help = "\
+Writes roost.1, one page per subcommand (roost-submit.1, roost-pool-up.1, ...) and the
+pages of roost-matchmaker, roost-schedd, roost-ownerd and roost-starter, which each
+program makes from its own flags (they are looked for where `roost pool up` looks).
+
+  roost man --out /usr/local/share/man/man1 && mandb")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL", value_parser = ["bash", "zsh", "fish"])]
+    pub shell: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (made if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -680,6 +708,22 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn completions_and_man() {
+        let cli = parse(&["completions", "zsh"]).unwrap();
+        let Command::Completions(c) = cli.command else {
+            panic!("not completions")
+        };
+        assert_eq!(c.shell, "zsh");
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        let cli = parse(&["man", "--out", "m"]).unwrap();
+        let Command::Man(m) = cli.command else {
+            panic!("not man")
+        };
+        assert_eq!(m.out, PathBuf::from("m"));
+        assert!(parse(&["man"]).is_err(), "man needs --out");
     }
 
     #[test]

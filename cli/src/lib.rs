@@ -166,6 +166,22 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Completions(a) => {
+            let shell = match a.shell.as_str() {
+                "bash" => cliutil::Shell::Bash,
+                "zsh" => cliutil::Shell::Zsh,
+                _ => cliutil::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            cliutil::completions(
+                &mut <Cli as clap::CommandFactory>::command(),
+                shell,
+                &mut script,
+            );
+            out.write_all(&script)?;
+            Ok(0)
+        }
+        Command::Man(a) => man(&a.out, out),
         Command::Demo(a) => {
             let opts = demo::DemoOptions {
                 dir: a.dir,
@@ -176,6 +192,55 @@ pub fn run(cli: Cli) -> Result<i32> {
             demo::run(&opts, out)
         }
     }
+}
+
+/// `roost man --out DIR`: roost's pages from its own definitions, each
+/// daemon's from the daemon (`--print-man-page`); a daemon that cannot be
+/// found or run is named on stderr and the exit status is 1.
+fn man(dir: &Path, out: &mut dyn Write) -> Result<i32> {
+    let mut written = cliutil::man_pages(<Cli as clap::CommandFactory>::command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    let bin = daemons::bin_dir()?;
+    let mut failed = false;
+    for name in [
+        "roost-matchmaker",
+        "roost-schedd",
+        "roost-ownerd",
+        "roost-starter",
+    ] {
+        let exe = bin.join(name);
+        let page = std::process::Command::new(&exe)
+            .arg(cliutil::PRINT_MAN)
+            .output();
+        match page {
+            Ok(o) if o.status.success() && !o.stdout.is_empty() => {
+                let path = dir.join(format!("{name}.1"));
+                std::fs::write(&path, &o.stdout)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                written.push(path);
+            }
+            Ok(o) => {
+                failed = true;
+                eprintln!(
+                    "roost: {} did not print its man page ({}): {}",
+                    exe.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "roost: cannot run {} for its man page: {e} (set ROOST_BIN_DIR to where the daemons are)",
+                    exe.display()
+                );
+            }
+        }
+    }
+    for p in &written {
+        writeln!(out, "{}", p.display())?;
+    }
+    Ok(i32::from(failed))
 }
 
 /// One `roost q` listing (the table, then a bar per image transfer).

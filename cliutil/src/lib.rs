@@ -285,16 +285,37 @@ pub fn default_config(cmd: &Command) -> String {
     for k in config_keys(cmd) {
         out.push('\n');
         for line in k.help.lines() {
-            out.push_str(format!("# {line}").trim_end());
-            out.push('\n');
+            for wrapped in wrap(line, 76) {
+                out.push_str(format!("# {wrapped}").trim_end());
+                out.push('\n');
+            }
         }
         match &k.default {
             Some(d) => out.push_str(&format!("{} = {}\n", k.key, toml_literal(d))),
             None if k.required => out.push_str(&format!("# {} = ...   (required)\n", k.key)),
-            None => out.push_str(&format!("# {} = ...   (not set)\n", k.key)),
+            None => out.push_str(&format!("# {} = ...   (no default)\n", k.key)),
         }
     }
     out
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in text.split_whitespace() {
+        if !cur.is_empty() && cur.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() || lines.is_empty() {
+        lines.push(cur);
+    }
+    lines
 }
 
 /// Checks that a shipped config file `text` sets exactly the keys of `cmd`
@@ -465,7 +486,7 @@ mod tests {
             check_shipped(&cmd, &drifted).unwrap_err(),
             "`cycle_secs` is 3 in the file but 2 built in"
         );
-        let missing = text.replace("# advertise = ...   (not set)\n", "");
+        let missing = text.replace("# advertise = ...   (no default)\n", "");
         assert!(
             check_shipped(&cmd, &missing)
                 .unwrap_err()
@@ -484,5 +505,28 @@ mod tests {
         let mut out = Vec::new();
         completions(&mut Args::command(), Shell::Bash, &mut out);
         assert!(String::from_utf8(out).unwrap().contains("--cycle-secs"));
+    }
+}
+
+/// Where the shipped config files are: `dist/config/` of the workspace.
+pub fn shipped_config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/config")
+}
+
+/// For a daemon's tests: panics unless `dist/config/NAME.toml` (NAME is
+/// the command's name) sets every built-in default of `A` and names every
+/// other key (see [`check_shipped`]); prints the file it should be.
+pub fn assert_shipped<A: Parser>() {
+    let cmd = A::command();
+    let path = shipped_config_dir().join(format!("{}.toml", cmd.get_name()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    if let Err(wrong) = check_shipped(&cmd, &text) {
+        panic!(
+            "{} does not say what {} does:\n{wrong}\n\nit could be:\n{}",
+            path.display(),
+            cmd.get_name(),
+            default_config(&cmd)
+        );
     }
 }

@@ -1,15 +1,22 @@
 //! `roost-matchmaker --pki DIR --name NAME --listen IP:PORT [--cycle-secs 2]
 //! [--half-life-secs 86400] [--preempt-rank true|false]`
+//!
+//! The same port serves the pool page and `/metrics` to HTTPS clients
+//! (ALPN `http/1.1`) that bring the web token (`DIR/web-token`) or a pool
+//! certificate.
 
 use anyhow::Context;
-use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The roost matchmaker: pairs idle jobs with idle machines.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "roost-matchmaker", version)]
 struct Args {
+    /// Read settings from this TOML file: keys are the long flags in snake
+    /// case (see dist/config/roost-matchmaker.toml); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory with ca.pem, NAME.pem and NAME.key.
     #[arg(long)]
     pki: PathBuf,
@@ -39,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
+    let args: Args = cliutil::parse_daemon();
     if !(args.cycle_secs.is_finite() && args.cycle_secs > 0.0) {
         anyhow::bail!(
             "--cycle-secs must be a positive number of seconds, not {}",
@@ -81,4 +88,13 @@ async fn main() -> anyhow::Result<()> {
     };
     mm.run(shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// dist/config/roost-matchmaker.toml shows every built-in default.
+    #[test]
+    fn the_shipped_config_says_what_the_defaults_are() {
+        cliutil::assert_shipped::<super::Args>();
+    }
 }

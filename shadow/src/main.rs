@@ -2,14 +2,17 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use clap::Parser;
 use std::path::PathBuf;
 
 /// The submit host's daemon: the persistent job queue, the CLI socket
 /// (STATEDIR/schedd.sock) and one shadow per running job.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "roost-schedd", version)]
 struct Args {
+    /// Read settings from this TOML file: keys are the long flags in snake
+    /// case (see dist/config/roost-schedd.toml); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory with the pool CA and this schedd's certificate and key.
     #[arg(long, value_name = "DIR")]
     pki: PathBuf,
@@ -41,7 +44,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = Args::parse();
+    let a: Args = cliutil::parse_daemon();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let sub = tracing_subscriber::fmt()
@@ -78,4 +81,13 @@ fn main() -> anyhow::Result<()> {
         };
         bound.run(shutdown).await.context("running the schedd")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// dist/config/roost-schedd.toml shows every built-in default.
+    #[test]
+    fn the_shipped_config_says_what_the_defaults_are() {
+        cliutil::assert_shipped::<super::Args>();
+    }
 }

@@ -180,3 +180,12 @@ fn check_policy(file: &std::path::Path, args: &Args) -> anyhow::Result<()> {
     print!("{report}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// dist/config/roost-ownerd.toml shows every built-in default.
+    #[test]
+    fn the_shipped_config_says_what_the_defaults_are() {
+        cliutil::assert_shipped::<super::Args>();
+    }
+}

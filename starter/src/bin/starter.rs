@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
+    let args: Args = cliutil::parse_daemon();
     // One thread: the relay, the link's reader and the calls wake each other
     // without crossing CPUs; the job runs on the others.
     let rt = match tokio::runtime::Builder::new_current_thread()
