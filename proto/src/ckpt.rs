@@ -3,17 +3,25 @@
 //! restore path that may not allocate, so there is no serde here.
 //!
 //! An image is: one [`ImageHeader`], `nregions` [`Region`]s, `nfds`
-//! [`FdRecord`]s, then the bytes of every region with [`RF_DATA`], in table
-//! order, each followed by its 8-byte [`checksum`]. The header carries a
+//! [`FdRecord`]s, then for every region with [`RF_DATA`], in table order:
+//! a page bitmap ([`bitmap_words`] little-endian `u64`s, bit `i` set when
+//! page `i` of the region follows), the `Region::pages` pages it marks, and
+//! an 8-byte [`checksum`] over bitmap and pages. The header carries a
 //! checksum of the header itself and of both tables. Readers check magic,
 //! version, architecture, page size and every checksum before they use a
 //! byte, and refuse an image with a clear reason.
+//!
+//! A [`KIND_FULL`] image marks every page. A [`KIND_INCREMENT`] marks only
+//! the pages changed since its parent (`parent_id` = the parent's
+//! `image_id`); the pages it leaves out are as the parent left them, so a
+//! restart applies a chain: a full image, then its increments in order.
+//! Every image carries the whole region and fd tables.
 #![allow(unsafe_code)]
 
 /// First bytes of every image.
 pub const MAGIC: [u8; 8] = *b"ROOSTCK\x01";
 /// Image format version this build reads and writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// `ImageHeader::arch` for x86-64.
 pub const ARCH_X86_64: u32 = 62;
 
@@ -25,6 +33,11 @@ pub const RF_FILE: u32 = 2;
 pub const RF_STACK: u32 = 4;
 /// The program break heap.
 pub const RF_HEAP: u32 = 8;
+
+/// `ImageHeader::kind`: every page of every data region follows.
+pub const KIND_FULL: u32 = 0;
+/// `ImageHeader::kind`: only the pages changed since the parent follow.
+pub const KIND_INCREMENT: u32 = 1;
 
 /// A remote fd (a shadow handle) at this number.
 pub const FD_REMOTE: u32 = 1;
@@ -68,6 +81,13 @@ pub struct ImageHeader {
     /// The program break.
     pub brk: u64,
     pub sigactions: [KSigaction; 65],
+    /// [`KIND_FULL`] or [`KIND_INCREMENT`].
+    pub kind: u32,
+    pub reserved: u32,
+    /// This image's identity (unique per job, never 0).
+    pub image_id: u64,
+    /// The image an increment applies to (0 for a full image).
+    pub parent_id: u64,
     /// Checksum of the region and fd tables.
     pub tables_sum: u64,
     /// Checksum of this header with `header_sum` = 0.
@@ -84,6 +104,8 @@ pub struct Region {
     /// `RF_*` bits.
     pub flags: u32,
     pub offset: u64,
+    /// With `RF_DATA`: how many of the region's pages follow in the image.
+    pub pages: u64,
     /// NUL-terminated path of a file mapping, or a `[name]`.
     pub path: [u8; 256],
 }
@@ -127,8 +149,59 @@ impl Region {
         prot: 0,
         flags: 0,
         offset: 0,
+        pages: 0,
         path: [0; 256],
     };
+
+    /// Pages the region spans.
+    pub fn npages(&self, page: u64) -> u64 {
+        self.end.saturating_sub(self.start) / page
+    }
+
+    /// Bytes of the region's data in an image (bitmap, pages, checksum);
+    /// 0 without `RF_DATA`.
+    pub fn data_len(&self, page: u64) -> u64 {
+        if self.flags & RF_DATA == 0 {
+            return 0;
+        }
+        bitmap_words(self.npages(page)) * 8 + self.pages * page + 8
+    }
+}
+
+/// `u64` words of the page bitmap of a region of `npages` pages.
+pub fn bitmap_words(npages: u64) -> u64 {
+    npages.div_ceil(64)
+}
+
+/// A fast 64-bit hash of one page (not cryptographic): four independent
+/// lanes, so it runs at memory speed. Used to find the pages that changed
+/// since the last image.
+pub fn page_hash(page: &[u8]) -> u64 {
+    const K: u64 = 0x9FB2_1C65_1E98_DF25;
+    let mut l = [
+        0x243F_6A88_85A3_08D3u64,
+        0x1319_8A2E_0370_7344,
+        0xA409_3822_299F_31D0,
+        0x082E_FA98_EC4E_6C89,
+    ];
+    let mut chunks = page.chunks_exact(32);
+    for c in &mut chunks {
+        for (i, lane) in l.iter_mut().enumerate() {
+            let w = u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            *lane = (*lane ^ w).wrapping_mul(K).rotate_left(31);
+        }
+    }
+    let mut h = (page.len() as u64)
+        ^ l[0]
+        ^ l[1].rotate_left(17)
+        ^ l[2].rotate_left(29)
+        ^ l[3].rotate_left(43);
+    for &b in chunks.remainder() {
+        h = (h ^ b as u64).wrapping_mul(K).rotate_left(23);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^ (h >> 29)
 }
 
 /// A fast 64-bit checksum (not cryptographic) over `data`.
@@ -204,6 +277,17 @@ impl ImageHeader {
         bytes_of(self)
     }
 
+    /// A header from the first bytes of an image (unchecked: call
+    /// [`ImageHeader::verify`]); `None` when there are too few.
+    pub fn from_bytes(b: &[u8]) -> Option<ImageHeader> {
+        if b.len() < core::mem::size_of::<ImageHeader>() {
+            return None;
+        }
+        // SAFETY: the header is a `repr(C)` record of integers, valid for
+        // any bytes; the slice holds at least its size; unaligned read.
+        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<ImageHeader>()) })
+    }
+
     /// Sets `header_sum` over the header.
     pub fn seal(&mut self) {
         self.header_sum = 0;
@@ -267,6 +351,10 @@ mod tests {
             frame: 2,
             brk: 3,
             sigactions: [KSigaction::default(); 65],
+            kind: KIND_FULL,
+            reserved: 0,
+            image_id: 5,
+            parent_id: 0,
             tables_sum: 9,
             header_sum: 0,
         };
@@ -281,8 +369,8 @@ mod tests {
         bad.magic[0] = b'X';
         assert_eq!(bad.verify(4096, 10), Err(ImageError::Magic));
         let mut bad = h;
-        bad.version = 2;
-        assert_eq!(bad.verify(4096, 10), Err(ImageError::Version(2)));
+        bad.version = 1;
+        assert_eq!(bad.verify(4096, 10), Err(ImageError::Version(1)));
     }
 
     #[test]
@@ -293,6 +381,34 @@ mod tests {
             c.update(piece);
         }
         assert_eq!(c.finish(), checksum(&d));
+    }
+
+    #[test]
+    fn page_hash_sees_every_word() {
+        let a = vec![0u8; 4096];
+        let base = page_hash(&a);
+        for i in [0, 8, 17, 31, 32, 2048, 4095] {
+            let mut b = a.clone();
+            b[i] = 1;
+            assert_ne!(page_hash(&b), base, "byte {i}");
+        }
+        let mut swapped = a.clone();
+        swapped[0] = 1;
+        let mut other = a.clone();
+        other[8] = 1;
+        assert_ne!(page_hash(&swapped), page_hash(&other));
+    }
+
+    #[test]
+    fn region_data_len_counts_bitmap_pages_and_checksum() {
+        let mut r = Region::EMPTY;
+        r.start = 0x1000;
+        r.end = 0x1000 + 65 * 4096;
+        r.flags = RF_DATA;
+        r.pages = 3;
+        assert_eq!(r.data_len(4096), 2 * 8 + 3 * 4096 + 8);
+        r.flags = 0;
+        assert_eq!(r.data_len(4096), 0);
     }
 
     #[test]

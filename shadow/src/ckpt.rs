@@ -1,13 +1,20 @@
-//! The checkpoint image store: `DIR/ckpt/C.P/image.SEQ.zst`, one committed
-//! image per job, stored as the starter sent it (zstd frames).
+//! The checkpoint image store: `DIR/ckpt/C.P/image.SEQ.zst`, stored as the
+//! starter sent them (zstd frames). The job's committed image (the queue
+//! row's `ckpt_seq`) is either a full image or an increment; an increment
+//! needs the images before it back to the last full one (its chain,
+//! [`Store::chain`]), which a restart receives concatenated, oldest first.
+//! Each increment names its parent (`parent_id` in its header); a commit
+//! checks it against the job's committed image ([`Store::check_parent`]).
+//! Older images are removed only once a newer full image is committed.
 //!
 //! An image arrives in `image.tmp` ([`Incoming`]), is fsynced, renamed to
 //! `image.SEQ.zst` (a name no committed row uses yet), the directory is
 //! fsynced, and only then does the queue row point at it (`ckpt_seq = SEQ`,
-//! [`crate::queue::Queue::checkpointed`]); older images go after that. So
+//! [`crate::queue::Queue::checkpointed`]); after a full image, older images
+//! go. So
 //! at every moment the row names a complete, durable file, whatever is
 //! killed when. At start-up ([`Store::recover`]) temporary files and images
-//! no row names are removed, and a row whose file is missing forgets its
+//! outside the chain of the image a row names are removed, and a row whose file is missing forgets its
 //! checkpoint (event `checkpoint_lost`) so the job starts from the beginning.
 //!
 //! Transfers in progress (an image arriving, or one going to a restarting
@@ -16,6 +23,7 @@
 use crate::ScheddError;
 use crate::queue::Queue;
 use proto::JobId;
+use proto::ckpt::{ImageHeader, KIND_FULL, KIND_INCREMENT};
 use proto::job::{Transfer, TransferKind};
 use std::collections::HashMap;
 use std::fs::File;
@@ -131,6 +139,37 @@ fn image_name(seq: u32) -> String {
     format!("image.{seq}.zst")
 }
 
+fn parse_seq(name: &str) -> Option<u32> {
+    name.strip_prefix("image.")?
+        .strip_suffix(".zst")?
+        .parse()
+        .ok()
+}
+
+/// The header of a stored image: the first bytes of its zstd stream.
+pub fn read_header(path: &Path) -> Result<ImageHeader, String> {
+    use std::io::Read;
+    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut dec = zstd::stream::read::Decoder::new(f)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut b = vec![0u8; size_of::<ImageHeader>()];
+    dec.read_exact(&mut b)
+        .map_err(|e| format!("cannot read the header of {}: {e}", path.display()))?;
+    let h = ImageHeader::from_bytes(&b).ok_or("short header")?;
+    h.verify(h.page_size, u32::MAX)
+        .map_err(|e| format!("{}: {}", path.display(), e.as_str()))?;
+    Ok(h)
+}
+
+/// "full" or "incremental", as the event log and `roost q` say.
+pub fn kind_name(h: &ImageHeader) -> &'static str {
+    if h.kind == KIND_INCREMENT {
+        "incremental"
+    } else {
+        "full"
+    }
+}
+
 impl Store {
     /// The store under the schedd's state directory.
     pub fn new(state_dir: &Path) -> Store {
@@ -150,16 +189,84 @@ impl Store {
         self.job_dir(job).join(image_name(seq))
     }
 
-    /// Removes the job's images but number `keep`.
+    /// The numbers of the job's stored images, ascending.
+    pub fn seqs(&self, job: JobId) -> Vec<u32> {
+        let Ok(rd) = std::fs::read_dir(self.job_dir(job)) else {
+            return Vec::new();
+        };
+        let mut v: Vec<u32> = rd
+            .flatten()
+            .filter_map(|e| parse_seq(&e.file_name().to_string_lossy()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The images that restore image `seq`, oldest first: the last full
+    /// image up to `seq` and every increment after it, each the child of
+    /// the one before. Why not, when one is missing or does not fit.
+    pub fn chain(&self, job: JobId, seq: u32) -> Result<Vec<u32>, String> {
+        let path = self.image_path(job, seq);
+        if !path.is_file() {
+            return Err(format!("the image file {} is missing", path.display()));
+        }
+        let older: Vec<u32> = self.seqs(job).into_iter().filter(|&s| s < seq).collect();
+        let mut older = older.into_iter().rev();
+        let mut chain = vec![seq];
+        let mut h = read_header(&path)?;
+        while h.kind != KIND_FULL {
+            let Some(prev) = older.next() else {
+                return Err(format!(
+                    "image {seq} is an increment whose full image is missing"
+                ));
+            };
+            let ph = read_header(&self.image_path(job, prev))?;
+            if ph.image_id != h.parent_id {
+                return Err(format!(
+                    "image {} is an increment whose parent (image {prev}) is not the one it was taken after",
+                    chain[chain.len() - 1]
+                ));
+            }
+            chain.push(prev);
+            h = ph;
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// Checks that an arriving image can follow the job's committed image
+    /// `last`: a full image always can; an increment only over `last`.
+    pub fn check_parent(
+        &self,
+        job: JobId,
+        arriving: &ImageHeader,
+        last: Option<u32>,
+    ) -> Result<(), String> {
+        if arriving.kind == KIND_FULL {
+            return Ok(());
+        }
+        let Some(last) = last else {
+            return Err("an increment arrived, but the job has no committed image".into());
+        };
+        let h = read_header(&self.image_path(job, last))?;
+        if h.image_id != arriving.parent_id {
+            return Err(format!(
+                "an increment arrived that was not taken after the job's committed image {last}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the job's images but those of `keep`'s chain (all but `keep`
+    /// itself when its chain cannot be read).
     pub fn prune(&self, job: JobId, keep: u32) {
-        let keep = image_name(keep);
+        let chain = self.chain(job, keep).unwrap_or_else(|_| vec![keep]);
         let Ok(rd) = std::fs::read_dir(self.job_dir(job)) else {
             return;
         };
         for e in rd.flatten() {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            let old = name.starts_with("image.") && name.ends_with(".zst") && name != keep;
+            let old = parse_seq(&name.to_string_lossy()).is_some_and(|s| !chain.contains(&s));
             if old && let Err(err) = std::fs::remove_file(e.path()) {
                 tracing::warn!(job = %job, "cannot remove the old image {}: {err}", e.path().display());
             }
@@ -190,13 +297,9 @@ impl Store {
             if state.is_final() {
                 continue;
             }
-            let path = self.image_path(job, seq);
-            if !path.is_file() {
-                tracing::warn!(job = %job, path = %path.display(), "checkpoint image missing; the job starts from the beginning");
-                q.image_lost(
-                    job,
-                    &format!("the image file {} is missing", path.display()),
-                )?;
+            if let Err(why) = self.chain(job, seq) {
+                tracing::warn!(job = %job, "{why}; the job starts from the beginning");
+                q.image_lost(job, &why)?;
             }
         }
         for e in std::fs::read_dir(&self.root).map_err(err)?.flatten() {

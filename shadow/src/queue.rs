@@ -101,6 +101,8 @@ pub struct NewImage {
     pub seconds: f64,
     pub fs: String,
     pub reason: String,
+    /// "full" or "incremental".
+    pub kind: &'static str,
 }
 
 /// Jobs a request did not act on, with why.
@@ -860,6 +862,7 @@ impl Queue {
                     JobId {
                         cluster: r.get::<_, i64>(0)? as u64,
                         proc: r.get(1)?,
+                    "kind": img.kind,
                     },
                     JobState::parse(&r.get::<_, String>(2)?).unwrap_or(JobState::Held),
                     r.get(3)?,

@@ -352,6 +352,7 @@ fn checkpoints_holds_and_history() {
         seconds: 0.5,
         fs: "{}".into(),
         reason: "periodic".into(),
+        kind: "full",
     };
     {
         let mut q = Queue::open(&path).unwrap();

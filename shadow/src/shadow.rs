@@ -217,10 +217,10 @@ async fn prepare(s: &Schedd, row: &crate::queue::JobRow) -> Result<Prepared, Str
     let spec = &row.spec;
     let dir = std::path::Path::new(&spec.initialdir);
     if let Some(img) = &row.image {
-        let path = s.images.image_path(row.id, img.seq);
+        let images = s.images.chain(row.id, img.seq);
         let snap = serde_json::from_str::<FsSnapshot>(&img.fs);
-        match (path.is_file(), snap) {
-            (true, Ok(snap)) => {
+        match (images, snap) {
+            (Ok(_), Ok(snap)) => {
                 let fs = JobFs::restore(dir, &snap).map_err(|e| {
                     format!(
                         "cannot restore the job's files from its checkpoint: {}",
@@ -239,9 +239,9 @@ async fn prepare(s: &Schedd, row: &crate::queue::JobRow) -> Result<Prepared, Str
                     resumed: Some(img.bytes),
                 });
             }
-            (exists, snap) => {
-                let reason = if !exists {
-                    format!("the image file {} is missing", path.display())
+            (images, snap) => {
+                let reason = if let Err(why) = images {
+                    why
                 } else {
                     format!(
                         "the checkpoint's file table does not decode: {}",
@@ -803,10 +803,24 @@ impl Session<'_> {
         };
         let (bytes, reason, seq) = (inc.bytes(), inc.reason.clone(), self.next_seq);
         let store = s.images.clone();
-        let placed = tokio::task::spawn_blocking(move || inc.finish(&store, job, seq)).await;
-        let path = match placed {
+        let placed = tokio::task::spawn_blocking(move || {
+            let path = inc
+                .finish(&store, job, seq)
+                .map_err(|e| format!("cannot store the image: {e}"))?;
+            let checked = crate::ckpt::read_header(&path)
+                .and_then(|h| store.check_parent(job, &h, last).map(|()| h));
+            match checked {
+                Ok(h) => Ok((path, crate::ckpt::kind_name(&h))),
+                Err(why) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(why)
+                }
+            }
+        })
+        .await;
+        let (path, kind) = match placed {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) => return failed(format!("cannot store the image: {e}")).await,
+            Ok(Err(why)) => return failed(why).await,
             Err(e) => return failed(format!("cannot store the image: {e}")).await,
         };
         let img = NewImage {
@@ -816,12 +830,17 @@ impl Session<'_> {
             seconds,
             fs: fs_json,
             reason: reason.clone(),
+        // An increment must follow the job's committed image.
+        let last = match s.db(move |q| q.get(job)).await {
+            Ok(row) => row.and_then(|r| r.image).map(|i| i.seq),
+            Err(e) => return failed(format!("queue error: {}", chain(&e))).await,
+        };
         };
         match s.db(move |q| q.checkpointed(job, &img)).await {
             Ok(true) => {
                 self.next_seq += 1;
                 s.images.prune(job, seq);
-                info!(bytes, raw_bytes, seconds, reason, "checkpointed");
+                info!(bytes, raw_bytes, seconds, reason, kind, "checkpointed");
                 FromShadow::CkptCommitted { bytes }
             }
             Ok(false) => {
@@ -830,6 +849,7 @@ impl Session<'_> {
                     reason: format!("job {job} is no longer running here"),
                 }
             }
+            kind,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 failed(format!("cannot commit the checkpoint: {}", chain(&e))).await
@@ -851,29 +871,42 @@ impl Session<'_> {
                 .await
                 .map_err(|e| chain(&e));
         };
-        let path = self.s.images.image_path(job, img.seq);
         // The job's files were restored for this image at attach: without
         // it the job cannot start here either way. The session ends; the
-        // next attach finds the file missing and starts the job afresh.
-        let mut f = tokio::fs::File::open(&path)
+        // next attach finds the chain broken and starts the job afresh.
+        // The chain goes as one stream, full image first (zstd frames
+        // concatenate).
+        let images = self.s.images.clone();
+        let seqs = tokio::task::spawn_blocking(move || images.chain(job, img.seq))
             .await
-            .map_err(|e| format!("cannot open the image {}: {e}", path.display()))?;
-        let total = f.metadata().await.map_err(|e| e.to_string())?.len();
+            .map_err(|e| e.to_string())??;
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for seq in seqs {
+            let path = self.s.images.image_path(job, seq);
+            let f = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| format!("cannot open the image {}: {e}", path.display()))?;
+            let len = f.metadata().await.map_err(|e| e.to_string())?.len();
+            total += len;
+            files.push((f, len));
+        }
         let progress =
             (self.s.images.transfers).begin(job, proto::job::TransferKind::Restart, Some(total));
         let mut sent = 0u64;
-        loop {
-            let want = (total - sent).min(IMAGE_CHUNK as u64) as usize;
-            let mut data = vec![0u8; want];
-            f.read_exact(&mut data).await.map_err(|e| e.to_string())?;
-            sent += want as u64;
-            let last = sent >= total;
-            write_frame_async(st, &FromShadow::ImageChunk { data, last })
-                .await
-                .map_err(|e| chain(&e))?;
-            progress.add(want as u64);
-            if last {
-                return Ok(());
+        for (mut f, len) in files {
+            let mut done = 0u64;
+            while done < len {
+                let want = (len - done).min(IMAGE_CHUNK as u64) as usize;
+                let mut data = vec![0u8; want];
+                f.read_exact(&mut data).await.map_err(|e| e.to_string())?;
+                done += want as u64;
+                sent += want as u64;
+                let last = sent >= total;
+                write_frame_async(st, &FromShadow::ImageChunk { data, last })
+                    .await
+                    .map_err(|e| chain(&e))?;
+                progress.add(want as u64);
             }
         }
     }
@@ -890,6 +923,10 @@ async fn send_reusing(
     encode_into(m, out)?;
     st.write_all(out).await?;
     st.flush().await?;
+        if total == 0 {
+            return Err("the job's image is empty".into());
+        }
+        Ok(())
     Ok(())
 }
 

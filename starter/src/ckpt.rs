@@ -12,7 +12,7 @@
 //! The constants mirror the shim's (`syscall-shim/src/ckpt/mod.rs`).
 
 use proto::ckpt::{
-    FdRecord, ImageHeader, MAGIC, REATTACH, REFUSED, RF_DATA, Region, checksum, table_bytes,
+    FdRecord, ImageHeader, KIND_INCREMENT, MAGIC, REATTACH, REFUSED, Region, checksum, table_bytes,
 };
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -25,6 +25,8 @@ use tracing::{debug, warn};
 
 /// The signal that asks the shim for an image (`SIGRTMIN + 2` in glibc terms).
 pub const SIG_CKPT: i32 = 36;
+/// The `sigqueue` value of [`SIG_CKPT`] that welcomes an increment.
+pub const WANT_INCREMENT: i32 = 1;
 /// Env: path of the checkpoint socket, as the job sees it.
 pub const ENV_CKPT_SOCK: &str = "ROOST_CKPT_SOCK";
 /// Env: the fd a restarting process reads its image from.
@@ -55,6 +57,8 @@ pub(crate) enum ImageMsg {
         raw_bytes: u64,
         fds: Vec<FdRecord>,
         conn: StdUnixStream,
+        /// An increment over the previous image (not a full image).
+        incremental: bool,
     },
     /// The image could not be read (why).
     Failed(String),
@@ -151,12 +155,13 @@ pub(crate) fn spawn_reader(conn: StdUnixStream, deadline: Instant) -> mpsc::Rece
             .map_err(|e| e.to_string())
             .and_then(|()| read_image(&mut conn, &tx));
         let msg = match r {
-            Ok((raw_bytes, fds)) => {
+            Ok((raw_bytes, fds, incremental)) => {
                 let _ = conn.set_read_timeout(None);
                 ImageMsg::Done {
                     raw_bytes,
                     fds,
                     conn,
+                    incremental,
                 }
             }
             Err(why) => ImageMsg::Failed(why),
@@ -180,11 +185,12 @@ fn ship(out: &mut Vec<u8>, tx: &mpsc::Sender<ImageMsg>, all: bool) -> Result<(),
 }
 
 /// Reads and checks the header and tables, then streams the whole image
-/// through zstd. Returns the raw size and the fd table.
+/// through zstd. Returns the raw size, the fd table and whether the image
+/// is an increment.
 fn read_image(
     conn: &mut StdUnixStream,
     tx: &mpsc::Sender<ImageMsg>,
-) -> Result<(u64, Vec<FdRecord>), String> {
+) -> Result<(u64, Vec<FdRecord>, bool), String> {
     let io = |what: &str, e: io::Error| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             format!("timed out reading the image's {what}")
@@ -215,12 +221,11 @@ fn read_image(
     let fds: Vec<FdRecord> = records(&tables[rlen..]);
     debug_assert_eq!(table_bytes(&fds), &tables[rlen..]);
     let mut data = 0u64;
-    for r in regions.iter().filter(|r| r.flags & RF_DATA != 0) {
-        let len = r
-            .end
-            .checked_sub(r.start)
-            .ok_or("the image has a region that ends before it starts")?;
-        data += len + 8;
+    for r in &regions {
+        if r.end < r.start || r.pages > r.npages(page as u64) {
+            return Err("the image has a region that does not add up".into());
+        }
+        data += r.data_len(page as u64);
     }
     let raw_bytes = (head.len() + tables.len()) as u64 + data;
 
@@ -250,7 +255,7 @@ fn read_image(
     }
     let mut out = enc.finish().map_err(|e| format!("zstd: {e}"))?;
     ship(&mut out, tx, true)?;
-    Ok((raw_bytes, fds))
+    Ok((raw_bytes, fds, h.kind == KIND_INCREMENT))
 }
 
 /// Compressed image bytes from a channel, as a reader.

@@ -5,11 +5,17 @@
 //! ```text
 //! suspend
 //! continue
-//! vacate REASON
+//! vacate [max_vacate_time=SECS] REASON
 //! kill REASON
 //! ```
 //!
+//! `max_vacate_time` is the owner's policy's `MaxVacateTime` when the
+//! vacate was decided: the checkpoint that a vacate takes is abandoned and
+//! the job killed once it runs longer.
+//!
 //! End of input means nothing: the starter keeps running its job.
+
+const MAX_VACATE: &str = "max_vacate_time=";
 
 /// A command from the ownerd to its starter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +26,12 @@ pub enum Control {
     Continue,
     /// Leave the machine: the job is ended (a later change checkpoints it
     /// first) and goes back to the queue.
-    Vacate { reason: String },
+    Vacate {
+        reason: String,
+        /// Longest the vacate's checkpoint may take (the starter's default
+        /// when `None`).
+        max_secs: Option<u64>,
+    },
     /// Leave the machine at once.
     Kill { reason: String },
 }
@@ -32,7 +43,14 @@ impl Control {
         match self {
             Control::Suspend => "suspend\n".into(),
             Control::Continue => "continue\n".into(),
-            Control::Vacate { reason } => format!("vacate {}\n", clean(reason)),
+            Control::Vacate {
+                reason,
+                max_secs: None,
+            } => format!("vacate {}\n", clean(reason)),
+            Control::Vacate {
+                reason,
+                max_secs: Some(s),
+            } => format!("vacate {MAX_VACATE}{s} {}\n", clean(reason)),
             Control::Kill { reason } => format!("kill {}\n", clean(reason)),
         }
     }
@@ -40,7 +58,15 @@ impl Control {
     /// Reads one line (without or with its newline).
     pub fn parse(line: &str) -> Option<Control> {
         let line = line.trim_end_matches(['\n', '\r']);
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let (word, mut rest) = line.split_once(' ').unwrap_or((line, ""));
+        let mut max_secs = None;
+        if word == "vacate"
+            && let Some(v) = rest.strip_prefix(MAX_VACATE)
+        {
+            let (n, more) = v.split_once(' ').unwrap_or((v, ""));
+            max_secs = Some(n.parse().ok()?);
+            rest = more;
+        }
         let reason = || {
             if rest.is_empty() {
                 "asked by the execute host".to_string()
@@ -51,7 +77,10 @@ impl Control {
         match word {
             "suspend" => Some(Control::Suspend),
             "continue" => Some(Control::Continue),
-            "vacate" => Some(Control::Vacate { reason: reason() }),
+            "vacate" => Some(Control::Vacate {
+                reason: reason(),
+                max_secs,
+            }),
             "kill" => Some(Control::Kill { reason: reason() }),
             _ => None,
         }
@@ -69,6 +98,11 @@ mod tests {
             Control::Continue,
             Control::Vacate {
                 reason: "PREEMPT is true".into(),
+                max_secs: None,
+            },
+            Control::Vacate {
+                reason: "the owner's policy vacates the job".into(),
+                max_secs: Some(7),
             },
             Control::Kill {
                 reason: "too slow".into(),
@@ -78,11 +112,20 @@ mod tests {
         }
         assert_eq!(
             Control::Vacate {
-                reason: "a\nb".into()
+                reason: "a\nb".into(),
+                max_secs: None,
             }
             .to_line(),
             "vacate a b\n"
         );
+        assert_eq!(
+            Control::parse("vacate max_vacate_time=30 owner back"),
+            Some(Control::Vacate {
+                reason: "owner back".into(),
+                max_secs: Some(30)
+            })
+        );
+        assert_eq!(Control::parse("vacate max_vacate_time=soon x"), None);
         assert_eq!(
             Control::parse("kill"),
             Some(Control::Kill {

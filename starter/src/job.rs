@@ -140,6 +140,9 @@ pub enum JobCommand {
     Continue,
     /// Kill them (SIGKILL); `run_job` then returns as for any end.
     Kill,
+    /// Take increments (only the pages changed since the last image) with
+    /// a full image every `n` increments; 0: full images only (the default).
+    FullEvery(u32),
 }
 
 /// How a checkpoint ended.
@@ -152,6 +155,8 @@ pub enum CkptOutcome {
         /// Size before compression.
         raw_bytes: u64,
         seconds: f64,
+        /// An increment over the previous image, not a full image.
+        incremental: bool,
     },
     /// The job cannot be checkpointed now (why): several processes or
     /// threads, no shim, a file or mapping that cannot move.
@@ -221,6 +226,11 @@ impl JobControl {
     pub fn kill(&self) {
         let _ = self.0.send(JobCommand::Kill);
     }
+
+    /// Takes increments, with a full image every `n` (0: full images only).
+    pub fn full_every(&self, n: u32) {
+        let _ = self.0.send(JobCommand::FullEvery(n));
+    }
 }
 
 /// The job's periodic checkpoint interval: the `CheckpointInterval`
@@ -229,6 +239,15 @@ pub fn checkpoint_interval(spec: &JobSpec) -> Option<Duration> {
     let v = spec.attributes.get("CheckpointInterval")?;
     let secs: u64 = v.trim().trim_matches('"').parse().ok()?;
     (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// How many increments come between full images: the job's
+/// `CheckpointFullEvery` attribute, else `default` (0: full images only).
+pub fn checkpoint_full_every(spec: &JobSpec, default: u32) -> u32 {
+    spec.attributes
+        .get("CheckpointFullEvery")
+        .and_then(|v| v.trim().trim_matches('"').parse().ok())
+        .unwrap_or(default)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +437,8 @@ struct Pending {
     restop: bool,
     /// The shim was busy: ask again then.
     retry_at: Option<Instant>,
+    /// An increment is welcome (the shim decides).
+    increment: bool,
 }
 
 /// Spawns the job, serves its shim connections, returns when the job's
@@ -567,6 +588,11 @@ pub async fn run_job<B: Backend>(
         t
     });
     let can_ckpt = !launch.shim.as_os_str().is_empty();
+    // Increments between full images (0: none), and how many were
+    // committed since the last full image of this run (`None`: no image
+    // yet, or the last one failed: the next is full).
+    let mut full_every = 0u32;
+    let mut since_full: Option<u32> = None;
 
     let mut main_exited = false;
     let mut killed = false;
@@ -666,6 +692,7 @@ pub async fn run_job<B: Backend>(
                     deadline: now + max_time,
                     restop: false,
                     retry_at: None,
+                    increment: want_increment(full_every, since_full),
                 };
                 ended = begin_checkpoint(
                     &mut relay,
@@ -690,6 +717,7 @@ pub async fn run_job<B: Backend>(
                 group.kill();
                 killed = true;
             }
+            Ev::Command(Some(JobCommand::FullEvery(n))) => full_every = n,
             Ev::Tick if pending.is_none() && !suspended && !main_exited && !killed => {
                 let now = Instant::now();
                 let req = Pending {
@@ -700,6 +728,7 @@ pub async fn run_job<B: Backend>(
                     deadline: now + CKPT_LIMIT,
                     restop: false,
                     retry_at: None,
+                    increment: want_increment(full_every, since_full),
                 };
                 ended = begin_checkpoint(
                     &mut relay,
@@ -741,7 +770,7 @@ pub async fn run_job<B: Backend>(
             {
                 if let Some(p) = pending.as_mut() {
                     p.retry_at = None;
-                    if let Err(e) = signal_checkpoint(pid) {
+                    if let Err(e) = signal_checkpoint(pid, p.increment) {
                         debug!(pid, "asking again for the checkpoint: {e}");
                     }
                 }
@@ -777,17 +806,29 @@ pub async fn run_job<B: Backend>(
                     bytes,
                     raw_bytes,
                     seconds,
-                } => info!(
-                    bytes,
-                    raw_bytes,
-                    seconds,
-                    reason = %p.reason,
-                    "checkpoint committed"
-                ),
+                    incremental,
+                } => {
+                    since_full = Some(if *incremental {
+                        since_full.unwrap_or(0) + 1
+                    } else {
+                        0
+                    });
+                    info!(
+                        bytes,
+                        raw_bytes,
+                        seconds,
+                        incremental,
+                        reason = %p.reason,
+                        "checkpoint committed"
+                    )
+                }
                 CkptOutcome::NotCheckpointable(why) => {
                     info!(reason = %p.reason, "not checkpointable: {why}")
                 }
-                CkptOutcome::Failed(why) => warn!(reason = %p.reason, "checkpoint failed: {why}"),
+                CkptOutcome::Failed(why) => {
+                    since_full = None;
+                    warn!(reason = %p.reason, "checkpoint failed: {why}")
+                }
             }
             for r in p.replies {
                 let _ = r.send(outcome.clone());
@@ -917,7 +958,7 @@ async fn begin_checkpoint<B: Backend>(
     if req.restop {
         let _ = rustix::process::kill_process(p, Signal::Cont);
     }
-    if let Err(e) = signal_checkpoint(pid) {
+    if let Err(e) = signal_checkpoint(pid, req.increment) {
         let why = format!("cannot signal the job: {e}");
         relay.backend_mut().ckpt_abort(why.clone()).await;
         return Some((req, CkptOutcome::Failed(why)));
@@ -927,10 +968,19 @@ async fn begin_checkpoint<B: Backend>(
     None
 }
 
-/// Asks the job's process for an image.
-fn signal_checkpoint(pid: i32) -> io::Result<()> {
-    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-    if unsafe { libc::kill(pid, ckpt::SIG_CKPT) } != 0 {
+/// Whether the next checkpoint may be an increment.
+fn want_increment(full_every: u32, since_full: Option<u32>) -> bool {
+    full_every > 0 && since_full.is_some_and(|n| n < full_every)
+}
+
+/// Asks the job's process for an image; with `increment`, the signal's
+/// value ([`ckpt::WANT_INCREMENT`]) welcomes an increment.
+fn signal_checkpoint(pid: i32, increment: bool) -> io::Result<()> {
+    let value = libc::sigval {
+        sival_ptr: usize::from(increment) as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue(3) with a pid, a signal number and a plain value.
+    if unsafe { libc::sigqueue(pid, ckpt::SIG_CKPT, value) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -950,14 +1000,15 @@ async fn ship_image<B: Backend>(
     let mut rx = ckpt::spawn_reader(conn, p.deadline);
     relay.backend_mut().ckpt_begin(p.reason.clone()).await;
     let work = async {
-        let (raw_bytes, fds, conn) = loop {
+        let (raw_bytes, fds, conn, incremental) = loop {
             match rx.recv().await {
                 Some(ImageMsg::Chunk(data)) => relay.backend_mut().ckpt_chunk(data).await,
                 Some(ImageMsg::Done {
                     raw_bytes,
                     fds,
                     conn,
-                }) => break (raw_bytes, fds, conn),
+                    incremental,
+                }) => break (raw_bytes, fds, conn, incremental),
                 Some(ImageMsg::Failed(why)) => return Err((why, true, None)),
                 None => return Err(("the image reader stopped".to_string(), true, None)),
             }
@@ -970,7 +1021,7 @@ async fn ship_image<B: Backend>(
             .ckpt_end(raw_bytes, seconds, streams)
             .await
         {
-            Ok(bytes) => Ok((bytes, raw_bytes, seconds, conn)),
+            Ok(bytes) => Ok((bytes, raw_bytes, seconds, conn, incremental)),
             Err(why) => Err((why, false, Some(conn))),
         }
     };
@@ -984,12 +1035,13 @@ async fn ship_image<B: Backend>(
         }
     };
     match r {
-        Ok(Ok((bytes, raw_bytes, seconds, conn))) => {
+        Ok(Ok((bytes, raw_bytes, seconds, conn, incremental))) => {
             answer(conn, ACK_COMMITTED);
             CkptOutcome::Committed {
                 bytes,
                 raw_bytes,
                 seconds,
+                incremental,
             }
         }
         Ok(Err((why, abort, conn))) => {

@@ -699,9 +699,21 @@ impl Daemon {
         let grace = self.cfg.release_grace;
         let Some(r) = &mut self.running else { return };
         let cmd = match step {
+        // The policy's MaxVacateTime bounds the vacate's checkpoint.
+        let max_vacate = match &step {
+            Step::Vacate(_) => {
+                let (machine, job) = (self.machine_attrs(), self.job_attrs());
+                let policy = &self.cfg.policy;
+                policy.max_vacate_secs(&policy.with_policy(&machine), &job)
+            }
+            _ => 0,
+        };
             Step::Suspend => Control::Suspend,
             Step::Continue => Control::Continue,
-            Step::Vacate(reason) => Control::Vacate { reason },
+            Step::Vacate(reason) => Control::Vacate {
+                reason,
+                max_secs: Some(max_vacate),
+            },
             Step::Kill(reason) => {
                 // The starter reports and exits; if it does not, it is terminated.
                 if r.deadline.is_none() {

@@ -57,6 +57,11 @@ struct Args {
     /// libroost_shim.so.
     #[arg(long)]
     shim: PathBuf,
+    /// Periodic checkpoints are increments (only the pages changed since
+    /// the last image), with a full image every this many increments,
+    /// unless the job says (`checkpoint_full_every`); 0: full images only.
+    #[arg(long, env = "ROOST_CHECKPOINT_FULL_EVERY", default_value_t = 4)]
+    checkpoint_full_every: u32,
 }
 
 fn main() -> ExitCode {
@@ -144,6 +149,10 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
     tokio::pin!(lost);
     let notifier = link.notifier();
     let (job, job_rx) = JobControl::new();
+    job.full_every(starter::job::checkpoint_full_every(
+        &attached.spec,
+        args.checkpoint_full_every,
+    ));
     let mut asks = link
         .checkpoint_requests()
         .expect("checkpoint requests are taken once");
@@ -188,9 +197,10 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
                             warn!("cannot tell the shadow: {e}");
                         }
                     }
-                    Control::Vacate { reason } if leaving.is_none() => {
-                        info!("vacating: {reason}");
-                        let outcome = job.vacate(reason.clone(), MAX_VACATE_TIME);
+                    Control::Vacate { reason, max_secs } if leaving.is_none() => {
+                        let max = max_secs.map_or(MAX_VACATE_TIME, Duration::from_secs);
+                        info!(max_vacate_secs = max.as_secs(), "vacating: {reason}");
+                        let outcome = job.vacate(reason.clone(), max);
                         leaving = Some((reason, Some(outcome)));
                     }
                     Control::Kill { reason } if leaving.is_none() => {
@@ -829,7 +839,13 @@ mod tests {
             latencies.sort();
             println!("median activity -> SIGSTOP: {:?}", latencies[1]);
             match machine.preempt("preempted by job 9.0 of bob", now()) {
-                Some(Step::Vacate(reason)) => tx.send(Control::Vacate { reason }).await.unwrap(),
+                Some(Step::Vacate(reason)) => tx
+                    .send(Control::Vacate {
+                        reason,
+                        max_secs: None,
+                    })
+                    .await
+                    .unwrap(),
                 other => panic!("{other:?}"),
             }
             pid
@@ -1006,7 +1022,12 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
             let reason = "the owner is back".to_string();
-            tx.send(Control::Vacate { reason }).await.unwrap();
+            tx.send(Control::Vacate {
+                reason,
+                max_secs: None,
+            })
+            .await
+            .unwrap();
         };
         let scratch1 = d.path().join("scratch").join("4.2-1");
         let ((r, seen), ()) =

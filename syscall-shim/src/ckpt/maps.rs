@@ -52,8 +52,8 @@ fn kernel_provided(path: &[u8]) -> bool {
 }
 
 /// Parses maps text into `out`; returns how many regions were stored, or
-/// `None` if there were more than `out` holds. Kernel-provided regions and
-/// the restore area are left out. `RF_DATA` marks what an image must carry:
+/// `None` if there were more than `out` holds. Kernel-provided regions,
+/// the restore area and the checkpoint work area are left out. `RF_DATA` marks what an image must carry:
 /// every readable private region except executable file mappings (code,
 /// re-mapped from the same file at restart).
 pub fn parse(text: &[u8], out: &mut [Region], skip_start: u64) -> Option<usize> {
@@ -74,7 +74,8 @@ pub fn parse(text: &[u8], out: &mut [Region], skip_start: u64) -> Option<usize> 
         }
         let dash = range.iter().position(|&c| c == b'-').unwrap_or(0);
         let start = hex(&range[..dash]);
-        if kernel_provided(path) || start == skip_start {
+        let work = (super::WORK..super::WORK + super::WORK_SIZE).contains(&start);
+        if kernel_provided(path) || start == skip_start || work {
             continue;
         }
         if n == out.len() {
@@ -86,6 +87,7 @@ pub fn parse(text: &[u8], out: &mut [Region], skip_start: u64) -> Option<usize> 
             prot: 0,
             flags: 0,
             offset: hex(off),
+            pages: 0,
             path: [0; 256],
         };
         if perms.first() == Some(&b'r') {

@@ -34,6 +34,10 @@ pub const ENV_CKPT_SOCK: &str = "ROOST_CKPT_SOCK";
 /// address space; never part of an image.
 pub const AREA: u64 = 0x6fff_f000_0000;
 pub const AREA_SIZE: u64 = 32 << 20;
+/// The checkpoint handler's work area (tables, buffers, page hashes);
+/// never part of an image.
+pub const WORK: u64 = 0x6ffe_0000_0000;
+pub const WORK_SIZE: u64 = 1 << 30;
 
 use crate::ops::SHIM;
 use core::sync::atomic::{AtomicI32, Ordering};

@@ -1,5 +1,6 @@
 //! Restarting from an image, in the shim's constructor of a fresh process
-//! of the same executable.
+//! of the same executable. The stream holds a chain: a full image, then
+//! the increments taken after it, each applied over the one before.
 
 use super::maps;
 use super::save::{MAX_FDS, MAX_REGIONS};
@@ -7,8 +8,8 @@ use super::sys::{self, read_exact, say, sc};
 use super::{AREA, AREA_SIZE, ENV_RESTORE_FD};
 use core::arch::asm;
 use proto::ckpt::{
-    Checksum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, REATTACH, RF_DATA, RF_FILE, RF_HEAP,
-    RF_STACK, Region, checksum, table_bytes,
+    Checksum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, KIND_FULL, KIND_INCREMENT, REATTACH,
+    RF_DATA, RF_FILE, RF_HEAP, RF_STACK, Region, bitmap_words, checksum, table_bytes,
 };
 
 /// Called by the shim after memory is restored and before the job runs
@@ -24,6 +25,9 @@ const FDS_OFF: usize = CUR_OFF + MAX_REGIONS * core::mem::size_of::<Region>();
 const SOCK_OFF: usize = FDS_OFF + MAX_FDS * core::mem::size_of::<FdRecord>();
 const BOUNCE_OFF: usize = SOCK_OFF + 4096;
 const BOUNCE_LEN: usize = 4 << 20;
+const BITMAP_OFF: usize = BOUNCE_OFF + BOUNCE_LEN;
+const BITMAP_LEN: usize = 4 << 20;
+const _: () = assert!(BITMAP_OFF + BITMAP_LEN + (1 << 20) < STACK_TOP);
 const STACK_TOP: usize = AREA_SIZE as usize - 4096;
 
 struct Args {
@@ -92,13 +96,133 @@ extern "C" fn restore_main(args: usize) -> ! {
     unsafe {
         let Args { fd, sock, after } = core::ptr::read(args as *const Args);
         let hdr = area::<ImageHeader>(HDR_OFF);
-        if !read_exact(fd, hdr.cast(), core::mem::size_of::<ImageHeader>()) {
+        let hlen = core::mem::size_of::<ImageHeader>();
+        if read_or_eof(fd, hdr.cast(), hlen) != Some(true) {
             die(&[b"the image ends in its header"]);
         }
-        let h = *hdr;
-        if let Err(e) = h.verify(4096, MAX_REGIONS as u32) {
-            die(&[e.as_str().as_bytes()]);
+        // A full image, then its increments in order, until the end.
+        let mut parent = 0u64;
+        let h = loop {
+            let h = *hdr;
+            if let Err(e) = h.verify(4096, MAX_REGIONS as u32) {
+                die(&[e.as_str().as_bytes()]);
+            }
+            if parent == 0 && h.kind != KIND_FULL {
+                die(&[b"the image chain does not begin with a full image"]);
+            }
+            if parent != 0 && (h.kind != KIND_INCREMENT || h.parent_id != parent) {
+                die(&[b"an image of the chain does not follow its parent"]);
+            }
+            apply(fd, &h, parent == 0);
+            parent = h.image_id;
+            match read_or_eof(fd, hdr.cast(), hlen) {
+                Some(true) => {}
+                Some(false) => break h,
+                None => die(&[b"the image ends in its header"]),
+            }
+        };
+        let fds = core::slice::from_raw_parts(area::<FdRecord>(FDS_OFF), h.nfds as usize);
+        sc(sys::CLOSE, fd as usize, 0, 0, 0, 0, 0);
+        reopen_fds(fds, &sock);
+        sc(sys::UMASK, h.umask as usize, 0, 0, 0, 0, 0);
+        for (sig, act) in h.sigactions.iter().enumerate().skip(1) {
+            if sig == 9 || sig == 19 {
+                continue;
+            }
+            sc(sys::RT_SIGACTION, sig, act as *const _ as usize, 0, 8, 0, 0);
         }
+        sc(sys::ARCH_PRCTL, 0x1002, h.fs_base as usize, 0, 0, 0, 0);
+        super::save::reset_after_restore();
+        after();
+        asm!("mov rsp, {0}", "mov eax, 15", "syscall", in(reg) h.frame, options(noreturn));
+    }
+}
+
+/// Reads exactly `len` bytes: `Some(true)`; `Some(false)` at a clean end
+/// (nothing read); `None` when the stream ends inside.
+unsafe fn read_or_eof(fd: i32, dst: *mut u8, len: usize) -> Option<bool> {
+    let mut off = 0;
+    while off < len {
+        // SAFETY: the caller guarantees the range is writable.
+        let r = unsafe {
+            sc(
+                sys::READ,
+                fd as usize,
+                dst as usize + off,
+                len - off,
+                0,
+                0,
+                0,
+            )
+        };
+        if r == -4 {
+            continue;
+        }
+        if r == 0 && off == 0 {
+            return Some(false);
+        }
+        if r <= 0 {
+            return None;
+        }
+        off += r as usize;
+    }
+    Some(true)
+}
+
+/// Unmaps `[a, b)`.
+unsafe fn unmap(a: u64, b: u64) {
+    if a < b {
+        // SAFETY: the caller names a range that holds nothing still needed.
+        unsafe { sc(sys::MUNMAP, a as usize, (b - a) as usize, 0, 0, 0, 0) };
+    }
+}
+
+/// Makes `[r.start, r.end)` read-write, keeping the contents of the pages
+/// mapped there (`cur`, sorted) and mapping fresh zero pages in the gaps.
+unsafe fn keep_rw(r: &Region, cur: &[Region]) {
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as usize;
+    let anon = (libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS) as usize;
+    // SAFETY: the ranges lie inside the image's region.
+    unsafe {
+        let fresh = |a: u64, b: u64| {
+            if a < b
+                && sc(
+                    sys::MMAP,
+                    a as usize,
+                    (b - a) as usize,
+                    rw,
+                    anon,
+                    usize::MAX,
+                    0,
+                ) as u64
+                    != a
+            {
+                die(&[b"cannot map a memory region back"]);
+            }
+        };
+        let mut a = r.start;
+        for c in cur {
+            if c.end <= a {
+                continue;
+            }
+            if c.start >= r.end {
+                break;
+            }
+            fresh(a, c.start.max(a));
+            let e = c.end.min(r.end);
+            let s = c.start.max(a);
+            sc(sys::MPROTECT, s as usize, (e - s) as usize, rw, 0, 0, 0);
+            a = e;
+        }
+        fresh(a, r.end);
+    }
+}
+
+/// Applies one image whose header has been read: a full image replaces
+/// the address space; an increment changes it from its parent's.
+unsafe fn apply(fd: i32, h: &ImageHeader, full: bool) {
+    // SAFETY: as in `restore_main`.
+    unsafe {
         if h.nfds as usize > MAX_FDS {
             die(&[b"too many fds in the image"]);
         }
@@ -125,18 +249,29 @@ extern "C" fn restore_main(args: usize) -> ! {
                 die(&[b"the image overlaps the restore area"]);
             }
         }
-        // What this process has and the image has not goes.
-        for c in cur {
-            if !img.iter().any(|r| r.start < c.end && c.start < r.end) {
-                sc(
-                    sys::MUNMAP,
-                    c.start as usize,
-                    (c.end - c.start) as usize,
-                    0,
-                    0,
-                    0,
-                    0,
-                );
+        if full {
+            // What this process has and the image has not goes.
+            for c in cur {
+                if !img.iter().any(|r| r.start < c.end && c.start < r.end) {
+                    unmap(c.start, c.end);
+                }
+            }
+        } else {
+            // Every part of the parent's layout that the increment does
+            // not have goes.
+            for c in cur {
+                let mut a = c.start;
+                for r in img.iter() {
+                    if r.end <= a {
+                        continue;
+                    }
+                    if r.start >= c.end {
+                        break;
+                    }
+                    unmap(a, r.start.max(a));
+                    a = a.max(r.end);
+                }
+                unmap(a, c.end);
             }
         }
         sc(sys::BRK, h.brk as usize, 0, 0, 0, 0, 0);
@@ -204,46 +339,31 @@ extern "C" fn restore_main(args: usize) -> ! {
                 continue;
             }
             if r.flags & RF_STACK != 0 {
-                // Grow this process's stack down to the image's, page by page.
+                // Grow this process's stack down to the image's, page by
+                // page (a read keeps what an increment's parent left).
                 let mut a = r.end - 4096;
                 while a >= r.start {
-                    core::ptr::write_volatile(a as *mut u8, 0);
+                    if full {
+                        core::ptr::write_volatile(a as *mut u8, 0);
+                    } else {
+                        core::ptr::read_volatile(a as *const u8);
+                    }
                     a -= 4096;
                 }
                 sc(sys::MPROTECT, r.start as usize, len, rw, 0, 0, 0);
-            } else if r.flags & RF_HEAP != 0 || same {
+            } else if r.flags & RF_HEAP != 0
+                && sc(sys::MPROTECT, r.start as usize, len, rw, 0, 0, 0) == 0
+            {
+            } else if !full {
+                keep_rw(r, cur);
+            } else if same {
                 sc(sys::MPROTECT, r.start as usize, len, rw, 0, 0, 0);
             } else if sc(sys::MMAP, r.start as usize, len, rw, anon, usize::MAX, 0) as u64
                 != r.start
             {
                 die(&[b"cannot map a memory region back"]);
             }
-            // Through a buffer in the restore area: the kernel may write
-            // into restored memory at any time (the rseq area), so the
-            // checksum is taken over the bytes as they arrived.
-            let bounce = core::slice::from_raw_parts_mut(area::<u8>(BOUNCE_OFF), BOUNCE_LEN);
-            let mut sum = Checksum::new(len as u64);
-            let mut off = 0;
-            while off < len {
-                let n = (len - off).min(BOUNCE_LEN);
-                if !read_exact(fd, bounce.as_mut_ptr(), n) {
-                    die(&[b"the image ends in a memory region"]);
-                }
-                sum.update(&bounce[..n]);
-                core::ptr::copy_nonoverlapping(
-                    bounce.as_ptr(),
-                    (r.start as usize + off) as *mut u8,
-                    n,
-                );
-                off += n;
-            }
-            let mut want = [0u8; 8];
-            if !read_exact(fd, want.as_mut_ptr(), 8) {
-                die(&[b"the image ends in a checksum"]);
-            }
-            if sum.finish() != u64::from_le_bytes(want) {
-                die(&[b"checkpoint image data is corrupt (checksum)"]);
-            }
+            fill(fd, r);
             sc(
                 sys::MPROTECT,
                 r.start as usize,
@@ -254,19 +374,68 @@ extern "C" fn restore_main(args: usize) -> ! {
                 0,
             );
         }
-        sc(sys::CLOSE, fd as usize, 0, 0, 0, 0, 0);
-        reopen_fds(fds, &sock);
-        sc(sys::UMASK, h.umask as usize, 0, 0, 0, 0, 0);
-        for (sig, act) in h.sigactions.iter().enumerate().skip(1) {
-            if sig == 9 || sig == 19 {
+    }
+}
+
+/// Reads a data region's bitmap and the pages it marks into the region.
+unsafe fn fill(fd: i32, r: &Region) {
+    const PAGE: usize = 4096;
+    // SAFETY: the region is mapped read-write; the buffers lie in the
+    // restore area.
+    unsafe {
+        let np = r.npages(PAGE as u64) as usize;
+        let nw = bitmap_words(np as u64) as usize;
+        if nw * 8 > BITMAP_LEN {
+            die(&[b"a memory region of the image is too large"]);
+        }
+        let bits = core::slice::from_raw_parts_mut(area::<u64>(BITMAP_OFF), nw);
+        if !read_exact(fd, bits.as_mut_ptr().cast(), nw * 8) {
+            die(&[b"the image ends in a page bitmap"]);
+        }
+        let marked: u64 = bits.iter().map(|w| w.count_ones() as u64).sum();
+        if marked != r.pages {
+            die(&[b"checkpoint image data is corrupt (page bitmap)"]);
+        }
+        let mut sum = Checksum::new(nw as u64 * 8 + r.pages * PAGE as u64);
+        sum.update(table_bytes(bits));
+        // Through a buffer in the restore area: the kernel may write
+        // into restored memory at any time (the rseq area), so the
+        // checksum is taken over the bytes as they arrived.
+        let bounce = core::slice::from_raw_parts_mut(area::<u8>(BOUNCE_OFF), BOUNCE_LEN);
+        let set = |i: usize| bits[i / 64] & (1 << (i % 64)) != 0;
+        let mut i = 0;
+        while i < np {
+            if bits[i / 64] == 0 {
+                i = (i / 64 + 1) * 64;
                 continue;
             }
-            sc(sys::RT_SIGACTION, sig, act as *const _ as usize, 0, 8, 0, 0);
+            if !set(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < np && j - i < BOUNCE_LEN / PAGE && set(j) {
+                j += 1;
+            }
+            let n = (j - i) * PAGE;
+            if !read_exact(fd, bounce.as_mut_ptr(), n) {
+                die(&[b"the image ends in a memory region"]);
+            }
+            sum.update(&bounce[..n]);
+            core::ptr::copy_nonoverlapping(
+                bounce.as_ptr(),
+                (r.start as usize + i * PAGE) as *mut u8,
+                n,
+            );
+            i = j;
         }
-        sc(sys::ARCH_PRCTL, 0x1002, h.fs_base as usize, 0, 0, 0, 0);
-        super::save::reset_after_restore();
-        after();
-        asm!("mov rsp, {0}", "mov eax, 15", "syscall", in(reg) h.frame, options(noreturn));
+        let mut want = [0u8; 8];
+        if !read_exact(fd, want.as_mut_ptr(), 8) {
+            die(&[b"the image ends in a checksum"]);
+        }
+        if sum.finish() != u64::from_le_bytes(want) {
+            die(&[b"checkpoint image data is corrupt (checksum)"]);
+        }
     }
 }
 

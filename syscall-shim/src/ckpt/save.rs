@@ -1,16 +1,24 @@
 //! Taking an image, inside the checkpoint signal's handler.
+//!
+//! The handler's tables, buffers and page hashes live in a work area
+//! mapped with raw calls at [`WORK`] (never part of an image, so a restart
+//! has none and its first image is full). After an image is committed the
+//! area keeps one hash per saved page; an increment sends only the pages
+//! whose hash changed, and the restart applies it over its parent.
 
 use super::maps;
 use super::sys::{self, sc, write_all};
-use super::{AREA, SIG_CKPT};
+use super::{AREA, SIG_CKPT, WORK, WORK_SIZE};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use proto::ckpt::{
-    ACK_COMMITTED, ARCH_X86_64, Checksum, FD_LOCAL, FdRecord, ImageHeader, KSigaction, MAGIC,
-    REFUSED, RF_DATA, Region, VERSION, checksum, table_bytes,
+    ACK_COMMITTED, ARCH_X86_64, Checksum, FD_LOCAL, FdRecord, ImageHeader, KIND_FULL,
+    KIND_INCREMENT, KSigaction, MAGIC, REFUSED, RF_DATA, Region, VERSION, bitmap_words, checksum,
+    page_hash, table_bytes,
 };
 
 pub const MAX_REGIONS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
+const PAGE: usize = 4096;
 
 /// Lists the shim's remote fds into the slice; returns how many, or `None`
 /// when the shim's state is busy (the checkpoint must wait).
@@ -18,35 +26,99 @@ pub type RemoteFds = fn(&mut [FdRecord]) -> Option<usize>;
 /// True for fds that belong to the shim itself (its channel).
 pub type Internal = fn(i32) -> bool;
 
-struct Statics {
-    sock: [u8; 108],
-    maps: [u8; 1 << 20],
-    regions: [Region; MAX_REGIONS],
-    fds: [FdRecord; MAX_FDS],
-    dents: [u8; 8192],
-    bounce: [u8; BOUNCE],
+/// The starter's `sigqueue` value that welcomes an increment.
+pub const WANT_INCREMENT: i32 = 1;
+
+/// What the work area remembers of the last committed image.
+#[repr(C)]
+struct Track {
+    /// 1 when the hashes describe the last committed image.
+    valid: u64,
+    image_id: u64,
+    nprev: u64,
+    /// Which hash half holds the last image's hashes.
+    half: u64,
+    /// Images taken so far (mixed into new image ids).
+    count: u64,
 }
 
-/// Memory is copied through this buffer before it is sent, so the bytes sent
-/// and their checksum agree even for the stack the handler runs on.
-const BOUNCE: usize = 1 << 20;
+/// A data region of the last committed image and where its hashes start.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Prev {
+    start: u64,
+    end: u64,
+    hash_off: u64,
+}
 
-static mut S: Statics = Statics {
-    sock: [0; 108],
-    maps: [0; 1 << 20],
-    regions: [Region::EMPTY; MAX_REGIONS],
-    fds: [FdRecord::EMPTY; MAX_FDS],
-    dents: [0; 8192],
-    bounce: [0; BOUNCE],
-};
+// Offsets in the work area.
+const TRACK_OFF: usize = 0;
+const PREV_OFF: usize = 0x1000;
+const MAPS_OFF: usize = 0x40000;
+const MAPS_LEN: usize = 1 << 20;
+const REGIONS_OFF: usize = MAPS_OFF + MAPS_LEN;
+const FDS_OFF: usize = REGIONS_OFF + MAX_REGIONS * core::mem::size_of::<Region>();
+const DENTS_OFF: usize = FDS_OFF + MAX_FDS * core::mem::size_of::<FdRecord>();
+const DENTS_LEN: usize = 8192;
+const BOUNCE_OFF: usize = 0x40_0000;
+/// Memory is copied through this buffer before it is sent, so the bytes
+/// sent, their checksum and their hash agree even for the stack the
+/// handler runs on.
+const BOUNCE: usize = 4 << 20;
+const DIRTY_OFF: usize = BOUNCE_OFF + BOUNCE;
+const DIRTY_LEN: usize = 8 << 20;
+const HASH_OFF: usize = DIRTY_OFF + DIRTY_LEN;
+const HALF: usize = (WORK_SIZE as usize - HASH_OFF) / 2;
+/// Pages whose hashes fit in one half (more than that: full images only).
+const MAX_TRACKED: u64 = (HALF / 8) as u64;
+const _: () = assert!(DENTS_OFF + DENTS_LEN <= BOUNCE_OFF);
+const _: () = assert!(PREV_OFF + MAX_REGIONS * core::mem::size_of::<Prev>() <= MAPS_OFF);
+
+static mut SOCK: [u8; 108] = [0; 108];
 static BUSY: AtomicBool = AtomicBool::new(false);
+/// The work area is mapped in this process.
+static WORK_READY: AtomicBool = AtomicBool::new(false);
 static REMOTE: AtomicUsize = AtomicUsize::new(0);
 static INTERNAL: AtomicUsize = AtomicUsize::new(0);
 
 /// Called by a restart once memory holds the image: the image was taken
-/// inside the handler, so it says a checkpoint is in progress.
+/// inside the handler, so it says a checkpoint is in progress, and it says
+/// the work area is mapped, which it is not in this process.
 pub fn reset_after_restore() {
     BUSY.store(false, Ordering::SeqCst);
+    WORK_READY.store(false, Ordering::SeqCst);
+}
+
+/// Maps the work area if it is not yet; false if it cannot be.
+fn work_area() -> bool {
+    if WORK_READY.load(Ordering::SeqCst) {
+        return true;
+    }
+    // SAFETY: a fresh anonymous mapping at an address that must be free;
+    // MAP_NORESERVE: only the pages used take memory.
+    let a = unsafe {
+        sc(
+            sys::MMAP,
+            WORK as usize,
+            WORK_SIZE as usize,
+            (libc::PROT_READ | libc::PROT_WRITE) as usize,
+            (libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE) as usize,
+            usize::MAX,
+            0,
+        )
+    };
+    if a as u64 != WORK {
+        return false;
+    }
+    WORK_READY.store(true, Ordering::SeqCst);
+    true
+}
+
+fn at<T>(off: usize) -> *mut T {
+    (WORK as usize + off) as *mut T
 }
 
 /// Installs the checkpoint handler. `sock` is the starter's checkpoint socket.
@@ -56,8 +128,8 @@ pub fn install(sock: &[u8], remote: RemoteFds, internal: Internal) -> bool {
     }
     // SAFETY: called once from the constructor, before the handler exists.
     unsafe {
-        let s = &mut *core::ptr::addr_of_mut!(S);
-        s.sock[..sock.len()].copy_from_slice(sock);
+        let s = &mut *core::ptr::addr_of_mut!(SOCK);
+        s[..sock.len()].copy_from_slice(sock);
     }
     REMOTE.store(remote as usize, Ordering::SeqCst);
     INTERNAL.store(internal as usize, Ordering::SeqCst);
@@ -71,11 +143,19 @@ pub fn install(sock: &[u8], remote: RemoteFds, internal: Internal) -> bool {
     }
 }
 
-extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     if BUSY.swap(true, Ordering::SeqCst) {
         return;
     }
-    take(uc as u64);
+    // SAFETY: the kernel passes a valid siginfo; si_code is at offset 8 and
+    // a sigqueue value (SI_QUEUE) at offset 24 on x86-64.
+    let want_increment = unsafe {
+        let b = info as *const u8;
+        !info.is_null()
+            && core::ptr::read_unaligned(b.add(8).cast::<i32>()) == libc::SI_QUEUE
+            && core::ptr::read_unaligned(b.add(24).cast::<i32>()) == WANT_INCREMENT
+    };
+    take(uc as u64, want_increment);
     BUSY.store(false, Ordering::SeqCst);
 }
 
@@ -285,15 +365,34 @@ fn local_fds(
 }
 
 /// Takes one image and streams it to the starter; `frame` is the handler's
-/// `ucontext_t` address.
-fn take(frame: u64) {
+/// `ucontext_t` address. An increment when asked for and the hashes of the
+/// last committed image are at hand; a full image otherwise.
+fn take(frame: u64, want_increment: bool) {
     // SAFETY: BUSY guarantees one handler at a time uses the statics.
-    let s = unsafe { &mut *core::ptr::addr_of_mut!(S) };
-    let fd = connect(&s.sock);
+    let sock = unsafe { &*core::ptr::addr_of!(SOCK) };
+    let fd = connect(sock);
     if fd < 0 {
         return;
     }
-    let threads = count_dir(b"/proc/self/task\0", &mut s.dents);
+    if !work_area() {
+        refuse(fd, &[b"cannot map the checkpoint work area"]);
+        return close(fd);
+    }
+    // SAFETY: the work area is mapped read-write and only this handler
+    // (one at a time, BUSY) uses it; the pieces do not overlap.
+    let (track, prev_all, maps_buf, regions, fds, dents, bounce, dirty) = unsafe {
+        (
+            &mut *at::<Track>(TRACK_OFF),
+            core::slice::from_raw_parts_mut(at::<Prev>(PREV_OFF), MAX_REGIONS),
+            core::slice::from_raw_parts_mut(at::<u8>(MAPS_OFF), MAPS_LEN),
+            core::slice::from_raw_parts_mut(at::<Region>(REGIONS_OFF), MAX_REGIONS),
+            core::slice::from_raw_parts_mut(at::<FdRecord>(FDS_OFF), MAX_FDS),
+            core::slice::from_raw_parts_mut(at::<u8>(DENTS_OFF), DENTS_LEN),
+            core::slice::from_raw_parts_mut(at::<u8>(BOUNCE_OFF), BOUNCE),
+            core::slice::from_raw_parts_mut(at::<u64>(DIRTY_OFF), DIRTY_LEN / 8),
+        )
+    };
+    let threads = count_dir(b"/proc/self/task\0", dents);
     if threads > 1 {
         let mut b = [0u8; 20];
         refuse(
@@ -306,12 +405,13 @@ fn take(frame: u64) {
         );
         return close(fd);
     }
-    let n = maps::read(&mut s.maps);
-    let Some(nreg) = maps::parse(&s.maps[..n], &mut s.regions, AREA) else {
+    let n = maps::read(maps_buf);
+    let Some(nreg) = maps::parse(&maps_buf[..n], regions, AREA) else {
         refuse(fd, &[b"too many memory regions"]);
         return close(fd);
     };
-    for r in &s.regions[..nreg] {
+    let regions = &mut regions[..nreg];
+    for r in regions.iter() {
         if r.flags & maps::SHARED != 0 && r.prot & 2 != 0 {
             let end = r.path.iter().position(|&c| c == 0).unwrap_or(0);
             refuse(fd, &[b"a shared writable mapping ", &r.path[..end]]);
@@ -323,12 +423,12 @@ fn take(frame: u64) {
         // SAFETY: the value was stored from a `RemoteFds` in `install`.
         unsafe { core::mem::transmute::<usize, RemoteFds>(p) }
     };
-    let Some(nremote) = remote(&mut s.fds) else {
+    let Some(nremote) = remote(fds) else {
         refuse(fd, &[b"the shim is busy"]);
         return close(fd);
     };
     let mut bad = -1;
-    let Some(nfds) = local_fds(&mut s.fds, nremote, fd, &mut s.dents, &mut bad) else {
+    let Some(nfds) = local_fds(fds, nremote, fd, dents, &mut bad) else {
         let mut b = [0u8; 20];
         if bad >= 0 {
             refuse(
@@ -344,11 +444,86 @@ fn take(frame: u64) {
         }
         return close(fd);
     };
+
+    // Which pages go: all of them, or those whose hash changed.
+    let (mut pages, mut words) = (0u64, 0u64);
+    for r in regions.iter().filter(|r| r.flags & RF_DATA != 0) {
+        let np = r.npages(PAGE as u64);
+        pages += np;
+        words += bitmap_words(np);
+    }
+    let tracked = pages <= MAX_TRACKED && words as usize <= dirty.len();
+    if !tracked {
+        track.valid = 0;
+    }
+    let increment = want_increment && tracked && track.valid == 1;
+    let new_half = if track.valid == 1 { 1 - track.half } else { 0 };
+    // SAFETY: both halves lie in the work area, after every other piece.
+    // (The old half is read only for an increment, when it is the other one.)
+    let (old_hash, new_hash): (&[u64], &mut [u64]) = unsafe {
+        let h0 = at::<u64>(HASH_OFF + track.half.min(1) as usize * HALF);
+        let h1 = at::<u64>(HASH_OFF + new_half as usize * HALF);
+        (
+            if increment {
+                core::slice::from_raw_parts(h0, HALF / 8)
+            } else {
+                &[]
+            },
+            core::slice::from_raw_parts_mut(h1, HALF / 8),
+        )
+    };
+    let prev = &prev_all[..(track.nprev as usize).min(MAX_REGIONS)];
+    let (mut hoff, mut woff, mut pi) = (0usize, 0usize, 0usize);
+    for r in regions.iter_mut().filter(|r| r.flags & RF_DATA != 0) {
+        let np = r.npages(PAGE as u64) as usize;
+        let nw = bitmap_words(np as u64) as usize;
+        let bits = &mut dirty[woff..woff + nw];
+        if !increment {
+            bits.fill(u64::MAX);
+            if np % 64 != 0 {
+                bits[nw - 1] = (1u64 << (np % 64)) - 1;
+            }
+            r.pages = np as u64;
+        } else {
+            bits.fill(0);
+            let mut sent = 0;
+            for i in 0..np {
+                let a = r.start + (i * PAGE) as u64;
+                // SAFETY: the page lies in a readable region of this process.
+                let page = unsafe { core::slice::from_raw_parts(a as *const u8, PAGE) };
+                let h = page_hash(page);
+                while pi < prev.len() && prev[pi].end <= a {
+                    pi += 1;
+                }
+                let same = pi < prev.len()
+                    && prev[pi].start <= a
+                    && old_hash
+                        [prev[pi].hash_off as usize + ((a - prev[pi].start) as usize / PAGE)]
+                        == h;
+                if !same {
+                    bits[i / 64] |= 1 << (i % 64);
+                    sent += 1;
+                }
+                new_hash[hoff + i] = h;
+            }
+            r.pages = sent;
+        }
+        hoff += np;
+        woff += nw;
+    }
+
+    track.count += 1;
+    let mut tsc = 0u64;
+    // SAFETY: rdtsc has no memory effects.
+    unsafe {
+        core::arch::asm!("rdtsc", "shl rdx, 32", "or rax, rdx", out("rax") tsc, out("rdx") _, options(nomem, nostack));
+    }
+    let image_id = (tsc ^ track.count.rotate_left(48) ^ track.image_id.rotate_left(17)) | 1;
     let mut h = ImageHeader {
         magic: MAGIC,
         version: VERSION,
         arch: ARCH_X86_64,
-        page_size: 4096,
+        page_size: PAGE as u32,
         nregions: nreg as u32,
         nfds: nfds as u32,
         umask: 0,
@@ -356,6 +531,10 @@ fn take(frame: u64) {
         frame,
         brk: 0,
         sigactions: [KSigaction::default(); 65],
+        kind: if increment { KIND_INCREMENT } else { KIND_FULL },
+        reserved: 0,
+        image_id,
+        parent_id: if increment { track.image_id } else { 0 },
         tables_sum: 0,
         header_sum: 0,
     };
@@ -386,39 +565,63 @@ fn take(frame: u64) {
             );
         }
     }
-    let regions = table_bytes(&s.regions[..nreg]);
-    let fdt = table_bytes(&s.fds[..nfds]);
-    h.tables_sum = checksum(regions) ^ checksum(fdt).rotate_left(1);
+    let rbytes = table_bytes(regions);
+    let fdt = table_bytes(&fds[..nfds]);
+    h.tables_sum = checksum(rbytes) ^ checksum(fdt).rotate_left(1);
     h.seal();
-    let mut ok = write_all(fd, h.as_bytes()) && write_all(fd, regions) && write_all(fd, fdt);
-    for r in &s.regions[..nreg] {
+    let mut ok = write_all(fd, h.as_bytes()) && write_all(fd, rbytes) && write_all(fd, fdt);
+    let (mut hoff, mut woff) = (0usize, 0usize);
+    for r in regions.iter().filter(|r| r.flags & RF_DATA != 0) {
         if !ok {
             break;
         }
-        if r.flags & RF_DATA == 0 {
-            continue;
-        }
-        let len = (r.end - r.start) as usize;
-        let mut sum = Checksum::new(len as u64);
-        let mut off = 0;
-        while ok && off < len {
-            let n = (len - off).min(BOUNCE);
-            // SAFETY: the region is mapped readable (from maps); the bounce
-            // buffer may lie inside it, so the copy may overlap.
+        let np = r.npages(PAGE as u64) as usize;
+        let nw = bitmap_words(np as u64) as usize;
+        let bits = &dirty[woff..woff + nw];
+        let mut sum = Checksum::new(nw as u64 * 8 + r.pages * PAGE as u64);
+        let bitmap = table_bytes(bits);
+        sum.update(bitmap);
+        ok = write_all(fd, bitmap);
+        let set = |i: usize| bits[i / 64] & (1 << (i % 64)) != 0;
+        let mut i = 0;
+        while ok && i < np {
+            if bits[i / 64] == 0 {
+                i = (i / 64 + 1) * 64;
+                continue;
+            }
+            if !set(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < np && j - i < BOUNCE / PAGE && set(j) {
+                j += 1;
+            }
+            let len = (j - i) * PAGE;
+            // SAFETY: the pages are mapped readable (from maps); the
+            // bounce buffer lies in the work area, outside every region.
             unsafe {
-                core::ptr::copy(
-                    (r.start as usize + off) as *const u8,
-                    s.bounce.as_mut_ptr(),
-                    n,
+                core::ptr::copy_nonoverlapping(
+                    (r.start as usize + i * PAGE) as *const u8,
+                    bounce.as_mut_ptr(),
+                    len,
                 )
             };
-            sum.update(&s.bounce[..n]);
-            ok = write_all(fd, &s.bounce[..n]);
-            off += n;
+            if tracked {
+                for (k, p) in bounce[..len].chunks_exact(PAGE).enumerate() {
+                    new_hash[hoff + i + k] = page_hash(p);
+                }
+            }
+            sum.update(&bounce[..len]);
+            ok = write_all(fd, &bounce[..len]);
+            i = j;
         }
         ok = ok && write_all(fd, &sum.finish().to_le_bytes());
+        hoff += np;
+        woff += nw;
     }
     if !ok {
+        track.valid = 0;
         return close(fd);
     }
     // Wait until the image is committed on the submit host.
@@ -436,7 +639,26 @@ fn take(frame: u64) {
         )
     };
     // Committed or not, the job goes on; the starter decides what follows.
-    let _committed = r == 1 && ack[0] == ACK_COMMITTED;
+    // The hashes describe the next parent only if this image is committed.
+    if r == 1 && ack[0] == ACK_COMMITTED && tracked {
+        let mut n = 0;
+        let mut off = 0u64;
+        for r in regions.iter().filter(|r| r.flags & RF_DATA != 0) {
+            prev_all[n] = Prev {
+                start: r.start,
+                end: r.end,
+                hash_off: off,
+            };
+            off += r.npages(PAGE as u64);
+            n += 1;
+        }
+        track.nprev = n as u64;
+        track.half = new_half;
+        track.image_id = image_id;
+        track.valid = 1;
+    } else {
+        track.valid = 0;
+    }
     close(fd);
 }
 
