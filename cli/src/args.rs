@@ -172,6 +172,18 @@ Execute hosts start idle. Progress goes to stderr; stdout gets one line for your
     Touch(PoolTouchArgs),
     /// List the pool's machines (same as `roost status`).
     Status(StatusArgs),
+    /// Print every daemon's web endpoints: the pool page (with its token) and each /metrics.
+    Urls(PoolUrlsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolUrlsArgs {
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print JSON: [{"daemon", "what", "url"}].
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -119,6 +119,8 @@ impl Daemon {
                 push("--devices", "false".into());
                 push("--starter", bins.join("roost-starter").into());
                 push("--shim", bins.join("libroost_shim.so").into());
+                // Any free port: the ad says which (`roost pool urls`).
+                push("--metrics-listen", "127.0.0.1:0".into());
             }
         }
         a
@@ -825,7 +827,9 @@ mod tests {
                 "--starter",
                 "/bin/roost/roost-starter",
                 "--shim",
-                "/bin/roost/libroost_shim.so"
+                "/bin/roost/libroost_shim.so",
+                "--metrics-listen",
+                "127.0.0.1:0"
             ]
         );
         assert_eq!(ds[2].log(&pool), Path::new("/p/exec1/ownerd.log"));

@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod mm;
 pub mod pool;
 pub mod render;
+pub mod urls;
 pub mod why;
 
 use anyhow::{Context, Result};
@@ -388,6 +389,15 @@ fn run_pool(
             Ok(0)
         }
         PoolCommand::Status(a) => status(global, mm, &a, out),
+        PoolCommand::Urls(a) => {
+            let pool = pool_dir(a.dir, global)?;
+            let mut cfg = pool.load()?;
+            if let Some(addr) = mm {
+                cfg.matchmaker.addr = addr.to_string();
+            }
+            urls::print(&pool, &cfg, a.json, out)?;
+            Ok(0)
+        }
     }
 }
 

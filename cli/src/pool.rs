@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DIR/pool.toml     names and addresses
-//! DIR/pki/          ca.pem ca.key, cm, submit, exec1..N, user (.pem/.key)
+//! DIR/pki/          ca.pem ca.key, cm, submit, exec1..N, user (.pem/.key),
+//!                   web-token (the pool page's and /metrics' token, 0600)
 //! DIR/cm/           matchmaker.log matchmaker.pid
 //! DIR/submit/       schedd.sock queue.db schedd.log schedd.pid
 //! DIR/execN/        activity ownerd.log ownerd.pid scratch/
@@ -197,6 +198,8 @@ pub fn init(dir: &PoolDir, hosts: u32, force: bool) -> Result<PoolConfig> {
     issue(&pki, MATCHMAKER, "matchmaker")?;
     issue(&pki, SCHEDD, "schedd")?;
     issue(&pki, USER, "user")?;
+    proto::web::make_token(&pki)
+        .with_context(|| format!("cannot make the web token in {}", pki.display()))?;
     let ports = free_ports(2)?;
     let mut cfg = PoolConfig {
         matchmaker: Endpoint {

@@ -4,10 +4,14 @@
 //! - [`negotiate`]: the pairing policy, a pure function over ads
 //!   (symmetric requirements, rank, fair share, rank preemption, `why`).
 //! - [`server`]: the TLS server, the pool state and the cycle loop.
+//! - [`web`]: the pool page and `/metrics` over HTTPS on the same port.
+//! - [`metrics`]: the Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod negotiate;
 pub mod server;
+pub mod web;
 
 pub use negotiate::{FairShare, Options, Outcome, Pairing, negotiate, why};
 pub use server::{Matchmaker, Settings};

@@ -66,6 +66,21 @@ async fn main() -> anyhow::Result<()> {
             args.pki.display()
         )
     })?;
+    // The pool page and /metrics, for HTTPS clients on the same port.
+    let web = proto::web::Web::load(&args.pki, &args.name).with_context(|| {
+        format!(
+            "loading the HTTPS set-up of `{}` from {}",
+            args.name,
+            args.pki.display()
+        )
+    })?;
+    if web.token.is_none() {
+        tracing::warn!(
+            "no web token in {}/{}: the pool page needs a pool certificate",
+            args.pki.display(),
+            proto::web::TOKEN_FILE
+        );
+    }
     let mm = matchmaker::Matchmaker::bind(
         &identity,
         &args.listen,
@@ -77,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
         cycle: Duration::from_secs_f64(args.cycle_secs),
         half_life: Duration::from_secs_f64(args.half_life_secs),
         preempt_rank: args.preempt_rank,
-    });
+    })
+    .web(web);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {

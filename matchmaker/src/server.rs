@@ -109,6 +109,8 @@ pub(crate) struct State {
     /// Machines being vacated for a job that preempted them: machine →
     /// (schedd, job, since). The machine goes to that job once free.
     reserved: HashMap<HostName, (HostName, JobId, Instant)>,
+    /// The schedds' queues and job events, for the pool page.
+    view: crate::web::PoolView,
 }
 
 /// How long a preempting job keeps the machine it vacated reserved.
@@ -165,7 +167,40 @@ impl State {
             share: FairShare::new(settings.half_life),
             accrued: now,
             reserved: HashMap::new(),
+            view: crate::web::PoolView::default(),
         }
+    }
+
+    /// The schedds' queues and job events.
+    pub(crate) fn view(&self) -> &crate::web::PoolView {
+        &self.view
+    }
+
+    /// Takes a schedd's queue report.
+    pub(crate) fn queue_report(&mut self, conn: u64, r: proto::pool::QueueReport) {
+        self.view.report(conn, r);
+    }
+
+    /// Each claimed machine's job, the job's owner and its schedd.
+    pub(crate) fn claims_by_machine(&self) -> HashMap<HostName, (JobId, String, HostName)> {
+        self.claims
+            .values()
+            .map(|c| {
+                (
+                    c.machine.clone(),
+                    (c.job, c.owner.clone(), c.schedd.clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// How many machines are in each state (as `roost status` shows them).
+    pub(crate) fn machine_states(&self) -> Vec<(String, i64)> {
+        let mut m: BTreeMap<String, i64> = BTreeMap::new();
+        for ad in self.status() {
+            *m.entry(ad.state).or_default() += 1;
+        }
+        m.into_iter().collect()
     }
 
     /// Stores a machine's ad. Returns true when the machine may now take a job.
@@ -313,6 +348,7 @@ impl State {
             self.machines.remove(&name);
             info!(machine = %name, "machine left");
         }
+        self.view.disconnect(conn);
         self.schedds.retain(|name, s| {
             if s.conn == conn {
                 info!(schedd = %name, "schedd left");
@@ -617,20 +653,48 @@ impl State {
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    /// The pool page's change notices and HTTPS set-up.
+    pub(crate) hub: crate::web::Hub,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent-enough data: the
         // maps are updated in single steps.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Handles one message; `Err` is a refusal that closes the connection.
+    /// Handles one message (timed and counted by kind); `Err` is a
+    /// refusal that closes the connection.
     fn handle(
+        &self,
+        conn: u64,
+        peer: &PeerIdentity,
+        tx: &Outbox,
+        msg: ToMatchmaker,
+    ) -> Result<Option<FromMatchmaker>, String> {
+        let kind = match &msg {
+            ToMatchmaker::Machine(_) => "machine",
+            ToMatchmaker::Jobs { .. } => "jobs",
+            ToMatchmaker::Release { .. } => "release",
+            ToMatchmaker::Status => "status",
+            ToMatchmaker::Why { .. } => "why",
+            ToMatchmaker::Queue(_) => "queue",
+        };
+        let shows = matches!(kind, "machine" | "jobs" | "release" | "queue");
+        let t0 = std::time::Instant::now();
+        let r = self.handle_one(conn, peer, tx, msg);
+        crate::metrics::call(kind, t0.elapsed());
+        if shows && r.is_ok() {
+            self.hub.changed();
+        }
+        r
+    }
+
+    fn handle_one(
         &self,
         conn: u64,
         peer: &PeerIdentity,
@@ -685,6 +749,17 @@ impl Shared {
                 }
                 Ok(None)
             }
+            ToMatchmaker::Queue(report) => {
+                role("schedd", "a queue report")?;
+                if report.schedd.0 != peer.name {
+                    return Err(format!(
+                        "`{}` may not report the queue of schedd `{}`",
+                        peer.name, report.schedd
+                    ));
+                }
+                self.lock().queue_report(conn, report);
+                Ok(None)
+            }
             ToMatchmaker::Status => Ok(Some(FromMatchmaker::Machines(self.lock().status()))),
             ToMatchmaker::Why { job } => Ok(Some(FromMatchmaker::Why(self.lock().why(&job)))),
         }
@@ -694,7 +769,7 @@ impl Shared {
 /// A bound matchmaker, ready to [`run`](Matchmaker::run).
 pub struct Matchmaker {
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
     cycle: Duration,
 }
@@ -715,8 +790,9 @@ impl Matchmaker {
             })?;
         Ok(Matchmaker {
             listener,
-            acceptor: identity.acceptor(),
+            tls: identity.server.clone(),
             shared: Arc::new(Shared {
+                hub: crate::web::Hub::new(None, identity.name.clone()),
                 state: Mutex::new(State::new(
                     Settings {
                         cycle,
@@ -743,6 +819,15 @@ impl Matchmaker {
         self
     }
 
+    /// Serves the pool page and `/metrics` to HTTPS clients (ALPN
+    /// `http/1.1`) on the same port, with `web`'s certificate set-up and token.
+    pub fn web(mut self, web: proto::web::Web) -> Matchmaker {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.hub.web = Some(web);
+        }
+        self
+    }
+
     pub fn local_addr(&self) -> Result<SocketAddr, MatchmakerError> {
         self.listener
             .local_addr()
@@ -753,7 +838,7 @@ impl Matchmaker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), MatchmakerError> {
         let Matchmaker {
             listener,
-            acceptor,
+            tls,
             shared,
             cycle,
         } = self;
@@ -768,7 +853,7 @@ impl Matchmaker {
                 r = listener.accept() => match r {
                     Ok((stream, peer)) => {
                         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(serve(shared.clone(), acceptor.clone(), stream, peer, conn, stop_rx.clone()));
+                        tokio::spawn(serve(shared.clone(), tls.clone(), stream, peer, conn, stop_rx.clone()));
                     }
                     Err(e) => {
                         warn!("accept failed: {e}");
@@ -793,7 +878,11 @@ async fn cycle_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::Recei
         }
         let started = std::time::Instant::now();
         let made = shared.lock().cycle(Instant::now());
+        let m = crate::metrics::get();
+        m.cycle_seconds.observe(started.elapsed().as_secs_f64());
+        m.matches.inc_by(made.len() as u64);
         if !made.is_empty() {
+            shared.hub.changed();
             debug!(
                 matches = made.len(),
                 micros = started.elapsed().as_micros() as u64,
@@ -805,24 +894,31 @@ async fn cycle_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::Recei
 
 async fn serve(
     shared: Arc<Shared>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    pool_tls: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     addr: SocketAddr,
     conn: u64,
     mut stop: watch::Receiver<bool>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(t)) => t,
+    // HTTPS clients (ALPN http/1.1) get the pool page; pool members the frames.
+    let web = shared.hub.web.as_ref().map(|w| &w.config);
+    let accept = proto::web::accept(stream, &pool_tls, web);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(proto::web::Accepted::Pool(t))) => t,
+        Ok(Ok(proto::web::Accepted::Web(t))) => return crate::web::serve(shared, t).await,
         Ok(Err(e)) => {
+            crate::metrics::rejected("tls");
             warn!(peer = %addr, "TLS handshake refused: {}", chain(&e));
             return;
         }
         Err(_) => {
+            crate::metrics::rejected("tls");
             warn!(peer = %addr, "TLS handshake timed out");
             return;
         }
     };
     let Some(peer) = proto::tls::server_peer(&tls) else {
+        crate::metrics::rejected("certificate");
         warn!(peer = %addr, "certificate names no holder or role; closing");
         return;
     };
@@ -858,6 +954,7 @@ async fn serve(
                     }
                     Ok(None) => {}
                     Err(why) => {
+                        crate::metrics::rejected("refused");
                         warn!("refused: {why}; closing");
                         let _ = tx.try_send(FromMatchmaker::Error { message: why });
                         break;
@@ -875,6 +972,7 @@ async fn serve(
         }
         shared.lock().disconnect(conn, Instant::now());
         shared.wake.notify_one();
+        shared.hub.changed();
         drop(tx);
         // Let queued messages (e.g. a refusal) go out, then close.
         if tokio::time::timeout(Duration::from_secs(5), &mut writer)

@@ -9,6 +9,7 @@
 //! - [`ckpt`]: the checkpoint image format (fixed-layout records).
 //! - [`cli`]: roost CLI ⇄ schedd (a 0600 Unix socket).
 //! - [`tls`]: the pool CA, certificates and rustls configurations.
+//! - [`web`]: HTTPS for browsers and Prometheus on a daemon's TLS port.
 // Only `ckpt` views its fixed-layout records as bytes.
 #![deny(unsafe_code)]
 
@@ -23,6 +24,8 @@ pub mod shadow;
 pub mod shim;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "tls")]
+pub mod web;
 
 pub use frame::{FRAME_VERSION, MAX_FRAME, ProtoError};
 pub use ids::{ClaimId, Handle, HostName, JobId};

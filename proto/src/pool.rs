@@ -56,6 +56,37 @@ pub enum ToMatchmaker {
     Status,
     /// `roost why`: explain why this job does not match.
     Why { job: JobAd },
+    /// From a schedd: its queue and the job events since its last report,
+    /// for the pool page (sent on change and every few seconds).
+    Queue(QueueReport),
+}
+
+/// A schedd's queue as the pool page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueReport {
+    pub schedd: HostName,
+    /// Every job not completed or removed, and those that finished in the
+    /// last hour.
+    pub jobs: Vec<QueueJob>,
+    /// Event-log records (`seq`, JSON line) newer than the last report on
+    /// this connection; on a new connection, the last hour's and those of
+    /// unfinished jobs.
+    pub events: Vec<(i64, String)>,
+    /// Where the schedd serves `/metrics` (`IP:PORT`, HTTPS).
+    pub metrics: Option<String>,
+}
+
+/// One job of a [`QueueReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueJob {
+    pub id: JobId,
+    pub owner: String,
+    /// `idle`, `running`, `completed`, `removed`, `held`.
+    pub state: String,
+    pub executable: String,
+    pub host: Option<HostName>,
+    pub runs: u32,
+    pub checkpoints: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@
 pub mod ckpt;
 pub mod cli;
 pub mod fs;
+pub mod metrics;
 pub mod mm;
 pub mod queue;
 pub mod shadow;

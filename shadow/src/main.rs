@@ -56,6 +56,15 @@ fn main() -> anyhow::Result<()> {
     } else {
         sub.init();
     }
+    // HTTPS clients on the shadow port get /metrics (pool certificate or web token).
+    let web = proto::web::Web::load(&a.pki, &a.name).with_context(|| {
+        format!(
+            "loading the HTTPS set-up of `{}` from {}",
+            a.name,
+            a.pki.display()
+        )
+    })?;
+    shadow::metrics::enable_web(web);
     let cfg = shadow::Config {
         pki: a.pki,
         name: a.name,

@@ -2,7 +2,8 @@
 //!
 //! The schedd sends its unclaimed idle jobs (`ToMatchmaker::Jobs`) whenever
 //! the queue changes and every few seconds, and `Release`s for claims it
-//! ends. A `Matches` reply records each claim on its job; the job stays idle
+//! ends. For the pool page it also sends its queue and new job events
+//! (`ToMatchmaker::Queue`) each second when they changed. A `Matches` reply records each claim on its job; the job stays idle
 //! until a starter attaches with it. A claim no starter used within
 //! the claim timeout ([`crate::Config::claim_timeout`]) is dropped and the
 //! job matched again.
@@ -11,7 +12,7 @@ use crate::Schedd;
 use crate::cli::chain;
 use crate::queue::{JobRow, now};
 use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
-use proto::pool::{Ad, AdValue, FromMatchmaker, JobAd, ToMatchmaker};
+use proto::pool::{Ad, AdValue, FromMatchmaker, JobAd, QueueJob, QueueReport, ToMatchmaker};
 use proto::{ClaimId, ProtoError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +132,60 @@ async fn send_jobs<W: AsyncWrite + Unpin>(
     write_frame_async(w, &msg).await.map_err(|e| chain(&e))
 }
 
+/// How often the queue report for the pool page is refreshed (sent only
+/// when it changed).
+pub const QUEUE_REPORT: Duration = Duration::from_secs(1);
+/// The pool page's window: jobs finished and events older than this are
+/// not reported (events of unfinished jobs always are).
+const PAGE_WINDOW: i64 = 3600;
+
+/// Sends the queue and the job events after `cursor` for the pool page,
+/// unless nothing changed since `last`.
+async fn send_queue<W: AsyncWrite + Unpin>(
+    s: &Schedd,
+    w: &mut W,
+    advertise: &str,
+    cursor: &mut i64,
+    last: &mut Option<Vec<QueueJob>>,
+) -> Result<(), String> {
+    let since = now() - PAGE_WINDOW;
+    let rows = s
+        .db(move |q| q.page_jobs(since))
+        .await
+        .map_err(|e| chain(&e))?;
+    let jobs: Vec<QueueJob> = rows
+        .into_iter()
+        .map(|j| QueueJob {
+            id: j.id,
+            owner: j.owner,
+            state: j.state.as_str().to_string(),
+            executable: j.executable,
+            host: j.host,
+            runs: j.runs,
+            checkpoints: j.checkpoints,
+        })
+        .collect();
+    let after = *cursor;
+    let events = s
+        .db(move |q| q.events_after(after, Some(since), 5000))
+        .await
+        .map_err(|e| chain(&e))?;
+    if events.is_empty() && last.as_ref() == Some(&jobs) {
+        return Ok(());
+    }
+    if let Some((seq, _)) = events.last() {
+        *cursor = *seq;
+    }
+    *last = Some(jobs.clone());
+    let msg = ToMatchmaker::Queue(QueueReport {
+        schedd: s.name.clone(),
+        jobs,
+        events,
+        metrics: crate::metrics::web_enabled().then(|| advertise.to_string()),
+    });
+    write_frame_async(w, &msg).await.map_err(|e| chain(&e))
+}
+
 async fn session(
     s: &Arc<Schedd>,
     stream: Tls,
@@ -151,8 +206,14 @@ async fn session(
         }
     });
     let mut tick = tokio::time::interval(RESEND);
+    let mut page_tick = tokio::time::interval(QUEUE_REPORT);
+    // Each connection starts the pool page's events afresh.
+    let (mut cursor, mut last) = (0i64, None);
     let why = loop {
         tokio::select! {
+            _ = page_tick.tick() => {
+                if let Err(e) = send_queue(s, &mut wr, advertise, &mut cursor, &mut last).await { break e; }
+            }
             _ = tick.tick() => {
                 if let Err(e) = send_jobs(s, &mut wr, advertise).await { break e; }
             }

@@ -579,6 +579,48 @@ impl Queue {
         raws.into_iter().map(|r| decode(r).map(summary)).collect()
     }
 
+    /// Jobs for the pool page: unfinished ones and those finished since `since`.
+    pub fn page_jobs(&self, since: i64) -> Result<Vec<JobSummary>> {
+        let rows = self.select(&format!(
+            "WHERE state NOT IN ('completed', 'removed') OR finished >= {since}"
+        ))?;
+        Ok(rows.into_iter().map(summary).collect())
+    }
+
+    /// Event records after `seq` (at most `limit`, in order); with `since`,
+    /// only those from `since` on or of jobs not finished.
+    pub fn events_after(
+        &self,
+        seq: i64,
+        since: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>> {
+        let mut st = self.db.prepare(
+            "SELECT seq, line FROM events WHERE seq > ?1 AND (?2 IS NULL
+                 OR json_extract(line, '$.time') >= ?2
+                 OR (cluster, proc) IN (SELECT cluster, proc FROM jobs
+                     WHERE state NOT IN ('completed', 'removed')))
+             ORDER BY seq LIMIT ?3",
+        )?;
+        let v = st
+            .query_map(params![seq, since, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// How many jobs are in each state.
+    pub fn state_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut st = self
+            .db
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
     /// The job's event log, JSON lines in order; `None` for an unknown job.
     pub fn log(&self, id: JobId) -> Result<Option<Vec<String>>> {
         if self.get(id)?.is_none() {

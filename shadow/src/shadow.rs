@@ -69,23 +69,29 @@ pub async fn serve(s: Arc<Schedd>, l: TcpListener) {
 
 async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
     tcp.set_nodelay(true).ok();
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.identity.acceptor().accept(tcp)).await
-    {
-        Ok(Ok(t)) => t,
+    // An HTTPS client (ALPN http/1.1) gets `/metrics`; pool members the shadow.
+    let accept = proto::web::accept(tcp, &s.identity.server, crate::metrics::web_config());
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(proto::web::Accepted::Pool(t))) => t,
+        Ok(Ok(proto::web::Accepted::Web(t))) => return crate::metrics::serve_http(&s, t).await,
         Ok(Err(e)) => {
+            crate::metrics::rejected("tls");
             warn!("TLS handshake failed; connection closed: {}", chain(&e));
             return;
         }
         Err(_) => {
+            crate::metrics::rejected("tls");
             warn!("TLS handshake timed out; connection closed");
             return;
         }
     };
     let Some(who) = proto::tls::server_peer(&tls) else {
+        crate::metrics::rejected("certificate");
         warn!("peer certificate names no holder or role; connection closed");
         return;
     };
     if who.role != "ownerd" && who.role != "starter" {
+        crate::metrics::rejected("role");
         warn!(name = %who.name, role = %who.role, "only starters may attach; connection closed");
         return;
     }
@@ -582,6 +588,8 @@ impl Session<'_> {
         let (s, job) = (self.s, self.job);
         match msg {
             ToShadow::Call { id, op } => {
+                let t0 = std::time::Instant::now();
+                let call = crate::metrics::op_name(&op);
                 let reply = match crate::fs::nonblocking_lock(&op) {
                     // A waiting lock is retried here so that no thread
                     // blocks and a removal still ends the shadow.
@@ -605,13 +613,19 @@ impl Session<'_> {
                     },
                     None => self.fs.call(op),
                 };
+                crate::metrics::remote_call(call, t0.elapsed());
                 Step::Reply(FromShadow::Reply { id, reply })
             }
-            ToShadow::Write { h, data } => match self.fs.write(h, &data) {
-                Ok(_) => Step::Nothing,
-                Err(errno) => {
-                    debug!(handle = h.0, errno, "stream write failed");
-                    Step::Reply(FromShadow::WriteFailed { h, errno })
+            ToShadow::Write { h, data } => {
+                let t0 = std::time::Instant::now();
+                let r = self.fs.write(h, &data);
+                crate::metrics::remote_call("write_behind", t0.elapsed());
+                match r {
+                    Ok(_) => Step::Nothing,
+                    Err(errno) => {
+                        debug!(handle = h.0, errno, "stream write failed");
+                        Step::Reply(FromShadow::WriteFailed { h, errno })
+                    }
                 }
             },
             ToShadow::FetchExecutable => match self.fs.executable(&self.spec.executable) {

@@ -3,6 +3,7 @@ pub mod check_policy;
 pub mod ckpt;
 pub mod control;
 pub mod job;
+pub mod metrics;
 pub mod ownerd;
 pub mod policy_machine;
 pub mod relay;

@@ -619,12 +619,14 @@ impl Daemon {
         self.cfg.policy.advertise(&mut ad);
         self.machine.annotate(&mut ad, unix_now());
         ad.remove("CurrentTime");
-        MachineAd {
+        let mut ad = MachineAd {
             name: HostName(self.cfg.name.clone()),
             state: self.machine.state().to_string(),
             activity: self.machine.activity().to_string(),
             attrs: ad.to_wire(),
-        }
+        };
+        crate::metrics::observe(&mut ad);
+        ad
     }
 
     /// Logs the machine's transitions; returns whether there were any.

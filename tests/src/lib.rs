@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 /// Port of the matchmaker and of the schedd's shadow server in a pool.
 pub const MATCHMAKER_PORT: u16 = 9618;
 pub const SHADOW_PORT: u16 = 9619;
+/// Port of an execute host's ownerd `/metrics` (HTTPS).
+pub const OWNERD_METRICS_PORT: u16 = 9620;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -324,6 +326,8 @@ impl Pool {
                 // this shared machine belong to nobody's test.
                 "--devices".into(),
                 "false".into(),
+                "--metrics-listen".into(),
+                format!("{}:{OWNERD_METRICS_PORT}", self.host(host).ip),
             ],
         };
         if host.starts_with("exec") && !self.policies.contains_key(host) {
@@ -600,6 +604,34 @@ impl Pool {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
+
+    /// Runs `f` on a thread that has joined `host`'s network namespace:
+    /// the sockets it (and every thread it starts) opens are that host's,
+    /// so a client in the test reaches the pool's addresses. A panic in `f`
+    /// is the caller's.
+    pub fn in_netns<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let path = Path::new("/run/netns").join(&self.host(host).ns);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let ns = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                // SAFETY: setns(2) with a namespace fd that stays open for the
+                // call; it moves only this thread into the network namespace.
+                let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(
+                    r,
+                    0,
+                    "setns into {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
     }
 
     /// Runs a command inside a host's network namespace.

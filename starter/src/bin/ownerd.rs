@@ -1,6 +1,7 @@
 //! `roost-ownerd --pki DIR --name NAME --dir STATEDIR --matchmaker IP:PORT
 //! --matchmaker-name NAME [--activity-file FILE] [--idle-secs N | --policy FILE]
-//! [--devices true|false] [--starter PATH] [--shim PATH] [--config FILE]`
+//! [--devices true|false] [--starter PATH] [--shim PATH] [--config FILE]
+//! [--metrics-listen IP:PORT]`
 //!
 //! `roost-ownerd --check-policy FILE [--name NAME] [--dir DIR]
 //! [--activity-file FILE] [--devices true|false]` prints how the policy
@@ -57,6 +58,10 @@ struct Args {
     /// The shim library [default: libroost_shim.so next to this program].
     #[arg(long, value_name = "PATH")]
     shim: Option<PathBuf>,
+    /// Serve `/metrics` over HTTPS here (IP:PORT; port 0 picks one); the
+    /// address goes into the machine's ad as MetricsAddr.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_listen: Option<String>,
     /// Print how the policy FILE evaluates now against this machine (its
     /// ad from --name, --dir, --activity-file, --devices) and what would
     /// follow if the owner touched the keyboard now; then exit (status 1
@@ -138,10 +143,37 @@ fn run(args: Args) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
             }
         };
+        if let Some(listen) = &args.metrics_listen {
+            serve_metrics(&cfg.pki, &cfg.name, listen).await?;
+        }
         starter::ownerd::run(cfg, shutdown)
             .await
             .context("roost-ownerd")
     })
+}
+
+/// `--metrics-listen`: binds `listen` and serves `/metrics` there over
+/// HTTPS (pool certificate or web token), in the background.
+async fn serve_metrics(pki: &std::path::Path, name: &str, listen: &str) -> anyhow::Result<()> {
+    let web = proto::web::Web::load(pki, name).with_context(|| {
+        format!(
+            "loading the HTTPS set-up of `{name}` from {}",
+            pki.display()
+        )
+    })?;
+    let l = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for /metrics"))?;
+    let addr = l.local_addr().context("reading the /metrics address")?;
+    tracing::info!(%addr, "serving /metrics");
+    starter::metrics::set_addr(addr.to_string());
+    tokio::spawn(proto::web::serve_metrics(
+        l,
+        web,
+        starter::metrics::render,
+        starter::metrics::rejected,
+    ));
+    Ok(())
 }
 
 /// `--check-policy FILE`: the report on stdout.
