@@ -170,6 +170,33 @@ Execute hosts start idle. Progress goes to stderr; stdout gets one line for your
     Down(PoolDownArgs),
     /// Make an execute host's owner look active (touch DIR/HOST/activity).
     Touch(PoolTouchArgs),
+    /// Issue a host's certificate from the pool CA (DIR/pki/NAME.pem and NAME.key).
+    #[command(after_help = "\
+The role decides what the host's daemons may do: ownerd (an execute host: advertises a
+machine, runs starters), schedd (a submit host: sends jobs, serves shadows) or matchmaker
+(the central manager). Copy DIR/pki/ca.pem, DIR/pki/deny (if any) and NAME.pem/NAME.key to
+the host and start its daemon with --pki DIR --name NAME.
+
+  roost pool add-host exec7 --dir ~/pool
+  roost pool add-host submit2 --role schedd --san 10.0.0.12 --dir ~/pool")]
+    AddHost(PoolAddHostArgs),
+    /// Issue a user's certificate from the pool CA (DIR/pki/NAME.pem and NAME.key).
+    #[command(after_help = "\
+A user certificate (role user) lets its holder query the matchmaker (roost status, roost
+why); it is refused where a daemon's role is required. Give the user DIR/pki/ca.pem and
+NAME.pem/NAME.key.
+
+  roost pool add-user alice --dir ~/pool --days 90")]
+    AddUser(PoolAddUserArgs),
+    /// Put a certificate on the pool's deny list (DIR/pki/deny).
+    #[command(after_help = "\
+WHAT is a name with a certificate in DIR/pki or a serial number (hex, as `openssl x509
+-serial` prints it). Every daemon re-reads its --pki DIR/deny when the file changes and
+refuses the certificate from its next handshake, without a restart; copy the file to
+hosts that keep their own pki directory.
+
+  roost pool revoke exec7 --dir ~/pool")]
+    Revoke(PoolRevokeArgs),
     /// List the pool's machines (same as `roost status`).
     Status(StatusArgs),
     /// Print every daemon's web endpoints: the pool page (with its token) and each /metrics.
@@ -227,6 +254,55 @@ pub struct PoolDownArgs {
     /// Seconds to wait after SIGTERM before SIGKILL.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolAddHostArgs {
+    /// The host's name (its certificate's CN and DNS name), e.g. exec7.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// What the host runs: ownerd (execute host), schedd (submit host) or matchmaker.
+    #[arg(long, value_name = "ROLE", default_value = "ownerd",
+          value_parser = clap::builder::PossibleValuesParser::new(["ownerd", "schedd", "matchmaker"]))]
+    pub role: String,
+    /// A further DNS name or IP address the certificate is valid for (repeatable).
+    #[arg(long = "san", value_name = "NAME|IP")]
+    pub sans: Vec<String>,
+    /// Days the certificate is valid.
+    #[arg(long, value_name = "N", default_value_t = 365)]
+    pub days: u32,
+    /// Replace NAME's existing certificate (the old one stays valid until revoked).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolAddUserArgs {
+    /// The user's name (the certificate's CN), e.g. alice.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Days the certificate is valid.
+    #[arg(long, value_name = "N", default_value_t = 365)]
+    pub days: u32,
+    /// Replace NAME's existing certificate (the old one stays valid until revoked).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolRevokeArgs {
+    /// A name with a certificate in DIR/pki, or a certificate's serial number.
+    #[arg(value_name = "WHAT")]
+    pub what: String,
+    /// The pool directory (default: --pool / $ROOST_POOL).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

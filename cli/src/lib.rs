@@ -18,6 +18,7 @@ pub mod daemons;
 pub mod demo;
 pub mod jobs;
 pub mod mm;
+pub mod pki;
 pub mod pool;
 pub mod render;
 pub mod urls;
@@ -388,6 +389,33 @@ fn run_pool(
             daemons::touch(&pool, &a.host)?;
             Ok(0)
         }
+        PoolCommand::AddHost(a) => {
+            let pool = pool_dir(a.dir, global)?;
+            let i = pki::add(&pool, &a.name, &a.role, &a.sans, a.days, a.force)?;
+            issued(out, &pool, &i, a.days)
+        }
+        PoolCommand::AddUser(a) => {
+            let pool = pool_dir(a.dir, global)?;
+            let i = pki::add(&pool, &a.name, "user", &[], a.days, a.force)?;
+            issued(out, &pool, &i, a.days)
+        }
+        PoolCommand::Revoke(a) => {
+            let pool = pool_dir(a.dir, global)?;
+            let (serial, new) = pki::revoke(&pool, &a.what)?;
+            let deny = pool.pki().join(proto::tls::DENY_FILE);
+            if new {
+                writeln!(
+                    out,
+                    "revoked {} (serial {serial}) in {}; daemons using this pki directory refuse it \
+                     from their next handshake",
+                    a.what,
+                    deny.display()
+                )?;
+            } else {
+                writeln!(out, "{} (serial {serial}) is already in {}", a.what, deny.display())?;
+            }
+            Ok(0)
+        }
         PoolCommand::Status(a) => status(global, mm, &a, out),
         PoolCommand::Urls(a) => {
             let pool = pool_dir(a.dir, global)?;
@@ -399,6 +427,24 @@ fn run_pool(
             Ok(0)
         }
     }
+}
+
+fn issued(
+    out: &mut dyn Write,
+    pool: &PoolDir,
+    i: &pki::Issued,
+    days: u32,
+) -> Result<i32> {
+    writeln!(
+        out,
+        "issued {} and {} (role {}, serial {}, valid {days} days); with them the holder needs {}",
+        i.cert.display(),
+        i.key.display(),
+        i.role,
+        i.serial,
+        pool.pki().join("ca.pem").display()
+    )?;
+    Ok(0)
 }
 
 fn status(
