@@ -25,7 +25,9 @@
 
 use crate::baseline::{self, median};
 use anyhow::{Context, Result, bail};
-use proto::ckpt::{ACK_COMMITTED, FdRecord, ImageHeader, MAGIC, REFUSED, RF_DATA, Region};
+use proto::ckpt::{
+    ACK_COMMITTED, FdRecord, ImageHeader, MAGIC, REFUSED, RF_DATA, Region, bitmap_words,
+};
 use proto::tls::Identity;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -261,10 +263,11 @@ fn read_head(s: &mut UnixStream) -> Result<(Vec<u8>, u64)> {
         let start = u64_at(r, std::mem::offset_of!(Region, start));
         let end = u64_at(r, std::mem::offset_of!(Region, end));
         if u32_at(r, std::mem::offset_of!(Region, flags)) & RF_DATA != 0 {
-            data += end
+            let len = end
                 .checked_sub(start)
-                .context("a region ends before it starts")?
-                + 8;
+                .context("a region ends before it starts")?;
+            let pages = u64_at(r, std::mem::offset_of!(Region, pages));
+            data += bitmap_words(len / 4096) * 8 + pages * 4096 + 8;
         }
     }
     Ok((head, data))

@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "request_memory",
     "request_disk",
     "checkpoint_interval",
+    "checkpoint_full_every",
     "max_retries",
     "notification",
     "attributes",
@@ -176,6 +177,8 @@ pub struct JobDescription {
     pub(crate) request_memory_mb: u64,
     pub(crate) request_disk_mb: u64,
     pub(crate) checkpoint_interval_secs: Option<u64>,
+    /// Increments between full periodic images (`CheckpointFullEvery`).
+    pub(crate) checkpoint_full_every: Option<u32>,
     pub(crate) max_retries: u32,
     pub(crate) notification: Notification,
     pub(crate) attributes: Vec<(String, Attr)>,
@@ -233,6 +236,10 @@ pub fn parse(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, Polic
             "request_memory" => d.request_memory_mb = p.size(key, node)?,
             "request_disk" => d.request_disk_mb = p.size(key, node)?,
             "checkpoint_interval" => d.checkpoint_interval_secs = Some(p.duration(key, node)?),
+            "checkpoint_full_every" => {
+                let n = p.int(key, node, 0, u32::MAX as i64, "a non-negative integer")?;
+                d.checkpoint_full_every = Some(n as u32);
+            }
             "max_retries" => {
                 let n = p.int(key, node, 0, u32::MAX as i64, "a non-negative integer")?;
                 d.max_retries = n as u32;
@@ -347,6 +354,7 @@ impl JobDescription {
             request_memory_mb: DEFAULT_REQUEST_MEMORY_MB,
             request_disk_mb: DEFAULT_REQUEST_DISK_MB,
             checkpoint_interval_secs: None,
+            checkpoint_full_every: None,
             max_retries: 0,
             notification: Notification::Never,
             attributes: Vec::new(),
@@ -580,6 +588,10 @@ impl JobDescription {
         // takes periodic checkpoints from it.
         if let Some(secs) = self.checkpoint_interval_secs {
             attributes.insert("CheckpointInterval".to_string(), secs.to_string());
+        }
+        // Periodic images are increments with a full image every N.
+        if let Some(n) = self.checkpoint_full_every {
+            attributes.insert("CheckpointFullEvery".to_string(), n.to_string());
         }
 
         Ok(ProcessDescription {

@@ -299,6 +299,15 @@ fn durations_and_notifications() {
         Some(172800)
     );
     assert_eq!(get("").checkpoint_interval_secs, None);
+    let full_every = |body: &str| {
+        get(body)
+            .spec
+            .attributes
+            .get("CheckpointFullEvery")
+            .cloned()
+    };
+    assert_eq!(full_every("checkpoint_full_every = 3"), Some("3".into()));
+    assert_eq!(full_every(""), None);
     assert_eq!(get("").notification, Notification::Never);
     assert_eq!(
         get("notification = \"ERROR\"").notification,
@@ -368,7 +377,8 @@ fn relative_cwd_is_made_absolute() {
 
 const ALL_KEYS: &str = "executable, arguments, input, output, error, log, initialdir, \
     environment, transfer_executable, requirements, rank, request_cpus, request_memory, \
-    request_disk, checkpoint_interval, max_retries, notification, attributes, queue";
+    request_disk, checkpoint_interval, checkpoint_full_every, max_retries, notification, \
+    attributes, queue";
 
 #[test]
 fn bad_files_name_file_line_and_key() {
