@@ -1,7 +1,7 @@
 //! Checkpoint and migration across hosts: the owner returns, the job is
 //! checkpointed, vacated and resumed on another host; a host dies and the
-//! job resumes from its last periodic image; a job that cannot be
-//! checkpointed is restarted from the beginning. In every case the output
+//! job resumes from its last periodic images (a full one and increments);
+//! a job that cannot be checkpointed is restarted from the beginning. In every case the output
 //! is byte-identical to a run that never moved.
 
 use roost_tests::{FAST_POLICY, Pool, build_job, run_local};
@@ -130,11 +130,12 @@ fn a_dead_host_costs_only_the_work_since_the_last_periodic_image() {
     std::fs::write(dir.join("input.txt"), input(50)).unwrap();
     let ids = pool.submit(
         &dir,
-        "executable = \"migrate\"\narguments = [\"16\", \"input.txt\", \"output.txt\", \"100\"]\noutput = \"stdout.txt\"\ncheckpoint_interval = 1\n",
+        "executable = \"migrate\"\narguments = [\"16\", \"input.txt\", \"output.txt\", \"100\", \"100\"]\noutput = \"stdout.txt\"\ncheckpoint_interval = 1\ncheckpoint_full_every = 3\n",
     );
     let id = &ids[0];
     let first = pool.wait_event(id, "executing", 1, Duration::from_secs(60));
-    pool.wait_event(id, "checkpointed", 2, Duration::from_secs(60));
+    // A full image, then increments (each line rewrites 1% of the heap).
+    pool.wait_event(id, "checkpointed", 3, Duration::from_secs(60));
     let host = first["host"].as_str().unwrap().to_string();
     pool.destroy_host(&host);
     assert_eq!(
@@ -155,13 +156,48 @@ fn a_dead_host_costs_only_the_work_since_the_last_periodic_image() {
         "{:?}",
         events(&pool, id)
     );
+    // On the dead host: a full image first, then increments smaller than
+    // it; the job resumed from that chain.
+    let log = pool.log(id);
+    let resumed_at = log.iter().position(|e| e["event"] == "resumed").unwrap();
+    let images: Vec<&Value> = log[..resumed_at]
+        .iter()
+        .filter(|e| e["event"] == "checkpointed")
+        .collect();
+    assert!(images.len() >= 3, "{log:?}");
+    assert_eq!(images[0]["kind"], "full", "{:?}", images);
+    assert_eq!(images[1]["kind"], "incremental", "{:?}", images);
+    assert_eq!(images[2]["kind"], "incremental", "{:?}", images);
+    let size = |e: &Value, k: &str| e[k].as_u64().unwrap_or_else(|| panic!("no {k} in {e}"));
+    for inc in images.iter().filter(|e| e["kind"] == "incremental") {
+        assert!(
+            size(inc, "raw_bytes") < size(images[0], "raw_bytes")
+                && size(inc, "bytes") < size(images[0], "bytes"),
+            "an increment is not smaller than the full image: {images:?}"
+        );
+        assert!(inc["seconds"].as_f64().is_some(), "{inc}");
+    }
+    // A restarted process has no page hashes: its first image is full.
+    if let Some(next) = log[resumed_at..]
+        .iter()
+        .find(|e| e["event"] == "checkpointed")
+    {
+        assert_eq!(next["kind"], "full", "{log:?}");
+    }
 
     let local = std::env::temp_dir().join(format!("roost-local-survivor-{}", pool.id));
     std::fs::create_dir_all(&local).unwrap();
     std::fs::write(local.join("input.txt"), input(50)).unwrap();
     let r = run_local(
         &local,
-        &[bin.to_str().unwrap(), "16", "input.txt", "output.txt", "1"],
+        &[
+            bin.to_str().unwrap(),
+            "16",
+            "input.txt",
+            "output.txt",
+            "1",
+            "100",
+        ],
         None,
     );
     assert!(r.status.success());
