@@ -145,6 +145,21 @@ pub struct Pool {
     daemons: Mutex<BTreeMap<String, Child>>,
     /// Owner policy file per execute host.
     policies: BTreeMap<String, String>,
+    /// Further submit hosts whose schedds run as real Unix users
+    /// ([`Pool::start_with_submitters`]).
+    pub submitters: Vec<Submitter>,
+}
+
+/// A submit host of its own user: `roost-schedd` runs there as `user`
+/// (a real Unix user made for the pool), with its own certificate.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    /// The host's name (`submit2`, `submit3`, ...), also its certificate's.
+    pub host: String,
+    /// The Unix user the schedd and that user's `roost` run as.
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Pool {
@@ -179,6 +194,230 @@ impl Pool {
         pool
     }
 
+    /// Like [`Pool::start`], plus one submit host per entry of `users`
+    /// (`submit2`, `submit3`, ...): each has a schedd of its own running as
+    /// a real Unix user made for this pool with `useradd` (named
+    /// `rt<pool id><name>`, deleted with the pool), holding a certificate
+    /// from `roost pool add-host NAME --role schedd`. That user's jobs are
+    /// submitted with [`Pool::roost_as`] and owned by that user.
+    pub fn start_with_submitters(n_exec: usize, users: &[&str]) -> Pool {
+        let mut pool = Self::create(n_exec).expect("setting up the pool's hosts");
+        for (k, u) in users.iter().enumerate() {
+            pool.add_submitter(&format!("submit{}", k + 2), u)
+                .unwrap_or_else(|e| panic!("adding a submit host for {u}: {e:#}"));
+        }
+        pool.init_pki().expect("making the pool's certificates");
+        for sub in pool.submitters.clone() {
+            pool.submitter_pki(&sub)
+                .unwrap_or_else(|e| panic!("certificates of {}: {e:#}", sub.host));
+        }
+        for h in pool.hosts.clone() {
+            pool.start_daemon(&h.name)
+                .unwrap_or_else(|e| panic!("starting {}: {e:#}", h.name));
+        }
+        pool.wait_ready(n_exec, Duration::from_secs(60))
+            .expect("pool did not come up");
+        for sub in pool.submitters.clone() {
+            let t0 = Instant::now();
+            loop {
+                let q = pool.roost_as(&sub.host, &pool.dir, &["q", "--json"]);
+                if q.status.success() {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "the schedd of {} ({}) does not answer: {}\n{}",
+                    sub.host,
+                    sub.user,
+                    String::from_utf8_lossy(&q.stderr),
+                    pool.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        pool
+    }
+
+    /// A namespace for a further submit host and its Unix user.
+    fn add_submitter(&mut self, host: &str, name: &str) -> Result<()> {
+        require(
+            "`useradd`, `userdel` and `setpriv` (a submit host of another user)",
+            Command::new("useradd").arg("--help").output().is_ok()
+                && Command::new("setpriv").arg("--version").output().is_ok(),
+        );
+        let user = format!("rt{}{name}", self.id);
+        let _ = Command::new("userdel").arg(&user).output();
+        run(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            &user,
+        ]))?;
+        let id = |flag: &str| -> Result<u32> {
+            let o = run(Command::new("id").args([flag, &user]))?;
+            Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
+        };
+        let sub = Submitter {
+            host: host.to_string(),
+            uid: id("-u")?,
+            gid: id("-g")?,
+            user,
+        };
+        self.submitters.push(sub);
+        let i = self.hosts.len();
+        let ns = format!("rt{}-{host}", self.id);
+        let h = Host {
+            name: host.to_string(),
+            ns: ns.clone(),
+            ip: format!("10.99.0.{}", i + 1),
+        };
+        ip(&["netns", "add", &ns])?;
+        self.hosts.push(h.clone());
+        let v = format!("v{i}");
+        let hub = self.hub.clone();
+        ip(&[
+            "-n", &hub, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["-n", &hub, "link", "set", &v, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", h.ip),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        std::fs::create_dir_all(self.dir.join(host))?;
+        Ok(())
+    }
+
+    /// The submitter's certificate (issued by `roost pool add-host`) in a
+    /// pki directory of its own that its user can read; the pool's deny
+    /// list is linked into it.
+    fn submitter_pki(&self, sub: &Submitter) -> Result<()> {
+        let out = Command::new(self.bins.join("roost"))
+            .args(["pool", "add-host", &sub.host, "--role", "schedd", "--dir"])
+            .arg(&self.dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "roost pool add-host: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let pki = self.dir.join("pki");
+        let own = self.dir.join(&sub.host).join("pki");
+        std::fs::create_dir_all(&own)?;
+        for f in [
+            "ca.pem".to_string(),
+            format!("{}.pem", sub.host),
+            format!("{}.key", sub.host),
+        ] {
+            std::fs::copy(pki.join(&f), own.join(&f))?;
+        }
+        std::os::unix::fs::symlink(pki.join("deny"), own.join("deny"))?;
+        self.chown_to(sub, &self.dir.join(&sub.host))
+    }
+
+    /// Gives `path` and everything below it to the submitter's user.
+    fn chown_to(&self, sub: &Submitter, path: &Path) -> Result<()> {
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", sub.uid, sub.gid))
+            .arg(path))
+        .map(|_| ())
+    }
+
+    /// The further submit host `host` ([`Pool::start_with_submitters`]).
+    pub fn submitter(&self, host: &str) -> &Submitter {
+        self.submitters
+            .iter()
+            .find(|s| s.host == host)
+            .unwrap_or_else(|| panic!("no submit host {host} of its own user"))
+    }
+
+    /// Runs `roost ARGS` on the further submit host `host` as its user,
+    /// in `cwd`, against that host's schedd.
+    pub fn roost_as(&self, host: &str, cwd: &Path, args: &[&str]) -> Output {
+        let sub = self.submitter(host);
+        Command::new("ip")
+            .args(["netns", "exec", &self.host(host).ns])
+            .args(setpriv(sub))
+            .arg(self.bins.join("roost"))
+            .args(args)
+            .current_dir(cwd)
+            .env("ROOST_POOL", &self.dir)
+            .env("ROOST_SCHEDD_SOCK", self.dir.join(host).join("schedd.sock"))
+            .env("ROOST_MATCHMAKER", self.matchmaker_addr())
+            .output()
+            .expect("running roost")
+    }
+
+    /// A fresh job directory of the submitter's user on its host.
+    pub fn job_dir_as(&self, host: &str, name: &str) -> PathBuf {
+        let sub = self.submitter(host).clone();
+        let d = self.dir.join(host).join("jobs").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        self.chown_to(&sub, &self.dir.join(host).join("jobs"))
+            .expect("chown of the job directory");
+        d
+    }
+
+    /// Writes `job.toml` into `dir` and submits it as the submitter of
+    /// `host`; returns the job ids.
+    pub fn submit_as(&self, host: &str, dir: &Path, job_toml: &str) -> Vec<String> {
+        std::fs::write(dir.join("job.toml"), job_toml).unwrap();
+        let out = self.roost_as(host, dir, &["submit", "job.toml"]);
+        assert!(
+            out.status.success(),
+            "roost submit as {} failed: {}{}",
+            self.submitter(host).user,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `roost log JOB --json` on the further submit host `host`.
+    pub fn log_as(&self, host: &str, id: &str) -> Vec<Value> {
+        let out = self.roost_as(host, &self.dir, &["log", id, "--json"]);
+        assert!(
+            out.status.success(),
+            "roost log failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// `roost q --json --all` on the further submit host `host`.
+    pub fn queue_as(&self, host: &str) -> Vec<Value> {
+        let out = self.roost_as(host, &self.dir, &["q", "--json", "--all"]);
+        assert!(
+            out.status.success(),
+            "roost q failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("roost q --json is not JSON")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn create(n_exec: usize) -> Result<Pool> {
         require_netns();
         let bins = ensure_built();
@@ -202,6 +441,7 @@ impl Pool {
             bins,
             daemons: Mutex::new(BTreeMap::new()),
             policies: BTreeMap::new(),
+            submitters: Vec::new(),
         };
         ip(&["netns", "add", &hub])?;
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
@@ -281,6 +521,25 @@ impl Pool {
         let hdir = self.dir.join(host).display().to_string();
         let b = |n: &str| self.bins.join(n).display().to_string();
         let mm = self.matchmaker_addr();
+        if let Some(sub) = self.submitters.iter().find(|s| s.host == host) {
+            let mut v = setpriv(sub);
+            v.extend([
+                b("roost-schedd"),
+                "--pki".into(),
+                format!("{hdir}/pki"),
+                "--name".into(),
+                host.into(),
+                "--dir".into(),
+                hdir,
+                "--listen".into(),
+                format!("{}:{SHADOW_PORT}", self.host(host).ip),
+                "--matchmaker".into(),
+                mm,
+                "--matchmaker-name".into(),
+                "cm".into(),
+            ]);
+            return v;
+        }
         let mut v: Vec<String> = match host {
             "cm" => vec![
                 b("roost-matchmaker"),
@@ -353,6 +612,16 @@ impl Pool {
                 "mount -t tmpfs roost-hidden \"$0\" && exec \"$@\"".into(),
                 hide,
             ];
+            // The other submit hosts' files are gone too (in the same
+            // mount namespace, one `sh` per directory).
+            for sub in &self.submitters {
+                w.extend([
+                    "sh".to_string(),
+                    "-c".into(),
+                    "mount -t tmpfs roost-hidden \"$0\" && exec \"$@\"".into(),
+                    self.dir.join(&sub.host).display().to_string(),
+                ]);
+            }
             w.append(&mut v);
             v = w;
         }
@@ -680,10 +949,24 @@ impl Drop for Pool {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.hub])
             .status();
+        for sub in &self.submitters {
+            let _ = Command::new("userdel").arg(&sub.user).output();
+        }
         if !failed {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `setpriv` arguments that run the rest of a command line as `sub`'s user.
+fn setpriv(sub: &Submitter) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--reuid={}", sub.uid),
+        format!("--regid={}", sub.gid),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
 }
 
 /// `"12.0"` from a `JobSummary` in JSON (`{"id":{"cluster":12,"proc":0}}`).
