@@ -862,6 +862,7 @@ impl Queue {
                     "raw_bytes": img.raw_bytes,
                     "seconds": img.seconds,
                     "reason": img.reason,
+                    "kind": img.kind,
                 }),
             )?;
         }
@@ -904,7 +905,6 @@ impl Queue {
                     JobId {
                         cluster: r.get::<_, i64>(0)? as u64,
                         proc: r.get(1)?,
-                    "kind": img.kind,
                     },
                     JobState::parse(&r.get::<_, String>(2)?).unwrap_or(JobState::Held),
                     r.get(3)?,

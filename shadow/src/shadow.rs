@@ -627,7 +627,7 @@ impl Session<'_> {
                         Step::Reply(FromShadow::WriteFailed { h, errno })
                     }
                 }
-            },
+            }
             ToShadow::FetchExecutable => match self.fs.executable(&self.spec.executable) {
                 Ok(data) => match send_executable(st, &data).await {
                     Ok(()) => Step::Nothing,
@@ -816,6 +816,11 @@ impl Session<'_> {
             Err(e) => return failed(format!("cannot record the job's files: {e}")).await,
         };
         let (bytes, reason, seq) = (inc.bytes(), inc.reason.clone(), self.next_seq);
+        // An increment must follow the job's committed image.
+        let last = match s.db(move |q| q.get(job)).await {
+            Ok(row) => row.and_then(|r| r.image).map(|i| i.seq),
+            Err(e) => return failed(format!("queue error: {}", chain(&e))).await,
+        };
         let store = s.images.clone();
         let placed = tokio::task::spawn_blocking(move || {
             let path = inc
@@ -844,11 +849,7 @@ impl Session<'_> {
             seconds,
             fs: fs_json,
             reason: reason.clone(),
-        // An increment must follow the job's committed image.
-        let last = match s.db(move |q| q.get(job)).await {
-            Ok(row) => row.and_then(|r| r.image).map(|i| i.seq),
-            Err(e) => return failed(format!("queue error: {}", chain(&e))).await,
-        };
+            kind,
         };
         match s.db(move |q| q.checkpointed(job, &img)).await {
             Ok(true) => {
@@ -863,7 +864,6 @@ impl Session<'_> {
                     reason: format!("job {job} is no longer running here"),
                 }
             }
-            kind,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 failed(format!("cannot commit the checkpoint: {}", chain(&e))).await
@@ -923,6 +923,10 @@ impl Session<'_> {
                 progress.add(want as u64);
             }
         }
+        if total == 0 {
+            return Err("the job's image is empty".into());
+        }
+        Ok(())
     }
 }
 
@@ -937,10 +941,6 @@ async fn send_reusing(
     encode_into(m, out)?;
     st.write_all(out).await?;
     st.flush().await?;
-        if total == 0 {
-            return Err("the job's image is empty".into());
-        }
-        Ok(())
     Ok(())
 }
 

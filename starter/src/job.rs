@@ -777,7 +777,7 @@ pub async fn run_job<B: Backend>(
             }
             Ev::CkptTimeout => {
                 if let Some(p) = pending.take() {
-                    let why = "the job did not answer the checkpoint signal in time".to_string();
+                    let why = too_late(&p, "the job did not answer the checkpoint signal");
                     relay.backend_mut().ckpt_abort(why.clone()).await;
                     ended = Some((p, CkptOutcome::Failed(why)));
                 }
@@ -968,6 +968,22 @@ async fn begin_checkpoint<B: Backend>(
     None
 }
 
+/// Why a checkpoint that ran out of time was given up: a vacate's limit
+/// is the owner's `max_vacate_time`, after which the job is killed.
+fn too_late(p: &Pending, what: &str) -> String {
+    let limit = p
+        .deadline
+        .saturating_duration_since(p.started)
+        .as_secs_f64();
+    if p.vacate {
+        format!(
+            "{what} within max_vacate_time ({limit:.0} s): the checkpoint is abandoned and the job killed"
+        )
+    } else {
+        format!("{what} within {limit:.0} s")
+    }
+}
+
 /// Whether the next checkpoint may be an increment.
 fn want_increment(full_every: u32, since_full: Option<u32>) -> bool {
     full_every > 0 && since_full.is_some_and(|n| n < full_every)
@@ -1054,7 +1070,7 @@ async fn ship_image<B: Backend>(
             CkptOutcome::Failed(why)
         }
         Err(_) => {
-            let why = "the checkpoint did not finish in time".to_string();
+            let why = too_late(p, "the checkpoint did not finish");
             relay.backend_mut().ckpt_abort(why.clone()).await;
             CkptOutcome::Failed(why)
         }

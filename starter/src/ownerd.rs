@@ -699,8 +699,6 @@ impl Daemon {
     /// Tells the starter what the policy decided.
     async fn carry_out(&mut self, step: Step) {
         let grace = self.cfg.release_grace;
-        let Some(r) = &mut self.running else { return };
-        let cmd = match step {
         // The policy's MaxVacateTime bounds the vacate's checkpoint.
         let max_vacate = match &step {
             Step::Vacate(_) => {
@@ -710,6 +708,8 @@ impl Daemon {
             }
             _ => 0,
         };
+        let Some(r) = &mut self.running else { return };
+        let cmd = match step {
             Step::Suspend => Control::Suspend,
             Step::Continue => Control::Continue,
             Step::Vacate(reason) => Control::Vacate {
@@ -1322,7 +1322,8 @@ mod tests {
         assert_eq!(state(&mut mm).await, "Unclaimed/Idle");
         assert_eq!(
             std::fs::read_to_string(&record).unwrap(),
-            "suspend\ncontinue\nvacate preempted by job 2.0 of alice\n"
+            // The vacate carries the policy's MaxVacateTime (default 600 s).
+            "suspend\ncontinue\nvacate max_vacate_time=600 preempted by job 2.0 of alice\n"
         );
         daemon.abort();
     }

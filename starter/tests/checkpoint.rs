@@ -800,3 +800,56 @@ fn state(pid: i32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s[s.rfind(')')? + 2..].chars().next()
 }
+
+/// A vacate whose checkpoint cannot finish within the owner's
+/// `max_vacate_time` (here 0 s) is abandoned: the job is killed and the
+/// reason, sent on as the checkpoint's abort, names the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vacate_past_max_vacate_time_abandons_the_checkpoint_and_kills_the_job() {
+    let (Some(_), Some(prog)) = (shim(), reader_program()) else {
+        panic!("prerequisite missing: the shim and the reader program");
+    };
+    let dir = submit_dir();
+    std::fs::write(dir.path().join("input.txt"), lines(600)).unwrap();
+    let store = Arc::new(Mutex::new(Store::default()));
+    let b = CkptBackend::new(JobFs::new(dir.path()).unwrap(), store.clone());
+    let stdout = b.open_std("stdout.txt", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC);
+    let r = Run {
+        program: &prog,
+        ship: true,
+        argv: &["reader"],
+        stdout: Some(stdout),
+        image: None,
+        stdin: None,
+        interval: None,
+    };
+    let out = dir.path().join("output.txt");
+    let during = move |ctl: JobControl| -> VacateFut {
+        Box::pin(async move {
+            while std::fs::read(&out).map_or(0, |b| b.len()) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let o = ctl
+                .vacate("the owner is back", Duration::ZERO)
+                .await
+                .expect("an outcome");
+            vec![o]
+        })
+    };
+    let (status, outcomes) = run(b, dir.path(), r, during).await;
+    assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
+    let CkptOutcome::Failed(why) = &outcomes[0] else {
+        panic!("expected an abandoned checkpoint, got {outcomes:?}");
+    };
+    assert!(
+        why.contains("max_vacate_time (0 s)") && why.contains("job killed"),
+        "{why}"
+    );
+    let s = store.lock().unwrap();
+    assert!(s.image.is_none(), "no image may be committed");
+    assert!(s.aborts.iter().any(|a| a == why), "{:?}", s.aborts);
+    assert!(
+        read(dir.path(), "output.txt").lines().count() < 600,
+        "the job was killed before it finished"
+    );
+}
