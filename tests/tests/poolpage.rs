@@ -208,12 +208,11 @@ fn the_pool_page_lists_machines_and_shows_a_suspension_live() {
                 .for_element(Locator::Css("#jobpanel.open"))
                 .await
                 .expect("the job panel opens");
-            let log_has_suspended = format!(
-                "//pre[@id='joblog' and contains(text(), '\"event\":\"suspended\"')]"
-            );
+            let log_has_suspended =
+                "//pre[@id='joblog' and contains(text(), '\"event\":\"suspended\"')]";
             c.wait()
                 .at_most(wait)
-                .for_element(Locator::XPath(&log_has_suspended))
+                .for_element(Locator::XPath(log_has_suspended))
                 .await
                 .expect("the job's log shows its suspension");
             let log = c.find(Locator::Id("joblog")).await.unwrap().text().await.unwrap();
