@@ -497,6 +497,7 @@ mod tests {
             },
             scratch: scratch.clone(),
             shim: PathBuf::new(),
+            checkpoint_full_every: 0,
         };
         let r = run(args, tokio::sync::mpsc::channel(1).1).await;
         let seen = tokio::time::timeout(std::time::Duration::from_secs(10), shadow)
@@ -637,6 +638,7 @@ mod tests {
             },
             scratch: scratch.clone(),
             shim: PathBuf::new(),
+            checkpoint_full_every: 0,
         };
         let t = std::time::Instant::now();
         let r = tokio::time::timeout(
@@ -755,6 +757,7 @@ mod tests {
             },
             scratch: scratch.clone(),
             shim: PathBuf::new(),
+            checkpoint_full_every: 0,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let activity_file = d.path().join("activity");
@@ -984,6 +987,7 @@ mod tests {
             },
             scratch,
             shim: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libroost_shim.so"),
+            checkpoint_full_every: 0,
         };
         let r = run(args, commands).await;
         let seen = tokio::time::timeout(std::time::Duration::from_secs(30), shadow)

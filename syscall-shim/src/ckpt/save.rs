@@ -480,7 +480,7 @@ fn take(frame: u64, want_increment: bool) {
         let bits = &mut dirty[woff..woff + nw];
         if !increment {
             bits.fill(u64::MAX);
-            if np % 64 != 0 {
+            if !np.is_multiple_of(64) {
                 bits[nw - 1] = (1u64 << (np % 64)) - 1;
             }
             r.pages = np as u64;
