@@ -462,3 +462,120 @@ async fn events(shared: &Shared, mut tls: TlsStream<TcpStream>) {
         tokio::time::sleep(COALESCE).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: i64, time: i64, event: &str, extra: Value) -> (i64, String) {
+        let mut v = json!({ "time": time, "job": "1.0", "event": event });
+        if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+            m.extend(e);
+        }
+        (seq, v.to_string())
+    }
+
+    fn report(state: &str, events: Vec<(i64, String)>) -> QueueReport {
+        QueueReport {
+            schedd: HostName("submit".into()),
+            jobs: vec![QueueJob {
+                id: JobId {
+                    cluster: 1,
+                    proc: 0,
+                },
+                owner: "ann".into(),
+                state: state.into(),
+                executable: "sim".into(),
+                host: None,
+                runs: 2,
+                checkpoints: 1,
+            }],
+            events,
+            metrics: None,
+        }
+    }
+
+    #[test]
+    fn events_are_kept_once_and_the_timeline_counts_moves_and_cpu() {
+        let now = unix_now();
+        let mut v = PoolView::default();
+        v.report(
+            1,
+            report(
+                "running",
+                vec![
+                    ev(1, now - 50, "submitted", json!({})),
+                    ev(2, now - 40, "executing", json!({ "host": "exec1" })),
+                    ev(3, now - 30, "suspended", json!({})),
+                    ev(4, now - 29, "checkpointed", json!({ "bytes": 10 })),
+                    ev(5, now - 28, "vacated", json!({})),
+                ],
+            ),
+        );
+        // A report that repeats records (a reconnect) adds only new ones.
+        v.report(
+            1,
+            report(
+                "completed",
+                vec![
+                    ev(5, now - 28, "vacated", json!({})),
+                    ev(6, now - 20, "executing", json!({ "host": "exec2" })),
+                    ev(7, now - 5, "completed", json!({ "cpu_secs": 5400.0 })),
+                ],
+            ),
+        );
+        let t = v.timeline(now);
+        assert_eq!(
+            t["totals"],
+            json!({"started": 2, "suspended": 1, "checkpointed": 1, "migrated": 1, "completed": 1})
+        );
+        assert_eq!(t["cpu_hours"], json!(1.5));
+        assert_eq!(t["recent"].as_array().unwrap().len(), 7);
+        let j = v.job("submit", "1.0");
+        assert_eq!(j["events"].as_array().unwrap().len(), 7);
+        let moves: Vec<(Value, Value)> = j["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["from"].clone(), m["to"].clone()))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![
+                (Value::Null, json!("exec1")),
+                (json!("exec1"), json!("exec2"))
+            ]
+        );
+        assert_eq!(v.job_states(), vec![("completed".to_string(), 1)]);
+        // The schedd leaves: its queue goes, the hour's events stay.
+        v.disconnect(1);
+        assert!(v.job_states().is_empty());
+        assert_eq!(
+            v.job("submit", "1.0")["events"].as_array().unwrap().len(),
+            7
+        );
+    }
+
+    #[test]
+    fn a_finished_job_s_old_events_leave_the_window() {
+        let now = unix_now();
+        let mut v = PoolView::default();
+        v.report(
+            1,
+            report(
+                "completed",
+                vec![
+                    ev(1, now - 2 * WINDOW, "executing", json!({ "host": "exec1" })),
+                    ev(2, now - 10, "completed", json!({ "cpu_secs": 1.0 })),
+                ],
+            ),
+        );
+        let t = v.timeline(now);
+        assert_eq!(t["totals"]["started"], json!(0));
+        assert_eq!(t["totals"]["completed"], json!(1));
+        assert_eq!(
+            v.job("submit", "1.0")["events"].as_array().unwrap().len(),
+            1
+        );
+    }
+}

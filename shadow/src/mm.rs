@@ -166,15 +166,20 @@ async fn send_queue<W: AsyncWrite + Unpin>(
         })
         .collect();
     let after = *cursor;
-    let events = s
-        .db(move |q| q.events_after(after, Some(since), 5000))
+    let (events, newest) = s
+        .db(move |q| {
+            let newest = q.last_event_seq()?;
+            Ok((q.events_after(after, Some(since), 5000)?, newest))
+        })
         .await
         .map_err(|e| chain(&e))?;
+    // Past every record looked at, so old history is scanned once.
+    *cursor = match events.last() {
+        Some((seq, _)) if events.len() == 5000 => *seq,
+        _ => newest.max(after),
+    };
     if events.is_empty() && last.as_ref() == Some(&jobs) {
         return Ok(());
-    }
-    if let Some((seq, _)) = events.last() {
-        *cursor = *seq;
     }
     *last = Some(jobs.clone());
     let msg = ToMatchmaker::Queue(QueueReport {

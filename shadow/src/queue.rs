@@ -90,6 +90,10 @@ pub struct Image {
     pub time: i64,
     /// The job's files at the checkpoint ([`crate::fs::FsSnapshot`] as JSON).
     pub fs: String,
+    /// How long it took (seconds).
+    pub secs: f64,
+    /// "full" or "incremental".
+    pub kind: String,
 }
 
 /// A checkpoint to commit: the image file is already in place.
@@ -169,6 +173,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     ckpt_time INTEGER,
     ckpt_secs REAL,
     ckpt_fs TEXT,
+    ckpt_kind TEXT,
     hold_reason TEXT,
     hold_pending TEXT,
     hold_by TEXT,
@@ -254,10 +259,12 @@ const ADDED: &[(&str, &str)] = &[
     ("hold_reason", "TEXT"),
     ("hold_pending", "TEXT"),
     ("hold_by", "TEXT"),
+    ("ckpt_kind", "TEXT"),
 ];
 
 const COLS: &str = "cluster, proc, owner, state, spec, host, claim, claimed_at, exit_kind, exit_value, runs, failures, submitted, \
-     checkpoints, ckpt_seq, ckpt_bytes, ckpt_raw, ckpt_time, ckpt_fs, finished, hold_reason, hold_pending";
+     checkpoints, ckpt_seq, ckpt_bytes, ckpt_raw, ckpt_time, ckpt_fs, finished, hold_reason, hold_pending, \
+     ckpt_secs, ckpt_kind";
 
 /// The columns of [`COLS`] after the first twelve.
 struct More {
@@ -270,6 +277,8 @@ struct More {
     finished: Option<i64>,
     hold_reason: Option<String>,
     hold_pending: Option<String>,
+    ckpt_secs: Option<f64>,
+    ckpt_kind: Option<String>,
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawRow, More)> {
@@ -287,6 +296,8 @@ fn more(r: &rusqlite::Row<'_>) -> rusqlite::Result<More> {
         finished: r.get(19)?,
         hold_reason: r.get(20)?,
         hold_pending: r.get(21)?,
+        ckpt_secs: r.get(22)?,
+        ckpt_kind: r.get(23)?,
     })
 }
 
@@ -352,6 +363,8 @@ fn decode((raw, m): (RawRow, More)) -> Result<JobRow> {
                 raw_bytes: m.ckpt_raw.unwrap_or(0) as u64,
                 time: m.ckpt_time.unwrap_or(0),
                 fs,
+                secs: m.ckpt_secs.unwrap_or(0.0),
+                kind: m.ckpt_kind.unwrap_or_else(|| "full".into()),
             }),
             _ => None,
         },
@@ -610,6 +623,13 @@ impl Queue {
         Ok(v)
     }
 
+    /// The newest event record's sequence number (0 when there is none).
+    pub fn last_event_seq(&self) -> Result<i64> {
+        Ok(self
+            .db
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     /// How many jobs are in each state.
     pub fn state_counts(&self) -> Result<Vec<(String, i64)>> {
         let mut st = self
@@ -838,7 +858,7 @@ impl Queue {
         let mut ev = Vec::new();
         let n = tx.execute(
             "UPDATE jobs SET ckpt_seq = ?3, ckpt_bytes = ?4, ckpt_raw = ?5, ckpt_time = ?6,
-                 ckpt_secs = ?7, ckpt_fs = ?8, checkpoints = checkpoints + 1
+                 ckpt_secs = ?7, ckpt_fs = ?8, ckpt_kind = ?9, checkpoints = checkpoints + 1
              WHERE cluster = ?1 AND proc = ?2 AND state = 'running'",
             params![
                 id.cluster as i64,
@@ -848,7 +868,8 @@ impl Queue {
                 img.raw_bytes as i64,
                 now(),
                 img.seconds,
-                img.fs
+                img.fs,
+                img.kind
             ],
         )?;
         if n == 1 {
@@ -1126,6 +1147,8 @@ fn summary(r: JobRow) -> JobSummary {
         checkpoints: r.checkpoints,
         ckpt_bytes: r.image.as_ref().map(|i| i.bytes),
         ckpt_time: r.image.as_ref().map(|i| i.time),
+        ckpt_kind: r.image.as_ref().map(|i| i.kind.clone()),
+        ckpt_secs: r.image.as_ref().map(|i| i.secs),
         finished: r.finished,
         hold_reason: r.hold_reason,
         transfer: None,
