@@ -397,9 +397,9 @@ impl std::error::Error for Revoked {}
 
 /// The pool CA's client verification, then the deny list.
 #[derive(Debug)]
-struct DenyingClientVerifier {
-    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
-    deny: Arc<DenyList>,
+pub(crate) struct DenyingClientVerifier {
+    pub(crate) inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    pub(crate) deny: Arc<DenyList>,
 }
 
 impl rustls::server::danger::ClientCertVerifier for DenyingClientVerifier {

@@ -5,7 +5,7 @@
 //! offers the ALPN protocol `http/1.1` in its hello (browsers, curl,
 //! Prometheus) is handed a second configuration instead ([`accept`]): the
 //! same server certificate, a client certificate optional (checked against
-//! the pool CA when one is sent), ALPN `http/1.1`; then a small read-only
+//! the pool CA and its deny list when one is sent), ALPN `http/1.1`; then a small read-only
 //! HTTP/1.1 server answers one request per connection.
 //!
 //! A request is let in with a certificate from the pool CA or with the
@@ -13,7 +13,10 @@
 //! answer sets the [`COOKIE`] cookie and redirects to the same page without
 //! it), that cookie, or `Authorization: Bearer TOKEN`.
 
-use crate::tls::{PeerIdentity, TlsError, certs, private_key, provider};
+use crate::tls::{
+    DENY_FILE, DenyList, DenyingClientVerifier, PeerIdentity, TlsError, certs, private_key,
+    provider,
+};
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
@@ -42,13 +45,20 @@ pub fn server_config(dir: &Path, name: &str) -> Result<Arc<ServerConfig>, TlsErr
     }
     let chain = certs(&dir.join(format!("{name}.pem")))?;
     let key = private_key(&dir.join(format!("{name}.key")))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()?;
+    // The pool's deny list applies here as on the pool's own connections.
+    let verifier = Arc::new(DenyingClientVerifier {
+        inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()?,
+        deny: Arc::new(DenyList::new(dir.join(DENY_FILE))),
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
+    // No resumption: a resumed handshake would skip the certificate checks.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
