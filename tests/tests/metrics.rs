@@ -193,7 +193,7 @@ fn every_daemon_serves_metrics_and_the_counters_move_as_a_job_runs() {
     // A job that reads and writes on the submit host, checkpointed once.
     let dir = pool.job_dir("metered");
     std::fs::copy(build_job("migrate.c"), dir.join("migrate")).unwrap();
-    let input: String = (0..40).map(|i| format!("line {i}\n")).collect();
+    let input: String = (0..60).map(|i| format!("line {i}\n")).collect();
     std::fs::write(dir.join("input.txt"), input).unwrap();
     let ids = pool.submit(
         &dir,
