@@ -329,6 +329,10 @@ pub fn up(pool: &PoolDir, opts: &UpOptions, out: &mut dyn Write) -> Result<Start
             ),
             _ => {}
         }
+        // A pool made before the pool page had no web token.
+        if proto::web::load_token(&pool.pki())?.is_none() {
+            proto::web::make_token(&pool.pki())?;
+        }
         cfg
     } else {
         let hosts = opts.hosts.unwrap_or(2);
