@@ -108,12 +108,25 @@ pub struct Web {
 
 impl Web {
     /// The configuration and token of daemon `name` in pki directory `dir`.
+    /// A token this daemon may not read (e.g. another user's) is logged
+    /// and left out: then only pool certificates are let in.
     pub fn load(dir: &Path, name: &str) -> Result<Web, TlsError> {
+        let token = load_token(dir).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{e} ({}); HTTPS takes pool certificates only",
+                source_of(&e)
+            );
+            None
+        });
         Ok(Web {
             config: server_config(dir, name)?,
-            token: load_token(dir)?,
+            token,
         })
     }
+}
+
+fn source_of(e: &TlsError) -> String {
+    std::error::Error::source(e).map_or_else(String::new, |s| s.to_string())
 }
 
 /// An accepted TLS connection.
