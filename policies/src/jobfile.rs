@@ -38,11 +38,46 @@ pub const KEYS: &[&str] = &[
     "request_disk",
     "checkpoint_interval",
     "checkpoint_full_every",
+    "network",
+    "listen",
     "max_retries",
     "notification",
     "attributes",
     "queue",
 ];
+
+/// A `network` entry: `host:port`, `[v6]:port`, `host`, `a.b.c.d/len`
+/// (optionally `:port`), with no separators of the list inside.
+fn network_entry_ok(e: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-.:/[]".contains(c);
+    if e.is_empty() || !e.chars().all(ok_char) {
+        return false;
+    }
+    let (host, port) = match e.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match e.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => (e, None),
+            Some((h, p)) => (h, Some(p)),
+            None => (e, None),
+        },
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return false;
+    }
+    match host.split_once('/') {
+        Some((ip, len)) => {
+            ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+        }
+        None => !host.is_empty(),
+    }
+}
 
 /// Default `request_memory`, MiB.
 pub const DEFAULT_REQUEST_MEMORY_MB: u64 = 128;
@@ -179,6 +214,10 @@ pub struct JobDescription {
     pub(crate) checkpoint_interval_secs: Option<u64>,
     /// Increments between full periodic images (`CheckpointFullEvery`).
     pub(crate) checkpoint_full_every: Option<u32>,
+    /// Destinations the job's sockets may reach (`Network`), and whether
+    /// it may listen (`NetworkListen`).
+    pub(crate) network: Vec<String>,
+    pub(crate) listen: bool,
     pub(crate) max_retries: u32,
     pub(crate) notification: Notification,
     pub(crate) attributes: Vec<(String, Attr)>,
@@ -240,6 +279,31 @@ pub fn parse(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, Polic
                 let n = p.int(key, node, 0, u32::MAX as i64, "a non-negative integer")?;
                 d.checkpoint_full_every = Some(n as u32);
             }
+            "network" => {
+                let Kind::Array(items) = &node.kind else {
+                    return Err(p.bad(
+                        node,
+                        key,
+                        "expected an array of \"host:port\" or \"a.b.c.d/len\" strings",
+                    ));
+                };
+                for (i, n) in items.iter().enumerate() {
+                    let k = format!("{key}[{i}]");
+                    let t = p.text(&k, n)?;
+                    if !network_entry_ok(&t.value) {
+                        return Err(p.bad(
+                            n,
+                            &k,
+                            "expected \"host:port\", \"host\", \"a.b.c.d/len\" or \"[v6]:port\"",
+                        ));
+                    }
+                    d.network.push(t.value.clone());
+                }
+            }
+            "listen" => match node.kind {
+                Kind::Bool(b) => d.listen = b,
+                _ => return Err(p.bad(node, key, "expected true or false")),
+            },
             "max_retries" => {
                 let n = p.int(key, node, 0, u32::MAX as i64, "a non-negative integer")?;
                 d.max_retries = n as u32;
@@ -355,6 +419,8 @@ impl JobDescription {
             request_disk_mb: DEFAULT_REQUEST_DISK_MB,
             checkpoint_interval_secs: None,
             checkpoint_full_every: None,
+            network: Vec::new(),
+            listen: false,
             max_retries: 0,
             notification: Notification::Never,
             attributes: Vec::new(),
@@ -592,6 +658,13 @@ impl JobDescription {
         // Periodic images are increments with a full image every N.
         if let Some(n) = self.checkpoint_full_every {
             attributes.insert("CheckpointFullEvery".to_string(), n.to_string());
+        }
+        // The shadow enforces these on the job's sockets.
+        if !self.network.is_empty() {
+            attributes.insert("Network".to_string(), quote_string(&self.network.join(",")));
+        }
+        if self.listen {
+            attributes.insert("NetworkListen".to_string(), "true".to_string());
         }
 
         Ok(ProcessDescription {

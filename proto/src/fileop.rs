@@ -151,6 +151,8 @@ pub enum FileOp {
     /// Does nothing; replies `Ok` once every earlier `Write` is applied
     /// (the shadow executes a job's calls and writes in order).
     Barrier,
+    /// A socket call (see [`crate::net`]).
+    Net(crate::net::NetOp),
 }
 
 impl FileOp {
@@ -169,6 +171,7 @@ impl FileOp {
             | Ftruncate { h, .. }
             | Fsync { h, .. }
             | Lock { h, .. } => Some(*h),
+            Net(op) => op.handle(),
             _ => None,
         }
     }
@@ -178,7 +181,10 @@ impl FileOp {
 pub enum FileReply {
     Ok,
     Err(Errno),
-    Opened { h: Handle, stat: Stat },
+    Opened {
+        h: Handle,
+        stat: Stat,
+    },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Count(u64),
     Offset(i64),
@@ -186,6 +192,8 @@ pub enum FileReply {
     Dirents(Vec<Dirent>),
     Path(#[serde(with = "serde_bytes")] Vec<u8>),
     Lock(Flock),
+    /// Answers to socket calls.
+    Net(crate::net::NetReply),
 }
 
 /// `struct stat`, field for field.

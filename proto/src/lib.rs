@@ -3,6 +3,7 @@
 //! - [`frame`]: length-prefixed, versioned, postcard-encoded frames (sync and async).
 //! - [`ids`]: identities (`JobId`, `ClaimId`, `HostName`, `Handle`).
 //! - [`fileop`]: the remote file calls a job makes (shim → starter → shadow).
+//! - [`net`]: the socket calls a job makes (inside `fileop::FileOp::Net`).
 //! - [`shim`]: the shim ⇄ starter wire (a Unix socket inside the sandbox).
 //! - [`shadow`]: the starter ⇄ shadow wire (TLS).
 //! - [`pool`]: ownerd/schedd ⇄ matchmaker (TLS).
@@ -19,6 +20,7 @@ pub mod fileop;
 pub mod frame;
 pub mod ids;
 pub mod job;
+pub mod net;
 pub mod pool;
 pub mod shadow;
 pub mod shim;

@@ -77,6 +77,11 @@ pub enum ToShadow {
     },
     /// Send the job's last committed image (`ImageChunk`s), or `NoImage`.
     FetchImage,
+    /// `n` more bytes pushed to socket `h` are in its placeholder.
+    PushAck {
+        h: Handle,
+        n: u64,
+    },
 }
 
 // Messages are short-lived and moved once; boxing the big variant buys nothing.
@@ -121,6 +126,13 @@ pub enum FromShadow {
         last: bool,
     },
     NoImage,
+    /// Bytes that arrived on socket `h` (see [`crate::net`]); empty: the
+    /// peer closed its side (end of file for the job).
+    Push {
+        h: Handle,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -978,6 +978,7 @@ impl JobFs {
                 FileReply::Ok
             }
             Barrier => FileReply::Ok,
+            Net(_) => return Err(libc::ENOTSUP),
         })
     }
 

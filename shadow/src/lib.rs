@@ -4,6 +4,7 @@
 //! - [`queue`]: the SQLite queue and the job event log.
 //! - [`cli`]: the `roost` CLI server on `DIR/schedd.sock` (0600, `SO_PEERCRED`).
 //! - [`shadow`]: the TLS server starters attach to; one task per job.
+//! - [`net`]: a running job's sockets on the submit host.
 //! - [`mm`]: the matchmaker client (idle jobs out, matches in).
 //! - [`ckpt`]: the checkpoint image store (`DIR/ckpt/C.P/`).
 //!
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod fs;
 pub mod metrics;
 pub mod mm;
+pub mod net;
 pub mod queue;
 pub mod shadow;
 mod users;

@@ -294,5 +294,6 @@ pub(crate) fn op_name(op: &proto::fileop::FileOp) -> &'static str {
         F::Symlink { .. } => "symlink",
         F::Link { .. } => "link",
         F::Barrier => "barrier",
+        F::Net(_) => "net",
     }
 }

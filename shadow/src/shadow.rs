@@ -146,6 +146,7 @@ fn kind(m: &ToShadow) -> &'static str {
         ToShadow::CkptEnd { .. } => "CkptEnd",
         ToShadow::CkptAbort { .. } => "CkptAbort",
         ToShadow::FetchImage => "FetchImage",
+        ToShadow::PushAck { .. } => "PushAck",
     }
 }
 
@@ -369,6 +370,10 @@ async fn attach(
                 ckpt_error: None,
                 next_seq: row.checkpoints + 1,
                 vacate_by: None,
+                net: crate::net::JobNet::new(
+                    job,
+                    crate::net::Policy::from_attributes(&spec.attributes),
+                ),
             };
             sess.run(&mut st, cmds).await
         }
@@ -494,6 +499,8 @@ struct Session<'a> {
     next_seq: u32,
     /// Asked to vacate: when to give up waiting.
     vacate_by: Option<tokio::time::Instant>,
+    /// The job's sockets.
+    net: crate::net::JobNet,
 }
 
 /// What one message asks of the session loop (moved once; not boxed).
@@ -517,6 +524,12 @@ impl Session<'_> {
             let deadline = self.vacate_by;
             let msg = tokio::select! {
                 m = frames.next(st) => m,
+                p = self.net.next_push() => {
+                    if let Err(e) = send_reusing(st, &p, &mut out).await {
+                        return End::Lost(format!("cannot push socket data: {}", chain(&e)));
+                    }
+                    continue;
+                }
                 c = cmds.recv() => match c {
                     Some(ShadowCmd::Checkpoint { vacate }) => {
                         if let Some(end) = self.ask_checkpoint(st, vacate).await {
@@ -587,6 +600,35 @@ impl Session<'_> {
     ) -> Step {
         let (s, job) = (self.s, self.job);
         match msg {
+            ToShadow::Call {
+                id,
+                op: proto::fileop::FileOp::Net(op),
+            } => {
+                let t0 = std::time::Instant::now();
+                let (reply, denial) = self.net.call(op).await;
+                crate::metrics::remote_call("net", t0.elapsed());
+                if let Some(d) = denial {
+                    let extra = serde_json::json!({ "call": d.call, "to": d.to });
+                    if let Step::End(e) = self.note("network_denied", extra).await {
+                        return Step::End(e);
+                    }
+                }
+                Step::Reply(FromShadow::Reply { id, reply })
+            }
+            ToShadow::Call { id, op } if op.handle().is_some_and(|h| self.net.owns(h)) => {
+                Step::Reply(FromShadow::Reply {
+                    id,
+                    reply: self.net.file_call(&op),
+                })
+            }
+            ToShadow::Write { h, data } if self.net.owns(h) => match self.net.write(h, data) {
+                Ok(()) => Step::Nothing,
+                Err(errno) => Step::Reply(FromShadow::WriteFailed { h, errno }),
+            },
+            ToShadow::PushAck { h, n } => {
+                self.net.ack(h, n);
+                Step::Nothing
+            }
             ToShadow::Call { id, op } => {
                 let t0 = std::time::Instant::now();
                 let call = crate::metrics::op_name(&op);

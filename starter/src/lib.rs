@@ -4,6 +4,7 @@ pub mod ckpt;
 pub mod control;
 pub mod job;
 pub mod metrics;
+pub mod net;
 pub mod ownerd;
 pub mod policy_machine;
 pub mod relay;

@@ -40,6 +40,16 @@ pub trait Backend: Send + 'static {
     /// every earlier call and write.
     fn write(&mut self, h: Handle, data: Vec<u8>) -> impl Future<Output = ()> + Send;
 
+    /// Socket data pushed by the shadow (handle, bytes; empty: end of
+    /// file), taken once by the relay. A backend without sockets has none.
+    fn pushes(&mut self) -> Option<Pushes> {
+        None
+    }
+    /// `n` more pushed bytes of socket `h` are in its placeholder.
+    fn ack(&mut self, _h: Handle, _n: u64) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// A checkpoint image follows (`ckpt_chunk`s, then `ckpt_end` or
     /// `ckpt_abort`). A backend that keeps no images ignores it.
     fn ckpt_begin(&mut self, _reason: String) -> impl Future<Output = ()> + Send {
@@ -66,6 +76,9 @@ pub trait Backend: Send + 'static {
         async {}
     }
 }
+
+/// Socket data the shadow pushes: (handle, bytes; empty: end of file).
+pub type Pushes = mpsc::UnboundedReceiver<(Handle, Vec<u8>)>;
 
 /// Bytes fetched from a read stream's handle per `Read` call.
 const STREAM_CHUNK: u32 = 256 << 10;
@@ -100,12 +113,14 @@ pub(crate) enum IoEvent {
 }
 
 /// Our end of a placeholder, keyed by the inode of the job's end.
-struct Placeholder {
-    h: Handle,
+pub(crate) struct Placeholder {
+    pub(crate) h: Handle,
     flags: i32,
     dir: bool,
-    sock: UnixStream,
+    pub(crate) sock: UnixStream,
     stream: Option<Feed>,
+    /// A remote socket: what the shadow pushed and is not yet in `sock`.
+    pub(crate) net: Option<crate::net::SockFeed>,
     /// The job closed its last copy (read EOF); the handle is to be closed.
     eof: bool,
 }
@@ -121,16 +136,19 @@ struct Feed {
 
 /// The relay actor: the backend and every placeholder of one job.
 pub(crate) struct Relay<B> {
-    backend: B,
-    places: BTreeMap<u64, Placeholder>,
+    pub(crate) backend: B,
+    pub(crate) places: BTreeMap<u64, Placeholder>,
+    /// Socket data pushed by the shadow.
+    pushes: Option<Pushes>,
     /// Where the next readiness scan starts, so that no placeholder starves.
     cursor: u64,
     buf: Vec<u8>,
 }
 
 impl<B: Backend> Relay<B> {
-    pub fn new(backend: B) -> Self {
+    pub fn new(mut backend: B) -> Self {
         Relay {
+            pushes: backend.pushes(),
             backend,
             places: BTreeMap::new(),
             cursor: 0,
@@ -156,6 +174,7 @@ impl<B: Backend> Relay<B> {
             dir,
             sock,
             stream: stream.then(Feed::default),
+            net: None,
             eof: false,
         };
         self.places.insert(ino, place);
@@ -164,6 +183,17 @@ impl<B: Backend> Relay<B> {
 
     /// Waits for a placeholder to become readable, or a stream writable.
     pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<IoEvent> {
+        if let Some(rx) = self.pushes.as_mut() {
+            while let Poll::Ready(m) = rx.poll_recv(cx) {
+                match m {
+                    Some((h, data)) => crate::net::pushed(&mut self.places, h, data),
+                    None => {
+                        self.pushes = None;
+                        break;
+                    }
+                }
+            }
+        }
         let (after, before) = (
             self.places.range(self.cursor..),
             self.places.range(..self.cursor),
@@ -178,7 +208,9 @@ impl<B: Backend> Relay<B> {
                 found = Some(IoEvent::Readable(ino));
                 break;
             }
-            if p.stream.as_ref().is_some_and(|f| !f.done) && p.sock.poll_write_ready(cx).is_ready()
+            if (p.stream.as_ref().is_some_and(|f| !f.done)
+                || p.net.as_ref().is_some_and(|n| n.pending()))
+                && p.sock.poll_write_ready(cx).is_ready()
             {
                 found = Some(IoEvent::Writable(ino));
                 break;
@@ -203,6 +235,9 @@ impl<B: Backend> Relay<B> {
                     self.sync().await;
                 }
             }
+            IoEvent::Writable(ino) if self.places.get(&ino).is_some_and(|p| p.net.is_some()) => {
+                self.feed_sock(ino).await
+            }
             IoEvent::Writable(ino) => self.feed(ino).await,
         }
     }
@@ -218,7 +253,7 @@ impl<B: Backend> Relay<B> {
                             fd,
                             h: p.h,
                             flags: p.flags,
-                            stream: p.stream.is_some(),
+                            stream: p.stream.is_some() || p.net.is_some(),
                             dir: p.dir,
                         })
                     })
@@ -276,6 +311,7 @@ impl<B: Backend> Relay<B> {
                     },
                 }
             }
+            ShimRequest::Call(FileOp::Net(op)) => self.net_call(op).await,
             ShimRequest::Call(op) => Answer {
                 reply: ShimReply::Reply(self.call(op).await),
                 fd: None,
@@ -381,7 +417,7 @@ impl<B: Backend> Relay<B> {
 
     /// Forwards a call after every write already made by the job, and after
     /// closing the handles the job has let go of.
-    async fn call(&mut self, op: FileOp) -> FileReply {
+    pub(crate) async fn call(&mut self, op: FileOp) -> FileReply {
         self.sync().await;
         self.backend.call(op).await
     }

@@ -89,6 +89,8 @@ struct Shared {
     /// Where a fetched image goes (`ImageChunk`s), and who learns first
     /// whether there is one.
     image: Mutex<ImageSink>,
+    /// Socket data the shadow pushes, for the relay (taken once).
+    pushes: Mutex<Option<relay::Pushes>>,
 }
 
 /// The receiving end of a `FetchImage`.
@@ -217,7 +219,9 @@ impl ShadowLink {
             }
         }
         let (rd, wr) = tokio::io::split(tls);
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            pushes: Mutex::new(Some(push_rx)),
             wr: tokio::sync::Mutex::new(wr),
             pending: Mutex::new(Some(VecDeque::new())),
             next_id: AtomicU64::new(1),
@@ -228,7 +232,7 @@ impl ShadowLink {
         });
         let (tx, control) = mpsc::unbounded_channel();
         let (ckpt_tx, checkpoints) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(rd, shared.clone(), tx, ckpt_tx));
+        let reader = tokio::spawn(read_loop(rd, shared.clone(), tx, ckpt_tx, push_tx));
         Ok(ShadowLink {
             checkpoints: Some(checkpoints),
             shared,
@@ -405,6 +409,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<FromShadow>,
     checkpoints: mpsc::UnboundedSender<bool>,
+    pushes: mpsc::UnboundedSender<(Handle, Vec<u8>)>,
 ) {
     // Frame bodies are read into this one buffer, reused from frame to frame.
     let mut body = Vec::new();
@@ -436,6 +441,9 @@ async fn read_loop(
             }
             FromShadow::Checkpoint { vacate } => {
                 let _ = checkpoints.send(vacate);
+            }
+            FromShadow::Push { h, data } => {
+                let _ = pushes.send((h, data));
             }
             FromShadow::CkptCommitted { bytes } => match lock(&shared.ckpt_wait).take() {
                 Some(w) => {
@@ -510,6 +518,16 @@ impl relay::Backend for LinkBackend {
         }
         // A failure marks the link down; the job's next call reports EIO.
         let _ = self.shared.send(&ToShadow::Write { h, data }).await;
+    }
+
+    fn pushes(&mut self) -> Option<relay::Pushes> {
+        lock(&self.shared.pushes).take()
+    }
+
+    async fn ack(&mut self, h: Handle, n: u64) {
+        if self.shared.pending().is_some() {
+            let _ = self.shared.send(&ToShadow::PushAck { h, n }).await;
+        }
     }
 
     async fn ckpt_begin(&mut self, reason: String) {

@@ -31,6 +31,8 @@ pub struct Vfd {
     /// The starter pushes the file into the placeholder (reads are raw).
     pub stream: bool,
     pub dir: bool,
+    /// A remote socket (`proto::net`): written and read in the placeholder.
+    pub sock: bool,
     pub kind: Kind,
     /// Inode of the placeholder socket.
     pub ino: u64,
@@ -53,6 +55,7 @@ impl Vfd {
             flags,
             stream: false,
             dir: false,
+            sock: proto::net::is_sock(h),
             kind: Kind::Unknown,
             ino,
             written: false,

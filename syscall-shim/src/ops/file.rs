@@ -266,6 +266,10 @@ pub fn write_check(fd: i32) -> Op<isize> {
         return None;
     }
     let v = s.vfd(fd)?;
+    if v.sock {
+        // Socket bytes go to the peer; nothing to flush on close.
+        return None;
+    }
     if v.stream || v.dir || !v.writable() {
         return Some(Err(libc::EBADF));
     }
@@ -417,6 +421,10 @@ pub fn dup3(old: i32, new: i32, flags: i32, is_dup2: bool) -> Op<i32> {
 pub unsafe fn fcntl(fd: i32, cmd: i32, arg: usize) -> Op<i32> {
     let mut s = SHIM.lock();
     if !s.remote(fd) {
+        return None;
+    }
+    if matches!(cmd, libc::F_GETFL | libc::F_SETFL) && s.vfds.get(fd).is_some_and(|v| v.sock) {
+        // A socket's O_NONBLOCK is its placeholder's own.
         return None;
     }
     match cmd {

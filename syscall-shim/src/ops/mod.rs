@@ -7,6 +7,7 @@
 pub mod dir;
 pub mod file;
 pub mod meta;
+pub mod net;
 pub mod process;
 pub mod stdio;
 
