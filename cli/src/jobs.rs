@@ -462,6 +462,8 @@ mod tests {
             checkpoints: 0,
             ckpt_bytes: None,
             ckpt_time: None,
+            ckpt_kind: None,
+            ckpt_secs: None,
             finished: None,
             hold_reason: None,
             transfer: None,

@@ -161,20 +161,32 @@ pub fn transfers(jobs: &[JobSummary]) -> String {
     out
 }
 
-/// The CKPT column: how many checkpoints, the last image's size and age
-/// (`now` in unix seconds), or `-`.
+/// The CKPT column: how many checkpoints, the last image's size (with
+/// `incr` for an increment), how long it took and its age (`now` in unix
+/// seconds), or `-`.
 pub fn ckpt_text(j: &JobSummary, now: i64) -> String {
     if j.checkpoints == 0 {
         return "-".into();
     }
+    let size = |b: u64| {
+        let incr = if j.ckpt_kind.as_deref() == Some("incremental") {
+            " incr"
+        } else {
+            ""
+        };
+        match j.ckpt_secs {
+            Some(s) => format!("{}{incr} in {s:.1}s", bytes(b)),
+            None => format!("{}{incr}", bytes(b)),
+        }
+    };
     match (j.ckpt_bytes, j.ckpt_time) {
         (Some(b), Some(t)) => format!(
             "{}, {}, {} ago",
             j.checkpoints,
-            bytes(b),
+            size(b),
             duration((now - t).max(0) as f64)
         ),
-        (Some(b), None) => format!("{}, {}", j.checkpoints, bytes(b)),
+        (Some(b), None) => format!("{}, {}", j.checkpoints, size(b)),
         _ => format!("{}, no image", j.checkpoints),
     }
 }
@@ -648,6 +660,8 @@ mod tests {
             checkpoints: 0,
             ckpt_bytes: None,
             ckpt_time: None,
+            ckpt_kind: None,
+            ckpt_secs: None,
             finished: None,
             hold_reason: None,
             transfer: None,
@@ -736,6 +750,14 @@ ID    OWNER  STATE    HOST   RUNS  CKPT                  CMD
 2 jobs: 1 idle, 1 running
 "
         );
+        jobs[0].ckpt_kind = Some("incremental".into());
+        jobs[0].ckpt_secs = Some(0.42);
+        assert_eq!(
+            ckpt_text(&jobs[0], 1185),
+            "2, 2.5 MB incr in 0.4s, 3m05s ago"
+        );
+        jobs[0].ckpt_kind = Some("full".into());
+        assert_eq!(ckpt_text(&jobs[0], 1185), "2, 2.5 MB in 0.4s, 3m05s ago");
     }
 
     #[test]

@@ -379,6 +379,8 @@ Machines whose own requirements reject the job:
             checkpoints: 0,
             ckpt_bytes: None,
             ckpt_time: None,
+            ckpt_kind: None,
+            ckpt_secs: None,
             finished: None,
             hold_reason: None,
             transfer: None,

@@ -57,6 +57,8 @@ fn job(proc: u32, state: JobState, exit: Option<ExitStatus>) -> JobSummary {
         checkpoints: 0,
         ckpt_bytes: None,
         ckpt_time: None,
+        ckpt_kind: None,
+        ckpt_secs: None,
         finished: None,
         hold_reason: None,
         transfer: None,

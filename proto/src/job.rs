@@ -107,6 +107,12 @@ pub struct JobSummary {
     /// When the last checkpoint was committed (unix seconds).
     #[serde(default)]
     pub ckpt_time: Option<i64>,
+    /// The last checkpoint: "full" or "incremental".
+    #[serde(default)]
+    pub ckpt_kind: Option<String>,
+    /// How long the last checkpoint took (seconds).
+    #[serde(default)]
+    pub ckpt_secs: Option<f64>,
     /// When the job completed or was removed (unix seconds).
     #[serde(default)]
     pub finished: Option<i64>,
