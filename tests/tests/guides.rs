@@ -39,11 +39,10 @@ struct Block {
 
 /// `key=value` and `key="value with spaces"` words after the language.
 fn attrs(info: &str) -> (String, BTreeMap<String, String>) {
-    let mut chars = info.trim().chars().peekable();
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
-    while let Some(c) = chars.next() {
+    for c in info.trim().chars() {
         match c {
             '"' => quoted = !quoted,
             c if c.is_whitespace() && !quoted => {
