@@ -8,7 +8,8 @@
 //!
 //! - **capture**: signal 36, the shim streams its image into a Unix socket,
 //!   the bench reads and drops it and acks (`proto::ckpt::ACK_COMMITTED`);
-//! - **checkpoint**: the same image through zstd level 1 (as the starter
+//! - **checkpoint**: the same image through zstd at the pool's level
+//!   (`proto::ckpt::ZSTD_LEVEL`, as the starter
 //!   does it), over a TLS 1.3 loopback connection set up beforehand (the
 //!   pool's `proto::tls`, a throwaway CA), into a file on the other side,
 //!   which fsyncs it, renames it and acks back; the job's ack follows;
@@ -24,7 +25,7 @@
 //!
 //! Checkpoint times run from sending the signal (a `kill` process, ~1 ms)
 //! to the ack. Baselines in the same run: loopback TCP and TLS throughput,
-//! disk write + fsync, zstd -1 on the same data. With a built pool
+//! disk write + fsync, zstd at that level on the same data. With a built pool
 //! (`--no-pool` skips it), the real thing is timed too: `roost checkpoint`
 //! in a personal pool, `seconds` and `bytes` from the job's event log.
 
@@ -536,7 +537,8 @@ fn checkpoint_as(
     if increment && kind != KIND_INCREMENT {
         bail!("asked for an increment, the shim sent a full image");
     }
-    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(2 * CHUNK), 1)?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::with_capacity(2 * CHUNK), proto::ckpt::ZSTD_LEVEL)?;
     if workers > 0 {
         enc.multithread(workers)?;
     }
@@ -857,13 +859,13 @@ fn disk_mbs(dir: &Path, data: &[u8], bytes: usize, runs: usize) -> Result<f64> {
     Ok(median(v))
 }
 
-/// Median zstd level 1 throughput (MB/s of input) and ratio on `data`.
+/// Median zstd throughput at the pool's level (MB/s of input) and ratio on `data`.
 fn zstd_mbs(data: &[u8], runs: usize, workers: u32) -> Result<(f64, f64)> {
     let mut v = vec![];
     let mut ratio = 0.0;
     for _ in 0..runs {
         let t0 = Instant::now();
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1)?;
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), proto::ckpt::ZSTD_LEVEL)?;
         if workers > 0 {
             enc.multithread(workers)?;
         }
@@ -1036,8 +1038,9 @@ pub fn run(o: &Opts, tmp: &Path) -> Result<()> {
         loadavg()
     );
     println!(
-        "roost checkpoint/restart: medians of {} runs; zstd level 1{}; MB = 10^6 bytes, MB/s of the raw image",
+        "roost checkpoint/restart: medians of {} runs; zstd level {}{}; MB = 10^6 bytes, MB/s of the raw image",
         o.runs,
+        proto::ckpt::ZSTD_LEVEL,
         if o.workers > 0 {
             format!(" with {} worker thread(s)", o.workers)
         } else {
@@ -1048,7 +1051,8 @@ pub fn run(o: &Opts, tmp: &Path) -> Result<()> {
         "baselines ({biggest} MiB, same run): loopback TCP {tcp:.0} MB/s, TLS 1.3 loopback {tls:.0} MB/s, disk write+fsync {disk:.0} MB/s"
     );
     println!(
-        "  zstd -1 on the job's data: {zstd1:.0} MB/s one thread{}, ratio {ratio:.2}",
+        "  zstd level {} on the job's data: {zstd1:.0} MB/s one thread{}, ratio {ratio:.2}",
+        proto::ckpt::ZSTD_LEVEL,
         if o.workers > 0 {
             format!(", {zstdw:.0} MB/s with {} worker(s)", o.workers)
         } else {

@@ -38,7 +38,7 @@ pub const CKPT_SOCK_NAME: &str = ".roost-ckpt.sock";
 /// Largest compressed piece handed to the backend (one `CkptChunk`).
 pub const CHUNK: usize = 1 << 20;
 /// zstd level: fast enough to keep up with the network.
-const LEVEL: i32 = 1;
+const LEVEL: i32 = proto::ckpt::ZSTD_LEVEL;
 /// Limits on the image's tables (the shim's own).
 const MAX_REGIONS: u32 = 8192;
 const MAX_FDS: u32 = 1024;

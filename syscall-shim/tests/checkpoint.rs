@@ -52,7 +52,11 @@ fn receive_image(l: &UnixListener, child: &mut Child, dir: &Path) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let hsize = std::mem::size_of::<ImageHeader>();
     let mut img = vec![0u8; hsize];
-    s.read_exact(&mut img[..8]).unwrap();
+    if let Err(e) = s.read_exact(&mut img[..8]) {
+        let _ = child.wait();
+        let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+        panic!("no image ({e}); the job: {:?}: {stderr}", child.try_wait());
+    }
     if img[..8] == proto::ckpt::REFUSED {
         let mut why = String::new();
         let _ = s.read_to_string(&mut why);

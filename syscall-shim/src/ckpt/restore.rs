@@ -8,8 +8,8 @@ use super::sys::{self, read_exact, say, sc};
 use super::{AREA, AREA_SIZE, ENV_RESTORE_FD};
 use core::arch::asm;
 use proto::ckpt::{
-    Checksum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, KIND_FULL, KIND_INCREMENT, REATTACH,
-    RF_DATA, RF_FILE, RF_HEAP, RF_STACK, Region, bitmap_words, checksum, table_bytes,
+    DataSum, FD_LOCAL, FD_REMOTE, FdRecord, ImageHeader, KIND_FULL, KIND_INCREMENT, REATTACH,
+    RF_DATA, RF_FILE, RF_HEAP, RF_STACK, Region, bitmap_words, checksum, page_hash, table_bytes,
 };
 
 /// Called by the shim after memory is restored and before the job runs
@@ -396,8 +396,8 @@ unsafe fn fill(fd: i32, r: &Region) {
         if marked != r.pages {
             die(&[b"checkpoint image data is corrupt (page bitmap)"]);
         }
-        let mut sum = Checksum::new(nw as u64 * 8 + r.pages * PAGE as u64);
-        sum.update(table_bytes(bits));
+        let mut sum = DataSum::new(nw as u64, r.pages);
+        sum.bitmap(table_bytes(bits));
         // Through a buffer in the restore area: the kernel may write
         // into restored memory at any time (the rseq area), so the
         // checksum is taken over the bytes as they arrived.
@@ -421,7 +421,9 @@ unsafe fn fill(fd: i32, r: &Region) {
             if !read_exact(fd, bounce.as_mut_ptr(), n) {
                 die(&[b"the image ends in a memory region"]);
             }
-            sum.update(&bounce[..n]);
+            for p in bounce[..n].chunks_exact(PAGE) {
+                sum.page(page_hash(p));
+            }
             core::ptr::copy_nonoverlapping(
                 bounce.as_ptr(),
                 (r.start as usize + i * PAGE) as *mut u8,

@@ -11,9 +11,9 @@ use super::sys::{self, sc, write_all};
 use super::{AREA, SIG_CKPT, WORK, WORK_SIZE};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use proto::ckpt::{
-    ACK_COMMITTED, ARCH_X86_64, Checksum, FD_LOCAL, FdRecord, ImageHeader, KIND_FULL,
-    KIND_INCREMENT, KSigaction, MAGIC, REFUSED, RF_DATA, Region, VERSION, bitmap_words, checksum,
-    page_hash, table_bytes,
+    ACK_COMMITTED, ARCH_X86_64, DataSum, FD_LOCAL, FdRecord, ImageHeader, KIND_FULL,
+    KIND_INCREMENT, KSigaction, MAGIC, REFUSED, RF_DATA, RF_STACK, Region, VERSION, bitmap_words,
+    checksum, page_hash, table_bytes,
 };
 
 pub const MAX_REGIONS: usize = 8192;
@@ -489,9 +489,18 @@ fn take(frame: u64, want_increment: bool) {
             let mut sent = 0;
             for i in 0..np {
                 let a = r.start + (i * PAGE) as u64;
-                // SAFETY: the page lies in a readable region of this process.
-                let page = unsafe { core::slice::from_raw_parts(a as *const u8, PAGE) };
-                let h = page_hash(page);
+                let h = if r.flags & RF_STACK != 0 {
+                    // The stack holds this handler's own frames: hashed
+                    // from a copy (memmove), not in place.
+                    // SAFETY: the page is mapped readable; the bounce
+                    // buffer lies in the work area.
+                    unsafe { core::ptr::copy(a as *const u8, bounce.as_mut_ptr(), PAGE) };
+                    page_hash(&bounce[..PAGE])
+                } else {
+                    // SAFETY: the page lies in a readable region of this
+                    // process, outside the handler's stack.
+                    page_hash(unsafe { core::slice::from_raw_parts(a as *const u8, PAGE) })
+                };
                 while pi < prev.len() && prev[pi].end <= a {
                     pi += 1;
                 }
@@ -578,9 +587,9 @@ fn take(frame: u64, want_increment: bool) {
         let np = r.npages(PAGE as u64) as usize;
         let nw = bitmap_words(np as u64) as usize;
         let bits = &dirty[woff..woff + nw];
-        let mut sum = Checksum::new(nw as u64 * 8 + r.pages * PAGE as u64);
+        let mut sum = DataSum::new(nw as u64, r.pages);
         let bitmap = table_bytes(bits);
-        sum.update(bitmap);
+        sum.bitmap(bitmap);
         ok = write_all(fd, bitmap);
         let set = |i: usize| bits[i / 64] & (1 << (i % 64)) != 0;
         let mut i = 0;
@@ -607,12 +616,13 @@ fn take(frame: u64, want_increment: bool) {
                     len,
                 )
             };
-            if tracked {
-                for (k, p) in bounce[..len].chunks_exact(PAGE).enumerate() {
-                    new_hash[hoff + i + k] = page_hash(p);
+            for (k, p) in bounce[..len].chunks_exact(PAGE).enumerate() {
+                let h = page_hash(p);
+                sum.page(h);
+                if tracked {
+                    new_hash[hoff + i + k] = h;
                 }
             }
-            sum.update(&bounce[..len]);
             ok = write_all(fd, &bounce[..len]);
             i = j;
         }
