@@ -9,9 +9,13 @@
 //!
 //! Checkpoint and restart (`--ckpt`): see [`ckpt`].
 //!
+//! Owner activity → job stopped (`--activity [--rounds N]`): see [`activity`].
+//!
 //! Usage: `cargo run --release -p roost-bench -- [--size-mib N] [--runs N] [--calls N] [--no-build]`
 //! or `cargo run --release -p roost-bench -- --ckpt [--sizes 64,256,1024] [--runs N] [--workers N] [--no-pool] [--no-mist] [--no-build]`
+//! or `cargo run --release -p roost-bench -- --activity [--rounds N] [--no-build]`
 
+mod activity;
 mod baseline;
 mod ckpt;
 mod mist;
@@ -173,10 +177,14 @@ fn main() -> Result<()> {
     let mut workers = 1;
     let mut pool = true;
     let mut mist = true;
+    let mut activity_mode = false;
+    let mut rounds = 20;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--ckpt" => ckpt_mode = true,
+            "--activity" => activity_mode = true,
+            "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
             "--sizes" => {
                 sizes = args
                     .next()
@@ -200,6 +208,7 @@ fn main() -> Result<()> {
                 println!(
                     "       roost-bench --ckpt [--sizes MIB,… (default 64,256,1024)] [--runs N (default 3)] [--workers N (zstd threads, default 1)] [--no-pool] [--no-mist] [--no-build]"
                 );
+                println!("       roost-bench --activity [--rounds N (default 20)] [--no-build]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -207,6 +216,17 @@ fn main() -> Result<()> {
     }
     if size_mib == 0 || runs == 0 || calls == 0 {
         bail!("--size-mib, --runs and --calls must be at least 1");
+    }
+    if activity_mode {
+        if rounds == 0 {
+            bail!("--rounds must be at least 1");
+        }
+        let bin = if build {
+            build_roost()?
+        } else {
+            workspace().join("target/release")
+        };
+        return activity::run(&bin, rounds);
     }
     if ckpt_mode {
         if sizes.is_empty() || sizes.contains(&0) {
