@@ -392,6 +392,29 @@ pub fn completions(cmd: &mut Command, shell: clap_complete::Shell, out: &mut dyn
 
 pub use clap_complete::Shell;
 
+/// Where the shipped config files are: `dist/config/` of the workspace.
+pub fn shipped_config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/config")
+}
+
+/// For a daemon's tests: panics unless `dist/config/NAME.toml` (NAME is
+/// the command's name) sets every built-in default of `A` and names every
+/// other key (see [`check_shipped`]); prints the file it should be.
+pub fn assert_shipped<A: Parser>() {
+    let cmd = A::command();
+    let path = shipped_config_dir().join(format!("{}.toml", cmd.get_name()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    if let Err(wrong) = check_shipped(&cmd, &text) {
+        panic!(
+            "{} does not say what {} does:\n{wrong}\n\nit could be:\n{}",
+            path.display(),
+            cmd.get_name(),
+            default_config(&cmd)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,28 +528,5 @@ mod tests {
         let mut out = Vec::new();
         completions(&mut Args::command(), Shell::Bash, &mut out);
         assert!(String::from_utf8(out).unwrap().contains("--cycle-secs"));
-    }
-}
-
-/// Where the shipped config files are: `dist/config/` of the workspace.
-pub fn shipped_config_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/config")
-}
-
-/// For a daemon's tests: panics unless `dist/config/NAME.toml` (NAME is
-/// the command's name) sets every built-in default of `A` and names every
-/// other key (see [`check_shipped`]); prints the file it should be.
-pub fn assert_shipped<A: Parser>() {
-    let cmd = A::command();
-    let path = shipped_config_dir().join(format!("{}.toml", cmd.get_name()));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    if let Err(wrong) = check_shipped(&cmd, &text) {
-        panic!(
-            "{} does not say what {} does:\n{wrong}\n\nit could be:\n{}",
-            path.display(),
-            cmd.get_name(),
-            default_config(&cmd)
-        );
     }
 }
