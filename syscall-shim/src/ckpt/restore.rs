@@ -363,6 +363,12 @@ unsafe fn apply(fd: i32, h: &ImageHeader, full: bool) {
             {
                 die(&[b"cannot map a memory region back"]);
             }
+            if full && r.pages == r.npages(4096) {
+                // Every page is about to be written: fault them in with
+                // one call (MADV_POPULATE_WRITE) rather than one trap per
+                // page; a kernel without it just faults as the copy goes.
+                sc(sys::MADVISE, r.start as usize, len, 23, 0, 0, 0);
+            }
             fill(fd, r);
             sc(
                 sys::MPROTECT,

@@ -12,6 +12,7 @@ pub const MMAP: usize = 9;
 pub const MPROTECT: usize = 10;
 pub const MUNMAP: usize = 11;
 pub const BRK: usize = 12;
+pub const MADVISE: usize = 28;
 pub const RT_SIGACTION: usize = 13;
 pub const IOCTL: usize = 16;
 pub const SOCKET: usize = 41;
