@@ -340,6 +340,51 @@ fn the_user_guide_runs() {
     );
 }
 
+/// The user's guide has a row for every key a job file may hold: the keys
+/// are the ones `roost submit` lists when it meets an unknown one.
+#[test]
+fn the_user_guide_lists_every_job_file_key() {
+    let bin = ensure_built();
+    let dir = std::env::temp_dir().join(format!("roost-guide-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("k.toml"),
+        "executable = \"/bin/true\"\nnot_a_key = 1\n",
+    )
+    .unwrap();
+    let o = Command::new(bin.join("roost"))
+        .current_dir(&dir)
+        .args(["submit", "--dry-run", "k.toml"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let msg = text(&o.stderr);
+    let keys = msg
+        .split_once("(expected one of: ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list.split(", ").map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no key list in {msg:?}"));
+    assert!(keys.len() > 10, "{keys:?}");
+    let guide = std::fs::read_to_string(workspace().join("docs/user-guide.md")).unwrap();
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            let k = if *k == "attributes" {
+                "[attributes]"
+            } else {
+                k.as_str()
+            };
+            !guide
+                .lines()
+                .any(|l| l.starts_with('|') && l.contains(&format!("`{k}`")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/user-guide.md has no table row for {missing:?}"
+    );
+}
+
 /// The README links both guides.
 #[test]
 fn the_readme_links_the_guides() {
