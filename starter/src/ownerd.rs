@@ -148,6 +148,11 @@ pub fn machine_attrs(o: &Observed) -> policies::Ad {
     ad.set("MyType", "Machine");
     ad.set("Arch", "X86_64");
     ad.set("OpSys", "LINUX");
+    // What of the job sandbox this kernel enforces (see `crate::sandbox`).
+    let sandbox = crate::sandbox::features();
+    ad.set("HasLandlock", sandbox.landlock_abi > 0);
+    ad.set("LandlockAbi", i64::from(sandbox.landlock_abi));
+    ad.set("HasSeccomp", sandbox.seccomp);
     ad.set(
         "Cpus",
         std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
@@ -481,6 +486,19 @@ async fn connect(cfg: &Config, id: &Identity) -> Result<Link, String> {
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, dial)
         .await
         .map_err(|_| "timed out".to_string())??;
+    // Claims come down this connection: only the matchmaker's role may
+    // send them (a user's certificate naming `cm` may not).
+    match proto::tls::client_peer(&tls) {
+        Some(p) if p.role == "matchmaker" => {}
+        p => {
+            return Err(format!(
+                "the peer is {}, not a matchmaker; refused",
+                p.map_or("a certificate without a name or role".to_string(), |p| {
+                    format!("`{}` with role `{}`", p.name, p.role)
+                })
+            ));
+        }
+    }
     let (mut rd, wr) = tokio::io::split(tls);
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -1101,6 +1119,52 @@ mod tests {
             .unwrap();
         assert!(rx.borrow_and_update().expect("an activity time") > first);
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    /// A server holding a user's certificate named like the matchmaker
+    /// gets no ad (and could push no claim): the ownerd hangs up.
+    #[tokio::test]
+    async fn a_matchmaker_without_the_matchmaker_role_is_refused() {
+        use proto::tls::{init_ca, issue};
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        init_ca(&pki, "t").unwrap();
+        issue(&pki, "cm", "user", &[]).unwrap();
+        issue(&pki, "exec1", "ownerd", &[]).unwrap();
+        let state = d.path().join("exec1");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = Config {
+            pki: pki.clone(),
+            name: "exec1".into(),
+            dir: state.clone(),
+            matchmaker: l.local_addr().unwrap().to_string(),
+            matchmaker_name: "cm".into(),
+            activity_file: state.join("activity"),
+            devices: false,
+            policy: idle_policy(Duration::from_secs(2)),
+            starter: "/bin/false".into(),
+            shim: "/opt/roost/libroost_shim.so".into(),
+            release_grace: RELEASE_GRACE,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(cfg, async move {
+            let _ = stop_rx.await;
+        }));
+        let (tcp, _) = l.accept().await.unwrap();
+        let acc = Identity::load(&pki, "cm").unwrap().acceptor();
+        let mut fake = acc.accept(tcp).await.unwrap();
+        let m = tokio::time::timeout(
+            Duration::from_secs(7),
+            read_frame_async::<_, ToMatchmaker>(&mut fake, MAX_FRAME),
+        )
+        .await
+        .expect("the ownerd neither advertised nor hung up within 7 s");
+        assert!(
+            m.is_err(),
+            "the ownerd advertised to a user's certificate: {m:?}"
+        );
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
     }
 
     /// The ownerd against a fake matchmaker, with a fake starter script.
