@@ -460,6 +460,83 @@ mod tests {
         assert!(!s.job_dir(id(1)).exists());
     }
 
+    /// A stored image: a sealed header of `kind` (ids given), compressed.
+    fn store_image(s: &Store, job: JobId, seq: u32, kind: u32, id: u64, parent: u64) {
+        use proto::ckpt::{ARCH_X86_64, KSigaction, MAGIC, VERSION};
+        let mut h = ImageHeader {
+            magic: MAGIC,
+            version: VERSION,
+            arch: ARCH_X86_64,
+            page_size: 4096,
+            nregions: 0,
+            nfds: 0,
+            umask: 0,
+            fs_base: 0,
+            frame: 0,
+            brk: 0,
+            sigactions: [KSigaction::default(); 65],
+            kind,
+            reserved: 0,
+            image_id: id,
+            parent_id: parent,
+            tables_sum: 0,
+            header_sum: 0,
+        };
+        h.seal();
+        std::fs::create_dir_all(s.job_dir(job)).unwrap();
+        let z = zstd::stream::encode_all(h.as_bytes(), 1).unwrap();
+        std::fs::write(s.image_path(job, seq), z).unwrap();
+    }
+
+    #[test]
+    fn a_chain_runs_back_to_its_full_image_and_survives_an_unfinished_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        let job = id(7);
+        // An older chain (1, 2), a newer one (3 full, 4 and 5 increments).
+        store_image(&s, job, 1, KIND_FULL, 11, 0);
+        store_image(&s, job, 2, KIND_INCREMENT, 12, 11);
+        store_image(&s, job, 3, KIND_FULL, 13, 0);
+        store_image(&s, job, 4, KIND_INCREMENT, 14, 13);
+        store_image(&s, job, 5, KIND_INCREMENT, 15, 14);
+        assert_eq!(s.chain(job, 5), Ok(vec![3, 4, 5]));
+        assert_eq!(s.chain(job, 2), Ok(vec![1, 2]));
+        assert_eq!(s.chain(job, 3), Ok(vec![3]));
+        let full = read_header(&s.image_path(job, 3)).unwrap();
+        assert_eq!(kind_name(&full), "full");
+
+        // An increment must follow the committed image.
+        let inc = read_header(&s.image_path(job, 5)).unwrap();
+        assert_eq!(kind_name(&inc), "incremental");
+        assert!(s.check_parent(job, &inc, Some(4)).is_ok());
+        let e = s.check_parent(job, &inc, Some(3)).unwrap_err();
+        assert!(e.contains("not taken after"), "{e}");
+        assert!(s.check_parent(job, &inc, None).is_err());
+        assert!(s.check_parent(job, &full, None).is_ok());
+
+        // The schedd died while image 6 (a new full image, renamed but not
+        // committed) and a transfer (image.tmp) were under way: what the
+        // queue names (5) keeps its whole chain; the rest goes.
+        store_image(&s, job, 6, KIND_FULL, 16, 0);
+        std::fs::write(s.job_dir(job).join(TMP), b"half an image").unwrap();
+        s.prune(job, 5);
+        assert_eq!(s.seqs(job), vec![3, 4, 5]);
+        assert_eq!(s.chain(job, 5), Ok(vec![3, 4, 5]));
+
+        // A full image committed: the older chain goes.
+        store_image(&s, job, 6, KIND_FULL, 16, 0);
+        s.prune(job, 6);
+        assert_eq!(s.seqs(job), vec![6]);
+
+        // A missing link is a clear error.
+        store_image(&s, job, 8, KIND_INCREMENT, 18, 17);
+        let e = s.chain(job, 8).unwrap_err();
+        assert!(e.contains("image 8"), "{e}");
+        std::fs::remove_file(s.image_path(job, 6)).unwrap();
+        let e = s.chain(job, 8).unwrap_err();
+        assert!(e.contains("full image is missing"), "{e}");
+    }
+
     #[test]
     fn an_arriving_image_is_shown_until_it_is_finished_or_dropped() {
         let d = tempfile::tempdir().unwrap();
