@@ -51,6 +51,12 @@ pub enum ConfigError {
         key: String,
         expected: &'static str,
     },
+    #[error("{path}: key '{key}': {message}")]
+    BadFlagValue {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
     #[error("--config needs a file name")]
     NoPath,
 }
@@ -199,8 +205,16 @@ pub fn config_args(cmd: &Command, path: &Path, text: &str) -> Result<Vec<OsStrin
 /// `argv` with the settings of its `--config FILE` (if any) put before the
 /// real arguments, so that the real ones win.
 pub fn merge_config(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
+    Ok(merge(cmd, argv)?.0)
+}
+
+/// [`merge_config`], and the config file with the flags it stood for.
+fn merge(
+    cmd: &Command,
+    argv: Vec<OsString>,
+) -> Result<(Vec<OsString>, Option<(PathBuf, Vec<OsString>)>), ConfigError> {
     let Some(path) = config_path(&argv)? else {
-        return Ok(argv);
+        return Ok((argv, None));
     };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
         path: path.clone(),
@@ -210,18 +224,59 @@ pub fn merge_config(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>,
     let mut out = Vec::with_capacity(argv.len() + from_file.len());
     let mut it = argv.into_iter();
     out.extend(it.next());
-    out.extend(from_file);
+    out.extend(from_file.iter().cloned());
     out.extend(it);
-    Ok(out)
+    Ok((out, Some((path, from_file))))
+}
+
+/// The file's setting whose value clap refuses, as an error naming the
+/// file and the key (clap's own message would name only the flag).
+fn bad_file_value(cmd: &Command, path: &Path, from_file: &[OsString]) -> Option<ConfigError> {
+    use clap::error::ErrorKind;
+    let prog = OsString::from(cmd.get_name());
+    from_file.iter().find_map(|arg| {
+        let e = cmd
+            .clone()
+            .try_get_matches_from([prog.clone(), arg.clone()])
+            .err()?;
+        if !matches!(
+            e.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        ) {
+            return None;
+        }
+        let flag = arg.to_string_lossy();
+        let key = flag
+            .trim_start_matches("--")
+            .split('=')
+            .next()
+            .unwrap_or_default()
+            .replace('-', "_");
+        let message = e
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        Some(ConfigError::BadFlagValue {
+            path: path.to_path_buf(),
+            key,
+            message,
+        })
+    })
 }
 
 /// Parses a daemon's command line from `argv`, `--config FILE` included.
 pub fn try_parse_daemon_from<A: Parser>(argv: Vec<OsString>) -> Result<A, DaemonArgsError> {
     let cmd = A::command().args_override_self(true);
-    let argv = merge_config(&cmd, argv).map_err(DaemonArgsError::Config)?;
-    let m = cmd
-        .try_get_matches_from(argv)
-        .map_err(DaemonArgsError::Clap)?;
+    let (argv, file) = merge(&cmd, argv).map_err(DaemonArgsError::Config)?;
+    let m = cmd.clone().try_get_matches_from(argv).map_err(|e| {
+        file.as_ref()
+            .and_then(|(path, from_file)| bad_file_value(&cmd, path, from_file))
+            .map_or(DaemonArgsError::Clap(e), DaemonArgsError::Config)
+    })?;
     A::from_arg_matches(&m).map_err(DaemonArgsError::Clap)
 }
 
@@ -486,7 +541,18 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("soon"), "{e}");
+        assert!(
+            e.ends_with(
+                "key 'cycle_secs': invalid value 'soon' for '--cycle-secs <CYCLE_SECS>': \
+                 invalid float literal"
+            ),
+            "{e}"
+        );
+        // The same value as a flag is clap's own error.
+        let e = parse("name = \"a\"\n", &["--cycle-secs", "soon"])
+            .err()
+            .unwrap();
+        assert!(matches!(e, DaemonArgsError::Clap(_)), "{e}");
         let e = parse("name = [1]\n", &[]).err().unwrap().to_string();
         assert!(
             e.ends_with("key 'name': expected a string, a number or a boolean"),
