@@ -294,3 +294,46 @@ fn python_migrated_twice_and_a_threaded_job_restarted_from_scratch() {
     );
     let _ = std::fs::remove_dir_all(local);
 }
+
+#[test]
+fn a_vacate_checkpoint_past_the_owners_max_vacate_time_is_abandoned() {
+    // The owner's policy gives a vacate no time at all: the checkpoint is
+    // abandoned, the job killed and requeued, and its log says why.
+    let policy = FAST_POLICY.replace("max_vacate_time = 120", "max_vacate_time = 0");
+    let pool = Pool::start_with_policy(1, Some(&policy));
+    let dir = pool.job_dir("impatient");
+    let bin = build_job("migrate.c");
+    std::fs::copy(&bin, dir.join("migrate")).unwrap();
+    std::fs::write(dir.join("input.txt"), input(200)).unwrap();
+    let ids = pool.submit(
+        &dir,
+        "executable = \"migrate\"\narguments = [\"64\", \"input.txt\", \"output.txt\", \"100\"]\n",
+    );
+    let id = &ids[0];
+    let first = pool.wait_event(id, "executing", 1, Duration::from_secs(60));
+    let host = first["host"].as_str().unwrap().to_string();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _owner = Owner { stop: &stop };
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                pool.touch(&host);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        pool.wait_event(id, "evicted", 1, Duration::from_secs(90));
+    });
+    let log = pool.log(id);
+    let abandoned = log
+        .iter()
+        .find(|e| e["event"] == "checkpoint_refused")
+        .unwrap_or_else(|| panic!("no abandoned checkpoint in {log:?}"));
+    let why = abandoned["reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("max_vacate_time (0 s)") && why.contains("job killed"),
+        "{abandoned}"
+    );
+    assert!(!log.iter().any(|e| e["event"] == "checkpointed"), "{log:?}");
+    let out = pool.roost(&["rm", id]);
+    assert!(out.status.success());
+}
