@@ -208,11 +208,14 @@ pub fn merge_config(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>,
     Ok(merge(cmd, argv)?.0)
 }
 
+/// A config file and the flags it stands for.
+type FromFile = (PathBuf, Vec<OsString>);
+
 /// [`merge_config`], and the config file with the flags it stood for.
 fn merge(
     cmd: &Command,
     argv: Vec<OsString>,
-) -> Result<(Vec<OsString>, Option<(PathBuf, Vec<OsString>)>), ConfigError> {
+) -> Result<(Vec<OsString>, Option<FromFile>), ConfigError> {
     let Some(path) = config_path(&argv)? else {
         return Ok((argv, None));
     };
