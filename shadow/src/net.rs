@@ -10,6 +10,13 @@
 //! acknowledgements. A listening socket's task accepts connections and
 //! pushes one byte per connection into the placeholder.
 //!
+//! Migration: a job's [`JobNet`] outlives its shadow session (it is kept
+//! by job in the schedd while the job is between hosts, see [`keep`] and
+//! [`take`]). What the peer sent is kept in the socket's [`Inbox`] until a
+//! committed checkpoint says the job consumed it (at most [`RETAIN`] behind
+//! what the starter acknowledged); a new session pushes from that point
+//! once the restarted job's placeholder is attached (its `Fstat`).
+//!
 //! What a job may reach is its description's `network` list (attribute
 //! `Network`: `host:port`, `host`, `a.b.c.d/len`, optionally `cidr:port`);
 //! listening needs `listen = true` (attribute `NetworkListen`). A denial
@@ -28,7 +35,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
@@ -36,6 +43,64 @@ use tracing::{debug, info};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest push.
 const PUSH_CHUNK: usize = 64 << 10;
+/// Bytes kept behind the starter's acknowledgements: more than a
+/// placeholder can hold unread, so a checkpoint's consumed point is never
+/// trimmed away.
+pub const RETAIN: u64 = 8 << 20;
+
+/// Sockets of jobs between two sessions (vacated, waiting for a host).
+static KEPT: LazyLock<Mutex<HashMap<JobId, JobNet>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The job's sockets for a new session: those kept from its last session
+/// (rewound to the last committed checkpoint), or none.
+pub fn take(job: JobId, policy: Policy) -> JobNet {
+    let kept = KEPT.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+    match kept {
+        Some(mut n) => {
+            n.policy = policy;
+            n.new_session();
+            n
+        }
+        None => JobNet::new(job, policy),
+    }
+}
+
+/// Keeps the job's sockets open until it runs again.
+pub fn keep(n: JobNet) {
+    if n.socks.is_empty() {
+        return;
+    }
+    info!(job = %n.job, sockets = n.socks.len(), "keeping the job's sockets while it moves");
+    KEPT.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(n.job, n);
+}
+
+/// What the peer sent on one connected socket, by stream position.
+#[derive(Default)]
+pub struct Inbox {
+    /// Bytes from position `base` to `end`.
+    data: VecDeque<u8>,
+    base: u64,
+    end: u64,
+    /// The peer closed its side (after `end`).
+    eof: bool,
+    /// Acknowledged by the starter (the reader stays `PUSH_WINDOW` ahead).
+    acked: u64,
+}
+
+/// Shared between a socket's reader task and the session.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    /// Signals the reader: room in the window.
+    room: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Listening addresses of running jobs, by job: what `C.P` resolves to.
 static PUBLISHED: LazyLock<Mutex<HashMap<JobId, Vec<SocketAddr>>>> =
@@ -210,8 +275,15 @@ enum State {
         /// A duplicate of the socket, for options.
         fd: OwnedFd,
         wr: mpsc::UnboundedSender<Wr>,
-        credit: Arc<Semaphore>,
+        shared: Arc<Shared>,
         reader: JoinHandle<()>,
+        /// Next position to push in this session.
+        next: u64,
+        /// Where this session's pushes started (the starter counts from here).
+        session_base: u64,
+        /// The job consumed up to here at its last committed checkpoint.
+        committed: u64,
+        eof_sent: bool,
     },
     /// Gone to a state transition that failed.
     Broken,
@@ -220,6 +292,8 @@ enum State {
 struct Sock {
     v6: bool,
     state: State,
+    /// The starter has a placeholder for it in this session.
+    attached: bool,
 }
 
 impl Drop for Sock {
@@ -250,6 +324,14 @@ pub struct JobNet {
     out_rx: mpsc::UnboundedReceiver<FromShadow>,
     /// Addresses this job published (listening sockets).
     published: Vec<SocketAddr>,
+    /// Signalled when a reader has new bytes.
+    more: Arc<tokio::sync::Notify>,
+    /// Where the next scan for bytes to push starts.
+    cursor: u64,
+    /// Sockets whose placeholder the job let go of, closed at the job's
+    /// next call: when the job is killed after a checkpoint to leave its
+    /// host, its placeholders close too, and then the sockets must stay.
+    closing: Vec<u64>,
 }
 
 impl Drop for JobNet {
@@ -284,14 +366,145 @@ impl JobNet {
             out_tx,
             out_rx,
             published: Vec::new(),
+            more: Arc::new(tokio::sync::Notify::new()),
+            cursor: 0,
+            closing: Vec::new(),
         }
+    }
+
+    /// The job goes on on this host: closes sockets it let go of.
+    pub fn settle_closes(&mut self) {
+        for h in std::mem::take(&mut self.closing) {
+            if let Some(s) = self.socks.remove(&h)
+                && let State::Listening { local, .. } = s.state
+            {
+                self.unpublish(local);
+            }
+        }
+    }
+
+    /// A new session: what the last one pushed past the committed point
+    /// is pushed again, once the restarted job's placeholder is attached;
+    /// tokens of listening sockets were in the old placeholders.
+    fn new_session(&mut self) {
+        while self.out_rx.try_recv().is_ok() {}
+        self.closing.clear();
+        for (h, sock) in self.socks.iter_mut() {
+            sock.attached = false;
+            if let State::Connected {
+                shared,
+                next,
+                session_base,
+                committed,
+                eof_sent,
+                ..
+            } = &mut sock.state
+            {
+                let mut ib = shared.inbox();
+                if *committed < ib.base {
+                    tracing::warn!(
+                        handle = h,
+                        committed = *committed,
+                        kept_from = ib.base,
+                        "bytes the job had not consumed at its checkpoint are gone"
+                    );
+                }
+                let from = (*committed).max(ib.base);
+                *next = from;
+                *session_base = from;
+                *eof_sent = false;
+                ib.acked = from;
+                drop(ib);
+                shared.room.notify_one();
+            }
+        }
+    }
+
+    /// A checkpoint is committed: `streams` has, per socket, the bytes the
+    /// job consumed in this session.
+    pub fn committed(&mut self, streams: &[(Handle, i64)]) {
+        for (h, consumed) in streams {
+            if let Some(Sock {
+                state:
+                    State::Connected {
+                        session_base,
+                        committed,
+                        ..
+                    },
+                ..
+            }) = self.socks.get_mut(&h.0)
+            {
+                *committed = *session_base + (*consumed).max(0) as u64;
+            }
+        }
+    }
+
+    /// The next `Push` a connected socket has to send, within its window.
+    fn next_data(&mut self) -> Option<FromShadow> {
+        let mut keys: Vec<u64> = self.socks.keys().copied().collect();
+        keys.sort_unstable();
+        let start = keys.partition_point(|&k| k < self.cursor);
+        let order: Vec<u64> = keys[start..]
+            .iter()
+            .chain(&keys[..start])
+            .copied()
+            .collect();
+        for k in order {
+            let Some(sock) = self.socks.get_mut(&k) else {
+                continue;
+            };
+            if !sock.attached {
+                continue;
+            }
+            let State::Connected {
+                shared,
+                next,
+                eof_sent,
+                ..
+            } = &mut sock.state
+            else {
+                continue;
+            };
+            let ib = shared.inbox();
+            let limit = ib.acked + PUSH_WINDOW;
+            if *next < ib.end && *next < limit {
+                let n = (ib.end.min(limit) - *next).min(PUSH_CHUNK as u64) as usize;
+                let off = (*next - ib.base) as usize;
+                let data: Vec<u8> = ib.data.range(off..off + n).copied().collect();
+                drop(ib);
+                *next += n as u64;
+                self.cursor = k + 1;
+                return Some(FromShadow::Push { h: Handle(k), data });
+            }
+            if ib.eof && *next == ib.end && !*eof_sent {
+                *eof_sent = true;
+                self.cursor = k + 1;
+                return Some(FromShadow::Push {
+                    h: Handle(k),
+                    data: Vec::new(),
+                });
+            }
+        }
+        None
     }
 
     /// The next message to push to the starter (never ends while `self` lives).
     pub async fn next_push(&mut self) -> FromShadow {
-        match self.out_rx.recv().await {
-            Some(m) => m,
-            None => std::future::pending().await,
+        loop {
+            let more = self.more.clone();
+            let notified = more.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(m) = self.out_rx.try_recv() {
+                return m;
+            }
+            if let Some(m) = self.next_data() {
+                return m;
+            }
+            tokio::select! {
+                m = self.out_rx.recv() => if let Some(m) = m { return m },
+                _ = notified => {}
+            }
         }
     }
 
@@ -322,11 +535,21 @@ impl JobNet {
     /// The starter put `n` more pushed bytes of `h` into the placeholder.
     pub fn ack(&mut self, h: Handle, n: u64) {
         if let Some(Sock {
-            state: State::Connected { credit, .. },
+            state: State::Connected { shared, .. },
             ..
         }) = self.socks.get(&h.0)
         {
-            credit.add_permits(usize::try_from(n).unwrap_or(0));
+            let mut ib = shared.inbox();
+            ib.acked += n;
+            // Keep what a placeholder may still hold unread.
+            let keep_from = ib.acked.saturating_sub(RETAIN);
+            if keep_from > ib.base {
+                let k = ((keep_from - ib.base) as usize).min(ib.data.len());
+                ib.data.drain(..k);
+                ib.base += k as u64;
+            }
+            drop(ib);
+            shared.room.notify_one();
         }
     }
 
@@ -334,18 +557,34 @@ impl JobNet {
     pub fn file_call(&mut self, op: &proto::fileop::FileOp) -> FileReply {
         use proto::fileop::FileOp;
         match op {
-            FileOp::Close { h } => match self.socks.remove(&h.0) {
+            FileOp::Close { h } => match self.socks.get_mut(&h.0) {
                 Some(s) => {
-                    if let State::Listening { local, .. } = s.state {
-                        self.unpublish(local);
-                    }
+                    s.attached = false;
+                    self.closing.push(h.0);
                     FileReply::Ok
                 }
                 None => FileReply::Err(libc::EBADF),
             },
-            FileOp::Fstat { h } => match self.socks.contains_key(&h.0) {
-                true => FileReply::Stat(sock_stat()),
-                false => FileReply::Err(libc::EBADF),
+            // The starter attaches a placeholder (a restart's `REATTACH`):
+            // pushing may start; a listener's queued connections get tokens.
+            FileOp::Fstat { h } => match self.socks.get_mut(&h.0) {
+                Some(sock) => {
+                    if !sock.attached {
+                        sock.attached = true;
+                        if let State::Listening { queue, .. } = &sock.state {
+                            let n = queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+                            for _ in 0..n {
+                                let _ = self.out_tx.send(FromShadow::Push {
+                                    h: *h,
+                                    data: vec![b'A'],
+                                });
+                            }
+                        }
+                        self.more.notify_one();
+                    }
+                    FileReply::Stat(sock_stat())
+                }
+                None => FileReply::Err(libc::EBADF),
             },
             FileOp::Fsync { .. } => FileReply::Err(libc::EINVAL),
             FileOp::Read { .. } | FileOp::Pread { .. } | FileOp::Lseek { .. } => {
@@ -394,6 +633,7 @@ impl JobNet {
                 let h = self.insert(Sock {
                     v6,
                     state: State::Fresh(s),
+                    attached: true,
                 });
                 FileReply::Opened {
                     h,
@@ -486,7 +726,14 @@ impl JobNet {
                 let nh = Handle(SOCK_HANDLE_BIT | self.next);
                 self.next += 1;
                 let state = self.connected(nh, stream)?;
-                self.socks.insert(nh.0, Sock { v6, state });
+                self.socks.insert(
+                    nh.0,
+                    Sock {
+                        v6,
+                        state,
+                        attached: true,
+                    },
+                );
                 FileReply::Net(NetReply::Accepted {
                     h: nh,
                     peer: SockAddr::from_std(peer),
@@ -681,18 +928,29 @@ impl JobNet {
                 }
             }
         });
-        let credit = Arc::new(Semaphore::new(PUSH_WINDOW as usize));
-        let out = self.out_tx.clone();
-        let cr = credit.clone();
+        let shared = Arc::new(Shared {
+            inbox: Mutex::new(Inbox::default()),
+            room: tokio::sync::Notify::new(),
+        });
+        let sh = shared.clone();
+        let more = self.more.clone();
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; PUSH_CHUNK];
             loop {
-                // Wait for room in the window, then read at most that much.
-                match cr.acquire().await {
-                    Ok(p) => drop(p),
-                    Err(_) => return,
-                }
-                let room = cr.available_permits().min(PUSH_CHUNK);
+                // Read only while the starter is less than a window behind.
+                let room = loop {
+                    let notified = sh.room.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let ahead = {
+                        let ib = sh.inbox();
+                        ib.end - ib.acked
+                    };
+                    if ahead < PUSH_WINDOW {
+                        break ((PUSH_WINDOW - ahead) as usize).min(PUSH_CHUNK);
+                    }
+                    notified.await;
+                };
                 let n = match rd.read(&mut buf[..room]).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -700,19 +958,17 @@ impl JobNet {
                         0
                     }
                 };
-                if n > 0
-                    && let Ok(p) = cr.try_acquire_many(n as u32)
                 {
-                    p.forget();
+                    let mut ib = sh.inbox();
+                    if n == 0 {
+                        ib.eof = true;
+                    } else {
+                        ib.data.extend(&buf[..n]);
+                        ib.end += n as u64;
+                    }
                 }
-                if out
-                    .send(FromShadow::Push {
-                        h,
-                        data: buf[..n].to_vec(),
-                    })
-                    .is_err()
-                    || n == 0
-                {
+                more.notify_one();
+                if n == 0 {
                     return;
                 }
             }
@@ -722,8 +978,12 @@ impl JobNet {
             peer,
             fd,
             wr,
-            credit,
+            shared,
             reader,
+            next: 0,
+            session_base: 0,
+            committed: 0,
+            eof_sent: false,
         })
     }
 }

@@ -370,12 +370,15 @@ async fn attach(
                 ckpt_error: None,
                 next_seq: row.checkpoints + 1,
                 vacate_by: None,
-                net: crate::net::JobNet::new(
-                    job,
-                    crate::net::Policy::from_attributes(&spec.attributes),
-                ),
+                net: crate::net::take(job, crate::net::Policy::from_attributes(&spec.attributes)),
             };
-            sess.run(&mut st, cmds).await
+            let end = sess.run(&mut st, cmds).await;
+            // A job that will run again keeps its connections meanwhile.
+            if !matches!(end, End::Completed | End::Removed) {
+                let empty = crate::net::JobNet::new(job, crate::net::Policy::default());
+                crate::net::keep(std::mem::replace(&mut sess.net, empty));
+            }
+            end
         }
         Err(e) => End::Lost(format!("cannot send Attached: {}", chain(&e))),
     };
@@ -604,6 +607,7 @@ impl Session<'_> {
                 id,
                 op: proto::fileop::FileOp::Net(op),
             } => {
+                self.net.settle_closes();
                 let t0 = std::time::Instant::now();
                 let (reply, denial) = self.net.call(op).await;
                 crate::metrics::remote_call("net", t0.elapsed());
@@ -616,6 +620,9 @@ impl Session<'_> {
                 Step::Reply(FromShadow::Reply { id, reply })
             }
             ToShadow::Call { id, op } if op.handle().is_some_and(|h| self.net.owns(h)) => {
+                if !matches!(op, proto::fileop::FileOp::Close { .. }) {
+                    self.net.settle_closes();
+                }
                 Step::Reply(FromShadow::Reply {
                     id,
                     reply: self.net.file_call(&op),
@@ -630,6 +637,9 @@ impl Session<'_> {
                 Step::Nothing
             }
             ToShadow::Call { id, op } => {
+                if !matches!(op, proto::fileop::FileOp::Close { .. }) {
+                    self.net.settle_closes();
+                }
                 let t0 = std::time::Instant::now();
                 let call = crate::metrics::op_name(&op);
                 let reply = match crate::fs::nonblocking_lock(&op) {
@@ -790,7 +800,13 @@ impl Session<'_> {
                 raw_bytes,
                 seconds,
                 streams,
-            } => Step::Reply(self.commit(raw_bytes, seconds, &streams).await),
+            } => {
+                let r = self.commit(raw_bytes, seconds, &streams).await;
+                if matches!(r, FromShadow::CkptCommitted { .. }) {
+                    self.net.committed(&streams);
+                }
+                Step::Reply(r)
+            }
             ToShadow::CkptAbort { reason } => {
                 self.incoming = None;
                 info!("checkpoint refused: {reason}");

@@ -29,6 +29,8 @@ pub(crate) struct SockFeed {
     eof: bool,
     /// The placeholder is shut down for writing (or the job is gone).
     shut: bool,
+    /// Bytes written into the placeholder since it was made.
+    pub(crate) delivered: u64,
 }
 
 impl SockFeed {
@@ -87,6 +89,24 @@ impl<B: Backend> Relay<B> {
         }
     }
 
+    /// For each socket, the bytes the job has consumed from its placeholder
+    /// (written there, less what a checkpoint's fd table says is unread).
+    pub(crate) fn sock_offsets(&self, fds: &[proto::ckpt::FdRecord]) -> Vec<(Handle, i64)> {
+        let mut out = Vec::new();
+        for p in self.places.values() {
+            if let Some(n) = p.net.as_ref()
+                && !out.iter().any(|(h, _)| *h == p.h)
+            {
+                let unread = fds
+                    .iter()
+                    .find(|f| f.handle == p.h.0 && f.kind & proto::ckpt::FD_REMOTE != 0)
+                    .map_or(0, |f| f.unread);
+                out.push((p.h, n.delivered.saturating_sub(unread) as i64));
+            }
+        }
+        out
+    }
+
     /// A placeholder for socket `h` (the job's end is returned).
     pub(crate) fn add_sock(&mut self, h: Handle) -> io::Result<std::os::fd::OwnedFd> {
         let fd = self.add(h, libc::O_RDWR, false, false)?;
@@ -116,6 +136,7 @@ impl<B: Backend> Relay<B> {
                 Ok(n) => {
                     f.buf.drain(..n);
                     written += n as u64;
+                    f.delivered += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

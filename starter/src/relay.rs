@@ -367,7 +367,7 @@ impl<B: Backend> Relay<B> {
                 streams.push((p.h, (f.buf.len() - f.pos) as u64));
             }
         }
-        let mut out = Vec::with_capacity(streams.len());
+        let mut out = self.sock_offsets(fds);
         for (h, unsent) in streams {
             let unread = fds
                 .iter()
@@ -393,6 +393,14 @@ impl<B: Backend> Relay<B> {
     /// `Open`, with the handle's flags); a stream is fed from the handle's
     /// offset. Fails when the backend does not know the handle.
     pub async fn reattach(&mut self, h: Handle, flags: i32, stream: bool) -> io::Result<OwnedFd> {
+        if proto::net::is_sock(h) {
+            // The shadow starts pushing once it knows the placeholder exists.
+            return match self.call(FileOp::Fstat { h }).await {
+                FileReply::Stat(_) => self.add_sock(h),
+                FileReply::Err(errno) => Err(io::Error::from_raw_os_error(errno)),
+                other => Err(io::Error::other(format!("fstat answered {other:?}"))),
+            };
+        }
         let dir = match self.call(FileOp::Fstat { h }).await {
             FileReply::Stat(st) => st.mode & libc::S_IFMT == libc::S_IFDIR,
             FileReply::Err(errno) => return Err(io::Error::from_raw_os_error(errno)),

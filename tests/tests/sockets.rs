@@ -184,3 +184,100 @@ fn jobs_reach_submit_host_servers_within_their_network_list() {
         "the job used {cpu_us} µs of CPU while waiting: {out}"
     );
 }
+
+/// Sets the flag when dropped (also when the test fails inside a scope).
+struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An echo server: one thread per connection copies bytes back.
+fn serve_echo(l: TcpListener) {
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            std::thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+}
+
+#[test]
+fn a_connection_survives_checkpoint_and_migration_mid_stream() {
+    use std::sync::atomic::AtomicBool;
+    const LINES: usize = 100_000;
+    let pool = Pool::start_with_policy(2, Some(roost_tests::FAST_POLICY));
+    let echo = pool.in_netns("submit", || TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = echo.local_addr().unwrap().port();
+    serve_echo(echo);
+    let dir = pool.job_dir("echo");
+    std::fs::copy(build_job("sock_echo.c"), dir.join("sock_echo")).unwrap();
+    let ids = pool.submit(
+        &dir,
+        &format!(
+            "executable = \"sock_echo\"\narguments = [\"127.0.0.1\", \"{port}\", \"{LINES}\"]\n\
+             output = \"stdout.txt\"\nerror = \"stderr.txt\"\n\
+             network = [\"127.0.0.1:{port}\"]\n"
+        ),
+    );
+    let id = &ids[0];
+    let first = pool.wait_event(id, "executing", 1, Duration::from_secs(60));
+    let host = first["host"].as_str().unwrap().to_string();
+    // Mid-stream: some lines are back, most are not.
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(dir.join("stdout.txt")).map_or(0, |m| m.len()) < 20_000 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no echo yet\n{}",
+            pool.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stop = AtomicBool::new(false);
+    let rc = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                pool.touch(&host);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let _owner = Stop(&stop);
+        pool.wait_event(id, "vacated", 1, Duration::from_secs(90));
+        // The owner stays: the job resumes on the other host.
+        pool.wait(&ids, Duration::from_secs(180))
+    });
+    let out = std::fs::read_to_string(dir.join("stdout.txt")).unwrap_or_default();
+    let err = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+    assert_eq!(rc, 0, "{:?}\nstderr: {err}\n{}", pool.log(id), pool.logs());
+    let j = pool.job(id).unwrap();
+    assert_eq!(
+        j["exit"],
+        serde_json::json!({"Code": 0}),
+        "{j}\nstdout tail: {:?}\nstderr: {err}",
+        &out[out.len().saturating_sub(200)..]
+    );
+    let hosts: Vec<String> = pool
+        .log(id)
+        .into_iter()
+        .filter(|e| e["event"] == "executing")
+        .filter_map(|e| e["host"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    assert_ne!(hosts[0], hosts[1], "the job must resume on another host");
+    assert!(pool.log(id).iter().any(|e| e["event"] == "checkpointed"));
+    // Every line back exactly once, in order.
+    let want: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
+    assert!(
+        out == want,
+        "{} bytes of {}; first difference at byte {:?}",
+        out.len(),
+        want.len(),
+        out.bytes().zip(want.bytes()).position(|(a, b)| a != b)
+    );
+    assert_eq!(err, format!("{LINES} lines echoed\n"));
+}
