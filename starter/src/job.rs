@@ -993,7 +993,7 @@ fn want_increment(full_every: u32, since_full: Option<u32>) -> bool {
 /// value ([`ckpt::WANT_INCREMENT`]) welcomes an increment.
 fn signal_checkpoint(pid: i32, increment: bool) -> io::Result<()> {
     let value = libc::sigval {
-        sival_ptr: usize::from(increment) as *mut libc::c_void,
+        sival_ptr: std::ptr::without_provenance_mut(usize::from(increment)),
     };
     // SAFETY: sigqueue(3) with a pid, a signal number and a plain value.
     if unsafe { libc::sigqueue(pid, ckpt::SIG_CKPT, value) } != 0 {

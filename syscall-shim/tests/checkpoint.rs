@@ -287,7 +287,7 @@ fn header(img: &[u8]) -> ImageHeader {
 /// Asks for an image with the sigqueue value that welcomes an increment.
 fn ask_increment(child: &Child) {
     let v = libc::sigval {
-        sival_ptr: 1usize as *mut libc::c_void,
+        sival_ptr: std::ptr::without_provenance_mut(1),
     };
     // SAFETY: sigqueue(3) to our own child with a plain value.
     assert_eq!(unsafe { libc::sigqueue(child.id() as i32, 36, v) }, 0);
