@@ -13,6 +13,8 @@ fn text(b: &[u8]) -> String {
 
 /// A personal pool with one execute host, stopped on drop.
 struct PersonalPool {
+    /// The test's scratch directory, removed at the end.
+    root: std::path::PathBuf,
     dir: std::path::PathBuf,
     roost: std::path::PathBuf,
 }
@@ -23,7 +25,7 @@ impl Drop for PersonalPool {
             .args(["pool", "down", "--grace", "2", "--dir"])
             .arg(&self.dir)
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -44,6 +46,7 @@ fn a_bad_job_file_gets_the_same_message_from_the_dry_run_and_the_schedd() {
     let dir = std::env::temp_dir().join(format!("roost-dry-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pool = PersonalPool {
+        root: dir.clone(),
         dir: dir.join("pool"),
         roost: bin.join("roost"),
     };
