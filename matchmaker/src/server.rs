@@ -658,6 +658,9 @@ pub(crate) struct Shared {
     wake: Notify,
     /// The pool page's change notices and HTTPS set-up.
     pub(crate) hub: crate::web::Hub,
+    /// The pool's deny list: a peer revoked while connected is dropped at
+    /// its next message.
+    deny: Arc<proto::tls::DenyList>,
 }
 
 impl Shared {
@@ -792,6 +795,7 @@ impl Matchmaker {
             listener,
             tls: identity.server.clone(),
             shared: Arc::new(Shared {
+                deny: identity.deny.clone(),
                 hub: crate::web::Hub::new(None, identity.name.clone()),
                 state: Mutex::new(State::new(
                     Settings {
@@ -922,6 +926,12 @@ async fn serve(
         warn!(peer = %addr, "certificate names no holder or role; closing");
         return;
     };
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned());
     let span = info_span!("conn", peer = %peer.name, role = %peer.role, id = conn);
     async move {
         debug!(%addr, "connected");
@@ -944,6 +954,14 @@ async fn serve(
                 r = read_frame_async(&mut rd, MAX_FRAME) => r,
                 _ = stop.changed() => break,
             };
+            // Revoked since the handshake (the deny list changed): closed.
+            if let Some(c) = &cert
+                && shared.deny.check(c).is_err()
+            {
+                crate::metrics::rejected("revoked");
+                warn!("the peer's certificate was revoked while connected; closing");
+                break;
+            }
             match r {
                 Ok(msg) => match shared.handle(conn, &peer, &tx, msg) {
                     Ok(Some(reply)) => {

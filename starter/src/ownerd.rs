@@ -514,7 +514,12 @@ async fn connect(cfg: &Config, id: &Identity) -> Result<Link, String> {
                     return;
                 }
                 Err(e) => {
-                    warn!("bad frame from the matchmaker, dropping the connection: {e}");
+                    // The cause, e.g. the matchmaker's TLS alert when it
+                    // refused this host's certificate after the handshake.
+                    let cause = std::error::Error::source(&e)
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default();
+                    warn!("bad frame from the matchmaker, dropping the connection: {e}{cause}");
                     return;
                 }
             }

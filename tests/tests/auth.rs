@@ -385,4 +385,47 @@ fn intruders_are_refused_with_a_reason_and_the_pool_keeps_serving() {
     );
     let status = roost_ok(&pool, &["status", "--json"]);
     assert!(status.contains("exec1"), "{status}");
+
+    // A daemon revoked while connected: exec1's ownerd keeps one connection
+    // to the matchmaker open; at its next ad (every few seconds) the
+    // matchmaker drops it, the machine leaves the pool, and its reconnects
+    // are refused in the handshake.
+    roost_ok(
+        &pool,
+        &[
+            "pool",
+            "revoke",
+            "exec1",
+            "--dir",
+            pool.dir.to_str().unwrap(),
+        ],
+    );
+    log_line(
+        &pool,
+        "cm",
+        &["peer=exec1", "revoked while connected; closing"],
+    );
+    log_line(&pool, "cm", &["machine left", "machine=exec1"]);
+    let serial = proto::tls::file_serial(&pki.join("exec1.pem")).unwrap();
+    log_line(
+        &pool,
+        "cm",
+        &[
+            "`exec1` (role `ownerd`)",
+            &format!("serial {serial} is revoked"),
+        ],
+    );
+    let from_exec1 = format!("peer={}:", pool.host("exec1").ip);
+    log_line(
+        &pool,
+        "cm",
+        &["TLS handshake refused", "Revoked", &from_exec1],
+    );
+    log_line(
+        &pool,
+        "exec1",
+        &["bad frame from the matchmaker", "CertificateRevoked"],
+    );
+    let status = roost_ok(&pool, &["status", "--json"]);
+    assert!(!status.contains("exec1"), "{status}");
 }
