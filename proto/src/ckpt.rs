@@ -40,6 +40,11 @@ pub const KIND_FULL: u32 = 0;
 /// `ImageHeader::kind`: only the pages changed since the parent follow.
 pub const KIND_INCREMENT: u32 = 1;
 
+/// `ImageHeader::flags`: the changed pages of an increment were found
+/// (at least in part) from the kernel's record of written pages rather
+/// than by hashing every page.
+pub const IMG_KERNEL_TRACKED: u32 = 1;
+
 /// A remote fd (a shadow handle) at this number.
 pub const FD_REMOTE: u32 = 1;
 /// A remote fd that is a read stream (the starter pushes the file into it).
@@ -84,7 +89,8 @@ pub struct ImageHeader {
     pub sigactions: [KSigaction; 65],
     /// [`KIND_FULL`] or [`KIND_INCREMENT`].
     pub kind: u32,
-    pub reserved: u32,
+    /// `IMG_*` bits.
+    pub flags: u32,
     /// This image's identity (unique per job, never 0).
     pub image_id: u64,
     /// The image an increment applies to (0 for a full image).
@@ -438,7 +444,7 @@ mod tests {
             brk: 3,
             sigactions: [KSigaction::default(); 65],
             kind: KIND_FULL,
-            reserved: 0,
+            flags: 0,
             image_id: 5,
             parent_id: 0,
             tables_sum: 9,

@@ -476,7 +476,7 @@ mod tests {
             brk: 0,
             sigactions: [KSigaction::default(); 65],
             kind,
-            reserved: 0,
+            flags: 0,
             image_id: id,
             parent_id: parent,
             tables_sum: 0,

@@ -4,7 +4,9 @@
 //! from the image must finish with exactly the output of a run that was
 //! never interrupted (C and Python, and a restart of a restarted image).
 
-use proto::ckpt::{ACK_COMMITTED, FdRecord, ImageHeader, KIND_FULL, KIND_INCREMENT, Region};
+use proto::ckpt::{
+    ACK_COMMITTED, FdRecord, IMG_KERNEL_TRACKED, ImageHeader, KIND_FULL, KIND_INCREMENT, Region,
+};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -326,6 +328,12 @@ fn increments_carry_only_changed_pages_and_restart_as_a_chain() {
         heads.iter().map(|h| h.kind).collect::<Vec<_>>(),
         [KIND_FULL, KIND_INCREMENT, KIND_INCREMENT]
     );
+    // This kernel keeps the record of written pages (userfaultfd in
+    // asynchronous write-protect mode): increments come from it.
+    for h in &heads[1..] {
+        assert_eq!(h.flags & IMG_KERNEL_TRACKED, IMG_KERNEL_TRACKED);
+    }
+    assert_eq!(heads[0].flags & IMG_KERNEL_TRACKED, 0);
     assert_eq!(heads[1].parent_id, heads[0].image_id);
     assert_eq!(heads[2].parent_id, heads[1].image_id);
     // About 6 lines of 1% each changed between images: far below the

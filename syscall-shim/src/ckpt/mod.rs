@@ -21,6 +21,7 @@ pub mod maps;
 pub mod restore;
 pub mod save;
 pub mod sys;
+pub mod wp;
 
 /// The signal that asks for a checkpoint (`SIGRTMIN + 2` in glibc terms).
 pub const SIG_CKPT: i32 = 36;

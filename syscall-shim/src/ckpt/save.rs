@@ -6,14 +6,14 @@
 //! area keeps one hash per saved page; an increment sends only the pages
 //! whose hash changed, and the restart applies it over its parent.
 
-use super::maps;
 use super::sys::{self, sc, write_all};
 use super::{AREA, SIG_CKPT, WORK, WORK_SIZE};
+use super::{maps, wp};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use proto::ckpt::{
-    ACK_COMMITTED, ARCH_X86_64, DataSum, FD_LOCAL, FdRecord, ImageHeader, KIND_FULL,
-    KIND_INCREMENT, KSigaction, MAGIC, REFUSED, RF_DATA, RF_STACK, Region, VERSION, bitmap_words,
-    checksum, page_hash, table_bytes,
+    ACK_COMMITTED, ARCH_X86_64, DataSum, FD_LOCAL, FdRecord, IMG_KERNEL_TRACKED, ImageHeader,
+    KIND_FULL, KIND_INCREMENT, KSigaction, MAGIC, REFUSED, RF_DATA, RF_STACK, Region, VERSION,
+    bitmap_words, checksum, page_hash, table_bytes,
 };
 
 pub const MAX_REGIONS: usize = 8192;
@@ -40,6 +40,12 @@ struct Track {
     half: u64,
     /// Images taken so far (mixed into new image ids).
     count: u64,
+    /// The userfaultfd that records written pages ([`wp`]): 0 not opened
+    /// yet, -1 not available.
+    uffd: i64,
+    /// 1 when the registered regions of the last image were protected at
+    /// its commit (their written pages are the changed ones).
+    wp: u64,
 }
 
 /// A data region of the last committed image and where its hashes start.
@@ -49,12 +55,19 @@ struct Prev {
     start: u64,
     end: u64,
     hash_off: u64,
+    /// Registered with the userfaultfd and protected.
+    registered: u64,
 }
 
 // Offsets in the work area.
 const TRACK_OFF: usize = 0;
 const PREV_OFF: usize = 0x1000;
-const MAPS_OFF: usize = 0x40000;
+/// Per data region of the image being taken: 1 when its changed pages
+/// came from the kernel's record (it stays registered and protected).
+const KEPT_OFF: usize = PREV_OFF + MAX_REGIONS * core::mem::size_of::<Prev>();
+const SCAN_OFF: usize = KEPT_OFF + MAX_REGIONS;
+const SCAN_LEN: usize = 4096;
+const MAPS_OFF: usize = 0x60000;
 const MAPS_LEN: usize = 1 << 20;
 const REGIONS_OFF: usize = MAPS_OFF + MAPS_LEN;
 const FDS_OFF: usize = REGIONS_OFF + MAX_REGIONS * core::mem::size_of::<Region>();
@@ -72,7 +85,7 @@ const HALF: usize = (WORK_SIZE as usize - HASH_OFF) / 2;
 /// Pages whose hashes fit in one half (more than that: full images only).
 const MAX_TRACKED: u64 = (HALF / 8) as u64;
 const _: () = assert!(DENTS_OFF + DENTS_LEN <= BOUNCE_OFF);
-const _: () = assert!(PREV_OFF + MAX_REGIONS * core::mem::size_of::<Prev>() <= MAPS_OFF);
+const _: () = assert!(SCAN_OFF + SCAN_LEN * core::mem::size_of::<wp::PageRegion>() <= MAPS_OFF);
 
 static mut SOCK: [u8; 108] = [0; 108];
 static BUSY: AtomicBool = AtomicBool::new(false);
@@ -260,7 +273,7 @@ fn count_dir(path: &[u8], buf: &mut [u8]) -> usize {
 fn local_fds(
     fds: &mut [FdRecord],
     mut n: usize,
-    own: i32,
+    own: [i32; 2],
     dents: &mut [u8],
     bad: &mut i32,
 ) -> Option<usize> {
@@ -314,7 +327,11 @@ fn local_fds(
                 continue;
             }
             let fd = name.iter().fold(0i32, |v, &c| v * 10 + (c - b'0') as i32);
-            if fd == d || fd == own || internal(fd) || fds[..remote_n].iter().any(|f| f.fd == fd) {
+            if fd == d
+                || own.contains(&fd)
+                || internal(fd)
+                || fds[..remote_n].iter().any(|f| f.fd == fd)
+            {
                 continue;
             }
             if n == fds.len() {
@@ -392,6 +409,11 @@ fn take(frame: u64, want_increment: bool) {
             core::slice::from_raw_parts_mut(at::<u64>(DIRTY_OFF), DIRTY_LEN / 8),
         )
     };
+    if track.uffd > 0 && !wp::is_ours(track.uffd as i32) {
+        // The job closed it: the record of written pages is gone.
+        track.uffd = 0;
+        track.valid = 0;
+    }
     let threads = count_dir(b"/proc/self/task\0", dents);
     if threads > 1 {
         let mut b = [0u8; 20];
@@ -428,7 +450,7 @@ fn take(frame: u64, want_increment: bool) {
         return close(fd);
     };
     let mut bad = -1;
-    let Some(nfds) = local_fds(fds, nremote, fd, dents, &mut bad) else {
+    let Some(nfds) = local_fds(fds, nremote, [fd, track.uffd as i32], dents, &mut bad) else {
         let mut b = [0u8; 20];
         if bad >= 0 {
             refuse(
@@ -473,7 +495,33 @@ fn take(frame: u64, want_increment: bool) {
         )
     };
     let prev = &prev_all[..(track.nprev as usize).min(MAX_REGIONS)];
-    let (mut hoff, mut woff, mut pi) = (0usize, 0usize, 0usize);
+    // SAFETY: both lie in the work area, apart from every other piece.
+    let (kept, scanv) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(at::<u8>(KEPT_OFF), MAX_REGIONS),
+            core::slice::from_raw_parts_mut(at::<wp::PageRegion>(SCAN_OFF), SCAN_LEN),
+        )
+    };
+    kept.fill(0);
+    let wp_on = increment && track.uffd > 0 && track.wp == 1;
+    let pagemap = if wp_on {
+        // SAFETY: a NUL-terminated path, read-only.
+        unsafe {
+            sc(
+                sys::OPEN,
+                b"/proc/self/pagemap\0".as_ptr() as usize,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as usize,
+                0,
+                0,
+                0,
+                0,
+            ) as i32
+        }
+    } else {
+        -1
+    };
+    let wp_on = wp_on && pagemap >= 0;
+    let (mut hoff, mut woff, mut pi, mut ri) = (0usize, 0usize, 0usize, 0usize);
     for r in regions.iter_mut().filter(|r| r.flags & RF_DATA != 0) {
         let np = r.npages(PAGE as u64) as usize;
         let nw = bitmap_words(np as u64) as usize;
@@ -486,6 +534,66 @@ fn take(frame: u64, want_increment: bool) {
             r.pages = np as u64;
         } else {
             bits.fill(0);
+            kept[ri] = 0;
+            // Inside a region that was registered and protected at the last
+            // commit: the kernel's record says which pages were written;
+            // pages that went away without a write (`madvise`, reclaim) are
+            // checked by their hash.
+            let by_kernel = if wp_on {
+                prev.iter()
+                    .find(|p| p.registered == 1 && p.start <= r.start && r.end <= p.end)
+            } else {
+                None
+            };
+            if let Some(p) = by_kernel {
+                let base = p.hash_off as usize + (r.start - p.start) as usize / PAGE;
+                new_hash[hoff..hoff + np].copy_from_slice(&old_hash[base..base + np]);
+                let (start, stack) = (r.start, r.flags & RF_STACK != 0);
+                let mark = |bits: &mut [u64], a: u64, b: u64| {
+                    for i in ((a - start) as usize / PAGE)..((b - start) as usize / PAGE).min(np) {
+                        bits[i / 64] |= 1 << (i % 64);
+                    }
+                };
+                let mut ok = wp::scan(pagemap, r.start, r.end, true, scanv, |a, b| {
+                    mark(bits, a, b)
+                });
+                ok = ok
+                    && wp::scan(pagemap, r.start, r.end, false, scanv, |a, b| {
+                        for i in
+                            ((a - start) as usize / PAGE)..((b - start) as usize / PAGE).min(np)
+                        {
+                            if bits[i / 64] & (1 << (i % 64)) != 0 {
+                                continue;
+                            }
+                            let pa = start + (i * PAGE) as u64;
+                            let h = if stack {
+                                // SAFETY: as below, from a copy.
+                                unsafe {
+                                    core::ptr::copy(pa as *const u8, bounce.as_mut_ptr(), PAGE)
+                                };
+                                page_hash(&bounce[..PAGE])
+                            } else {
+                                // SAFETY: the page lies in a readable region.
+                                page_hash(unsafe {
+                                    core::slice::from_raw_parts(pa as *const u8, PAGE)
+                                })
+                            };
+                            if h != new_hash[hoff + i] {
+                                bits[i / 64] |= 1 << (i % 64);
+                                new_hash[hoff + i] = h;
+                            }
+                        }
+                    });
+                if ok {
+                    kept[ri] = 1;
+                    r.pages = bits.iter().map(|w| w.count_ones() as u64).sum();
+                    hoff += np;
+                    woff += nw;
+                    ri += 1;
+                    continue;
+                }
+                bits.fill(0);
+            }
             let mut sent = 0;
             for i in 0..np {
                 let a = r.start + (i * PAGE) as u64;
@@ -519,6 +627,10 @@ fn take(frame: u64, want_increment: bool) {
         }
         hoff += np;
         woff += nw;
+        ri += 1;
+    }
+    if pagemap >= 0 {
+        close(pagemap);
     }
 
     track.count += 1;
@@ -541,7 +653,11 @@ fn take(frame: u64, want_increment: bool) {
         brk: 0,
         sigactions: [KSigaction::default(); 65],
         kind: if increment { KIND_INCREMENT } else { KIND_FULL },
-        reserved: 0,
+        flags: if kept.contains(&1) {
+            IMG_KERNEL_TRACKED
+        } else {
+            0
+        },
         image_id,
         parent_id: if increment { track.image_id } else { 0 },
         tables_sum: 0,
@@ -651,13 +767,31 @@ fn take(frame: u64, want_increment: bool) {
     // Committed or not, the job goes on; the starter decides what follows.
     // The hashes describe the next parent only if this image is committed.
     if r == 1 && ack[0] == ACK_COMMITTED && tracked {
+        if track.uffd == 0 {
+            track.uffd = match wp::open() {
+                fd if fd > 0 => fd as i64,
+                _ => -1,
+            };
+        }
+        // The regions the kernel's record did not cover this time are
+        // registered and protected now; the others were protected again
+        // by the scan.
+        let uffd = track.uffd as i32;
         let mut n = 0;
         let mut off = 0u64;
         for r in regions.iter().filter(|r| r.flags & RF_DATA != 0) {
+            let registered = if uffd <= 0 {
+                false
+            } else if kept[n] == 1 {
+                true
+            } else {
+                wp::register(uffd, r.start, r.end) && wp::protect(uffd, r.start, r.end)
+            };
             prev_all[n] = Prev {
                 start: r.start,
                 end: r.end,
                 hash_off: off,
+                registered: registered as u64,
             };
             off += r.npages(PAGE as u64);
             n += 1;
@@ -665,6 +799,7 @@ fn take(frame: u64, want_increment: bool) {
         track.nprev = n as u64;
         track.half = new_half;
         track.image_id = image_id;
+        track.wp = u64::from(uffd > 0);
         track.valid = 1;
     } else {
         track.valid = 0;
