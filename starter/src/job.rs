@@ -2,10 +2,12 @@
 //! (in its own process group, in a sandbox, under the shim), the shim
 //! listener, and the relay loop until the job is over.
 //!
-//! The sandbox is a new mount namespace (and a user namespace when the
-//! starter is not root) in which the scratch directory is mounted at
-//! `/tmp`, with ASLR off: the job sees the same paths and the same address
-//! layout on every host, so that an image taken here restarts elsewhere.
+//! The sandbox ([`crate::sandbox`]) gives the job new mount, pid and
+//! network namespaces in which the scratch directory is mounted at `/tmp`
+//! and the job is pid 2 under an init of ours, with ASLR off: the job sees
+//! the same paths, pid and address layout on every host, so that an image
+//! taken here restarts elsewhere. It runs under its own uid, landlock,
+//! seccomp and rlimits, in a scratch directory of the size it asked for.
 //!
 //! While it runs, the job takes commands ([`JobCommand`]): checkpoint (and
 //! vacate), suspend, continue, kill; and periodic checkpoints. A
@@ -21,16 +23,15 @@
 
 use crate::ckpt::{self, CkptConn, ImageMsg};
 use crate::relay::{self, Backend, Relay};
+use crate::sandbox::{self, Limits, Sandbox};
 use proto::Handle;
 use proto::ckpt::{ACK_COMMITTED, FD_REMOTE, FD_STREAM, FdRecord};
 use proto::job::{ExitStatus, JobSpec, Usage};
 use proto::shim::{ENV_CWD, ENV_ROOT, ENV_SOCK};
 use rustix::process::{Pid, Signal};
-use std::ffi::{CStr, CString};
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -65,8 +66,6 @@ const SHIM_BUSY: &str = "the shim is busy";
 const BUSY_RETRY: Duration = Duration::from_millis(20);
 /// Exit code of a restart that could not restore its image (the shim's).
 const RESTORE_FAILED: i32 = 121;
-/// `personality(2)`: no address space randomization.
-const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
 
 /// Everything needed to start one job on this host.
 #[derive(Debug)]
@@ -284,115 +283,12 @@ pub enum JobError {
     },
     #[error("the job could not be restarted from its image: {0}")]
     Restore(String),
-}
-
-/// What the job's process is set up with before it runs: the sandbox,
-/// built before the fork (nothing is allocated in the child).
-struct Sandbox {
-    scratch: CString,
-    /// `uid_map` and `gid_map` lines for a user namespace (not root).
-    userns: Option<(Vec<u8>, Vec<u8>)>,
-    /// The read end of a restart's image pipe, moved to [`ckpt::RESTORE_FD`].
-    image: Option<RawFd>,
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Writes `data` to a file of `/proc` with raw calls.
-fn write_proc(path: &CStr, data: &[u8]) -> io::Result<()> {
-    // SAFETY: `path` is NUL-terminated, `data` is a live slice; the fd is
-    // opened and closed here.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        check(fd)?;
-        let n = libc::write(fd, data.as_ptr().cast(), data.len());
-        let e = io::Error::last_os_error();
-        libc::close(fd);
-        if n != data.len() as isize {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-impl Sandbox {
-    fn new(scratch: &Path, image: Option<RawFd>) -> io::Result<Sandbox> {
-        let scratch = CString::new(scratch.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let uid = rustix::process::geteuid().as_raw();
-        let gid = rustix::process::getegid().as_raw();
-        let userns = (uid != 0).then(|| {
-            (
-                format!("{uid} {uid} 1").into_bytes(),
-                format!("{gid} {gid} 1").into_bytes(),
-            )
-        });
-        Ok(Sandbox {
-            scratch,
-            userns,
-            image,
-        })
-    }
-
-    /// Runs in the child between fork and exec: only system calls on
-    /// memory prepared before the fork.
-    fn enter(&self) -> io::Result<()> {
-        let ns = if self.userns.is_some() {
-            libc::CLONE_NEWUSER | libc::CLONE_NEWNS
-        } else {
-            libc::CLONE_NEWNS
-        };
-        // SAFETY: unshare takes flags only.
-        check(unsafe { libc::unshare(ns) })?;
-        if let Some((uid_map, gid_map)) = &self.userns {
-            write_proc(c"/proc/self/setgroups", b"deny")?;
-            write_proc(c"/proc/self/uid_map", uid_map)?;
-            write_proc(c"/proc/self/gid_map", gid_map)?;
-        }
-        // SAFETY: NUL-terminated paths and null optional arguments, as
-        // mount(2), chdir(2) and dup2(2) take them; personality takes a
-        // number.
-        unsafe {
-            let none = std::ptr::null();
-            check(libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                self.scratch.as_ptr(),
-                c"/tmp".as_ptr(),
-                none,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ))?;
-            check(libc::chdir(c"/tmp".as_ptr()))?;
-            let cur = libc::personality(0xffff_ffff);
-            check(cur)?;
-            check(libc::personality(cur as libc::c_ulong | ADDR_NO_RANDOMIZE))?;
-            // Whatever this process inherited stays out of the job (an fd
-            // the job does not know of would make it uncheckpointable).
-            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                CLOSE_RANGE_CLOEXEC,
-            );
-            if let Some(fd) = self.image {
-                check(libc::dup2(fd, ckpt::RESTORE_FD))?;
-            }
-        }
-        Ok(())
-    }
+    #[error("cannot prepare the sandbox in {scratch}")]
+    Sandbox {
+        scratch: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Name of the shim's copy in the scratch directory.
@@ -443,11 +339,47 @@ struct Pending {
 
 /// Spawns the job, serves its shim connections, returns when the job's
 /// process (and every process it left) has ended and all its data is
-/// forwarded.
+/// forwarded. No limits from a request: see [`run_job_limited`].
 pub async fn run_job<B: Backend>(
-    mut launch: JobLaunch,
+    launch: JobLaunch,
     backend: B,
 ) -> Result<(ExitStatus, Usage), JobError> {
+    run_job_limited(launch, Limits::default(), backend).await
+}
+
+/// [`run_job`] with the job's rlimits and scratch directory size from its
+/// request.
+pub async fn run_job_limited<B: Backend>(
+    mut launch: JobLaunch,
+    limits: Limits,
+    backend: B,
+) -> Result<(ExitStatus, Usage), JobError> {
+    let features = sandbox::features();
+    if features.landlock_abi == 0 {
+        warn!(
+            "this kernel has no landlock: the job's file access is confined by namespaces and its uid only"
+        );
+    }
+    if !features.seccomp {
+        warn!("this kernel has no seccomp filters: the job's system calls are not filtered");
+    }
+    let root = rustix::process::geteuid().is_root();
+    let sandbox_err = |source| JobError::Sandbox {
+        scratch: launch.scratch.clone(),
+        source,
+    };
+    // The scratch directory becomes a tmpfs of the size asked for (it is
+    // unmounted, last, when this returns). Room for the shim's copy comes
+    // on top.
+    let _quota = if root && limits.disk_mb > 0 {
+        let extra = std::fs::metadata(&launch.shim).map_or(0, |m| m.len());
+        Some(
+            sandbox::Quota::mount(&launch.scratch, limits.disk_mb, extra, sandbox::job_uid())
+                .map_err(sandbox_err)?,
+        )
+    } else {
+        None
+    };
     let listen = |path: PathBuf| {
         UnixListener::bind(&path)
             .map(|l| (l, Unlink(path.clone())))
@@ -492,11 +424,6 @@ pub async fn run_job<B: Backend>(
         Some((r, w)) => (Stdio::from(w), Some(capture(r))),
         None => (stderr, None),
     };
-    let sandbox = Sandbox::new(
-        &launch.scratch,
-        image_pipe.as_ref().map(|(r, _)| r.as_raw_fd()),
-    )
-    .map_err(spawn_err)?;
 
     // A program this host keeps under /tmp would be hidden by the job's
     // own /tmp (the scratch directory): it travels in, like the shim.
@@ -554,6 +481,20 @@ pub async fn run_job<B: Backend>(
         }
         cmd.env("LD_PRELOAD", preload);
     }
+    // Everything in the scratch directory (sockets included) is the job's.
+    if root {
+        sandbox::give(&launch.scratch, sandbox::job_uid()).map_err(sandbox_err)?;
+    }
+    let sandbox = Sandbox::new(
+        &launch.scratch,
+        &program,
+        image_pipe
+            .as_ref()
+            .map(|(r, _)| (r.as_raw_fd(), ckpt::RESTORE_FD)),
+        &limits,
+        &features,
+    )
+    .map_err(spawn_err)?;
     // SAFETY: `enter` makes only system calls on memory built before the
     // fork (see `Sandbox`), which is what the child of a fork may do.
     unsafe {
@@ -567,7 +508,20 @@ pub async fn run_job<B: Backend>(
     drop(cmd);
     let pid = i32::try_from(child.id()).expect("pids fit in i32");
     drop(child);
-    let mut group = Group { pid, reaped: false };
+    // The job is pid 2 of its namespace; signals go to its host pid.
+    let tree = sandbox::Tree::find(pid);
+    if tree.is_none() {
+        warn!(
+            pid,
+            "the job's pid namespace was not found; it is signalled as the spawned process"
+        );
+    }
+    let job_pid = tree.map_or(pid, |t| t.job);
+    let mut group = Group {
+        pid,
+        tree,
+        reaped: false,
+    };
     if let (Some(rx), Some((r, w))) = (restore, image_pipe) {
         drop(r);
         ckpt::spawn_feeder(rx, w);
@@ -580,7 +534,7 @@ pub async fn run_job<B: Backend>(
     let acceptor = AbortOnDrop(tokio::spawn(relay::accept_loop(listener, tx)));
     let (ctx, mut ckpt_rx) = mpsc::channel(4);
     let ckpt_acceptor = AbortOnDrop(tokio::spawn(ckpt::accept_loop(ckpt_listener, ctx)));
-    let mut exit = AbortOnDrop(tokio::spawn(exited(pid)));
+    let mut exit = AbortOnDrop(tokio::spawn(exited(job_pid)));
     let mut control = launch.control.take();
     let mut ticks = launch.checkpoint_interval.map(|every| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -698,7 +652,7 @@ pub async fn run_job<B: Backend>(
                     &mut relay,
                     &mut pending,
                     req,
-                    pid,
+                    &group,
                     main_exited || killed,
                     can_ckpt,
                     suspended,
@@ -734,7 +688,7 @@ pub async fn run_job<B: Backend>(
                     &mut relay,
                     &mut pending,
                     req,
-                    pid,
+                    &group,
                     false,
                     can_ckpt,
                     suspended,
@@ -770,8 +724,8 @@ pub async fn run_job<B: Backend>(
             {
                 if let Some(p) = pending.as_mut() {
                     p.retry_at = None;
-                    if let Err(e) = signal_checkpoint(pid, p.increment) {
-                        debug!(pid, "asking again for the checkpoint: {e}");
+                    if let Err(e) = signal_checkpoint(job_pid, p.increment) {
+                        debug!(pid = job_pid, "asking again for the checkpoint: {e}");
                     }
                 }
             }
@@ -847,7 +801,7 @@ pub async fn run_job<B: Backend>(
     drop(acceptor);
     drop(ckpt_acceptor);
 
-    group.kill();
+    group.finish(main_exited);
     let (status, ru) = group
         .reap()
         .map_err(|source| JobError::Wait { pid, source })?;
@@ -914,7 +868,7 @@ async fn begin_checkpoint<B: Backend>(
     relay: &mut Relay<B>,
     pending: &mut Option<Pending>,
     req: Pending,
-    pid: i32,
+    group: &Group,
     over: bool,
     can_ckpt: bool,
     suspended: bool,
@@ -926,8 +880,9 @@ async fn begin_checkpoint<B: Backend>(
         return None;
     }
     let refuse = |why: &str| Some(CkptOutcome::NotCheckpointable(why.to_string()));
-    let members = ckpt::group_members(pid);
-    let main = members.iter().find(|p| p.pid == pid).copied();
+    let pid = group.job();
+    let members = group.members();
+    let main = members.iter().find(|p| p.0 == pid).copied();
     let no = if over {
         refuse("the job has ended")
     } else if !can_ckpt {
@@ -937,7 +892,7 @@ async fn begin_checkpoint<B: Backend>(
             "the job has {} processes (one can be checkpointed)",
             members.len()
         ))
-    } else if main.is_none_or(|m| m.state == b'Z') {
+    } else if main.is_none_or(|m| m.1 == b'Z') {
         refuse("the job's process has ended")
     } else if !ckpt::catches(pid, ckpt::SIG_CKPT) {
         refuse("the job's program does not take checkpoints (no checkpoint handler in it)")
@@ -953,7 +908,7 @@ async fn begin_checkpoint<B: Backend>(
         return Some((req, outcome));
     }
     let mut req = req;
-    req.restop = suspended || main.is_some_and(|m| m.state == b'T');
+    req.restop = suspended || main.is_some_and(|m| m.1 == b'T');
     let p = Pid::from_raw(pid).expect("a child's pid is positive");
     if req.restop {
         let _ = rustix::process::kill_process(p, Signal::Cont);
@@ -1133,12 +1088,19 @@ async fn reattach<B: Backend>(relay: &mut Relay<B>, mut conn: UnixStream, fds: &
     );
 }
 
-/// Resolves when process `pid` (our child) has exited, without reaping it:
-/// until it is reaped its pid cannot name another process or group.
+/// Resolves when process `pid` (the job, pid 2 of its namespace; or our
+/// child) has exited, without reaping it.
 async fn exited(pid: i32) -> io::Result<()> {
-    let p = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-    let pidfd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK)
-        .map_err(io::Error::from)?;
+    // 0: a job that had exited before its pid was looked for.
+    let Some(p) = Pid::from_raw(pid) else {
+        return Ok(());
+    };
+    let pidfd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK) {
+        Ok(fd) => fd,
+        // A job in a pid namespace is its init's child: gone already.
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     // SAFETY: the OwnedFd is a valid, open pidfd that the AsyncFd owns and
     // keeps open, unchanged, until it is dropped.
     let afd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
@@ -1150,12 +1112,39 @@ async fn exited(pid: i32) -> io::Result<()> {
 /// group and reaps the main process (in a thread: it may still be dying).
 struct Group {
     pid: i32,
+    /// The job's pid namespace: its init and the job's host pids.
+    tree: Option<sandbox::Tree>,
     reaped: bool,
 }
 
 impl Group {
-    /// Sends `sig` to the job's process group.
+    /// The job's host pid (pid 2 of its namespace).
+    fn job(&self) -> i32 {
+        self.tree.map_or(self.pid, |t| t.job)
+    }
+
+    /// The job's processes (those of its namespace but the init, or of
+    /// its process group): `(pid, state)`.
+    fn members(&self) -> Vec<(i32, u8)> {
+        match self.tree {
+            Some(t) => t.members(),
+            None => ckpt::group_members(self.pid)
+                .into_iter()
+                .map(|p| (p.pid, p.state))
+                .collect(),
+        }
+    }
+
+    /// Sends `sig` to the job's process group and to every process of its
+    /// namespace (one that left the group too).
     fn signal(&self, sig: Signal) {
+        if self.tree.is_some() {
+            for (p, _) in self.members() {
+                if let Some(p) = Pid::from_raw(p) {
+                    let _ = rustix::process::kill_process(p, sig);
+                }
+            }
+        }
         if let Some(p) = Pid::from_raw(self.pid) {
             match rustix::process::kill_process_group(p, sig) {
                 Ok(()) | Err(rustix::io::Errno::SRCH) => {}
@@ -1168,7 +1157,21 @@ impl Group {
         }
     }
 
+    /// Kills the job's namespace's init, which takes every process of the
+    /// namespace with it (or, without a namespace, its process group).
     fn kill(&self) {
+        // The spawned process outside the namespace then ends with the
+        // job's status (or the init's, killed).
+        if let Some(t) = self.tree {
+            if let Some(p) = Pid::from_raw(t.init) {
+                match rustix::process::kill_process(p, Signal::Kill) {
+                    Ok(()) => debug!(init = t.init, "killed the job's pid namespace"),
+                    Err(rustix::io::Errno::SRCH) => {}
+                    Err(e) => warn!(init = t.init, "killing the job's pid namespace: {e}"),
+                }
+            }
+            return;
+        }
         if let Some(p) = Pid::from_raw(self.pid) {
             match rustix::process::kill_process_group(p, Signal::Kill) {
                 Ok(()) => debug!(pgid = self.pid, "killed what was left of the job"),
@@ -1176,6 +1179,32 @@ impl Group {
                 Err(e) => warn!(pgid = self.pid, "killing the job's process group: {e}"),
             }
         }
+    }
+
+    /// Kills what is left of the job once it is over. A job that exited
+    /// is first left to its init to reap, so that its status is the one
+    /// reported (the kill would otherwise take the init before it).
+    fn finish(&self, main_exited: bool) {
+        if let (Some(t), true) = (self.tree, main_exited) {
+            if let Some(p) = Pid::from_raw(t.init) {
+                let _ = rustix::process::kill_process(p, Signal::Cont);
+            }
+            let gone = || {
+                std::fs::read(format!("/proc/{}/stat", t.job)).map_or(true, |s| {
+                    // A zombie not yet reaped, or a new process of that pid.
+                    let state = s
+                        .iter()
+                        .rposition(|&c| c == b')')
+                        .and_then(|i| s.get(i + 2).copied());
+                    state != Some(b'Z')
+                })
+            };
+            let until = Instant::now() + Duration::from_secs(1);
+            while !gone() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.kill();
     }
 
     /// Reaps the (exited) main process: its status and resource usage.

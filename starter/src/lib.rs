@@ -8,4 +8,5 @@ pub mod net;
 pub mod ownerd;
 pub mod policy_machine;
 pub mod relay;
+pub mod sandbox;
 pub mod shadow_link;

@@ -420,17 +420,13 @@ async fn a_job_killed_by_a_signal_reports_it() {
     assert_eq!(ran.status, ExitStatus::Signal(libc::SIGTERM));
 }
 
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // A zombie is dead; it waits for whoever adopted it to reap it.
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
+/// A process of this host has `arg` in its command line (the job's pids
+/// are those of its own pid namespace).
+fn running_with_arg(arg: &[u8]) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .any(|c| c.windows(arg.len()).any(|w| w == arg))
 }
 
 #[tokio::test]
@@ -447,7 +443,7 @@ async fn processes_left_behind_are_killed_at_once() {
         &[
             "/bin/sh",
             "-c",
-            "sleep 30 </dev/null >/dev/null 2>&1 & echo $!",
+            "sleep 30.0417 </dev/null >/dev/null 2>&1 & echo $!",
         ],
         std,
         &[],
@@ -461,13 +457,18 @@ async fn processes_left_behind_are_killed_at_once() {
         "took {:?}",
         start.elapsed()
     );
+    // The pid is the job's (its own pid namespace): look for the process
+    // by its command line on this host.
     let pid: i32 = String::from_utf8(read(submit.path(), "pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!alive(pid), "the job's background process {pid} survived");
+    assert!(pid > 2, "pid {pid} in the job's namespace");
+    assert!(
+        !running_with_arg(b"30.0417"),
+        "the job's background process survived"
+    );
 }
 
 #[tokio::test]
@@ -484,7 +485,7 @@ async fn a_process_holding_stdout_is_killed_after_a_grace() {
         &[
             "/bin/sh",
             "-c",
-            "(sleep 1; echo late; exec sleep 30) & echo $!",
+            "(sleep 1; echo late; exec sleep 30.0419) & echo $!",
         ],
         std,
         &[],
@@ -502,9 +503,12 @@ async fn a_process_holding_stdout_is_killed_after_a_grace() {
     let (pid, late) = out.split_once('\n').unwrap();
     // What it wrote within the grace is kept.
     assert_eq!(late, "late\n");
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
-        !alive(pid.parse().unwrap()),
+        pid.parse::<i32>().unwrap() > 2,
+        "pid {pid} in the job's namespace"
+    );
+    assert!(
+        !running_with_arg(b"30.0419"),
         "the job's background process survived"
     );
 }
@@ -636,8 +640,9 @@ async fn a_process_that_left_the_group_cannot_hold_the_job_forever() {
         ..Std::default()
     };
     let start = Instant::now();
-    // setsid(1) puts the sleep in a session of its own, out of reach of the
-    // process-group kill, with the job's stdout.
+    // setsid(1) puts the sleep in a session of its own, out of reach of a
+    // process-group kill, with the job's stdout; it dies with the job's pid
+    // namespace after the grace.
     let ran = run_in(
         submit.path(),
         &["/bin/sh", "-c", "setsid sleep 60 & echo $!"],
@@ -658,7 +663,7 @@ async fn a_process_that_left_the_group_cannot_hold_the_job_forever() {
     }
     assert_eq!(ran.status, ExitStatus::Code(0));
     assert!(
-        took >= Duration::from_secs(6) && took < Duration::from_secs(10),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
         "took {took:?}"
     );
 }

@@ -17,7 +17,7 @@ use clap::Parser;
 use proto::shadow::Attached;
 use proto::{ClaimId, HostName, JobId};
 use starter::control::Control;
-use starter::job::{JobControl, JobLaunch, run_job};
+use starter::job::{JobControl, JobLaunch, run_job_limited};
 use starter::shadow_link::{LinkError, ShadowLink};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -356,7 +356,8 @@ async fn execute(
         control: Some(control),
         checkpoint_interval: starter::job::checkpoint_interval(&spec),
     };
-    let (status, usage) = run_job(launch, link.backend())
+    let limits = starter::sandbox::Limits::from_spec(&spec);
+    let (status, usage) = run_job_limited(launch, limits, link.backend())
         .await
         .context("running the job")?;
     Ok((status, usage))
