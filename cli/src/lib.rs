@@ -412,7 +412,12 @@ fn run_pool(
                     deny.display()
                 )?;
             } else {
-                writeln!(out, "{} (serial {serial}) is already in {}", a.what, deny.display())?;
+                writeln!(
+                    out,
+                    "{} (serial {serial}) is already in {}",
+                    a.what,
+                    deny.display()
+                )?;
             }
             Ok(0)
         }
@@ -429,12 +434,7 @@ fn run_pool(
     }
 }
 
-fn issued(
-    out: &mut dyn Write,
-    pool: &PoolDir,
-    i: &pki::Issued,
-    days: u32,
-) -> Result<i32> {
+fn issued(out: &mut dyn Write, pool: &PoolDir, i: &pki::Issued, days: u32) -> Result<i32> {
     writeln!(
         out,
         "issued {} and {} (role {}, serial {}, valid {days} days); with them the holder needs {}",
