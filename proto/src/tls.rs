@@ -390,6 +390,24 @@ impl DenyList {
     }
 }
 
+/// Logs who a refused certificate names and why, in words (rustls's own
+/// error, which the daemon logs too, names neither).
+fn explain_refusal(cert: &CertificateDer<'_>, e: &rustls::Error) {
+    use rustls::CertificateError as C;
+    let who = peer_identity(cert)
+        .map(|p| format!("a certificate naming `{}` (role `{}`)", p.name, p.role))
+        .unwrap_or_else(|| "a certificate without a name or role".into());
+    let why = match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "is not signed by this pool's CA",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "has expired",
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "is not valid yet"
+        }
+        _ => "is refused",
+    };
+    tracing::warn!("{who} {why} ({e})");
+}
+
 /// The pool CA's client verification, then the deny list.
 #[derive(Debug)]
 pub(crate) struct DenyingClientVerifier {
@@ -415,7 +433,8 @@ impl rustls::server::danger::ClientCertVerifier for DenyingClientVerifier {
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         let ok = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| explain_refusal(end_entity, e))?;
         self.deny.check(end_entity)?;
         Ok(ok)
     }
@@ -456,13 +475,10 @@ impl rustls::client::danger::ServerCertVerifier for DenyingServerVerifier {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let ok = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+        let ok = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .inspect_err(|e| explain_refusal(end_entity, e))?;
         self.deny.check(end_entity)?;
         Ok(ok)
     }

@@ -254,6 +254,11 @@ fn intruders_are_refused_with_a_reason_and_the_pool_keeps_serving() {
         Outcome::Reply(r) => panic!("the matchmaker answered a forged certificate: {r:?}"),
     }
     log_line(&pool, "cm", &["TLS handshake refused", "UnknownIssuer"]);
+    log_line(
+        &pool,
+        "cm",
+        &["a certificate naming `exec1` (role `ownerd`) is not signed by this pool's CA"],
+    );
     match on(
         &pool,
         "exec1",
@@ -277,6 +282,11 @@ fn intruders_are_refused_with_a_reason_and_the_pool_keeps_serving() {
         &pool,
         "cm",
         &["TLS handshake refused", "certificate expired"],
+    );
+    log_line(
+        &pool,
+        "cm",
+        &["a certificate naming `exec-old` (role `ownerd`) has expired"],
     );
 
     // A replayed claim token: while its job runs, and after.
