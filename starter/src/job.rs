@@ -909,9 +909,10 @@ async fn begin_checkpoint<B: Backend>(
     }
     let mut req = req;
     req.restop = suspended || main.is_some_and(|m| m.1 == b'T');
-    let p = Pid::from_raw(pid).expect("a child's pid is positive");
     if req.restop {
-        let _ = rustix::process::kill_process(p, Signal::Cont);
+        // Everything that was stopped runs again (the namespace's init
+        // too, which must be able to reap the job if it is vacated).
+        group.signal(Signal::Cont);
     }
     if let Err(e) = signal_checkpoint(pid, req.increment) {
         let why = format!("cannot signal the job: {e}");
