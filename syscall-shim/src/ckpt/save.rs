@@ -509,7 +509,7 @@ fn take(frame: u64, want_increment: bool) {
         unsafe {
             sc(
                 sys::OPEN,
-                b"/proc/self/pagemap\0".as_ptr() as usize,
+                c"/proc/self/pagemap".as_ptr() as usize,
                 (libc::O_RDONLY | libc::O_CLOEXEC) as usize,
                 0,
                 0,
