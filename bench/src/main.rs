@@ -11,6 +11,8 @@
 //!
 //! Owner activity → job stopped (`--activity [--rounds N]`): see [`activity`].
 //!
+//! A job's TCP connection through its shadow (`--net [--calls N] [--size-mib N] [--runs N]`): see [`net`].
+//!
 //! Usage: `cargo run --release -p roost-bench -- [--size-mib N] [--runs N] [--calls N] [--no-build]`
 //! or `cargo run --release -p roost-bench -- --ckpt [--sizes 64,256,1024] [--runs N] [--workers N] [--no-pool] [--no-mist] [--no-build]`
 //! or `cargo run --release -p roost-bench -- --activity [--rounds N] [--no-build]`
@@ -19,6 +21,7 @@ mod activity;
 mod baseline;
 mod ckpt;
 mod mist;
+mod net;
 
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -178,12 +181,14 @@ fn main() -> Result<()> {
     let mut pool = true;
     let mut mist = true;
     let mut activity_mode = false;
+    let mut net_mode = false;
     let mut rounds = 20;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--ckpt" => ckpt_mode = true,
             "--activity" => activity_mode = true,
+            "--net" => net_mode = true,
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
             "--sizes" => {
                 sizes = args
@@ -209,6 +214,9 @@ fn main() -> Result<()> {
                     "       roost-bench --ckpt [--sizes MIB,… (default 64,256,1024)] [--runs N (default 3)] [--workers N (zstd threads, default 1)] [--no-pool] [--no-mist] [--no-build]"
                 );
                 println!("       roost-bench --activity [--rounds N (default 20)] [--no-build]");
+                println!(
+                    "       roost-bench --net [--calls N (default 20000)] [--size-mib N (default 1024)] [--runs N (default 3)] [--no-build]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -216,6 +224,18 @@ fn main() -> Result<()> {
     }
     if size_mib == 0 || runs == 0 || calls == 0 {
         bail!("--size-mib, --runs and --calls must be at least 1");
+    }
+    if net_mode {
+        let bin = if build {
+            build_roost()?
+        } else {
+            workspace().join("target/release")
+        };
+        let tmp = std::env::temp_dir().join(format!("roost-bench-net-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        let r = net::run(&bin, &tmp, calls, size_mib, runs);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return r;
     }
     if activity_mode {
         if rounds == 0 {

@@ -281,3 +281,99 @@ fn a_connection_survives_checkpoint_and_migration_mid_stream() {
     );
     assert_eq!(err, format!("{LINES} lines echoed\n"));
 }
+
+/// Size of a file on the submit host (0 if absent).
+fn size(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// Touches `host` until the job's `nth` `vacated` event and until it runs
+/// again (elsewhere: the owner is still at `host`).
+fn vacate(pool: &Pool, id: &str, host: &str, nth: usize) {
+    use std::sync::atomic::AtomicBool;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                pool.touch(host);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let _owner = Stop(&stop);
+        pool.wait_event(id, "vacated", nth, Duration::from_secs(90));
+        pool.wait_event(id, "executing", nth + 1, Duration::from_secs(90));
+    });
+}
+
+#[test]
+fn master_and_worker_keep_talking_while_the_worker_migrates_twice() {
+    const N: usize = 10_000;
+    let pool = Pool::start_with_policy(3, Some(roost_tests::FAST_POLICY));
+    let dir = pool.job_dir("mw");
+    std::fs::copy(build_job("sock_mw.c"), dir.join("sock_mw")).unwrap();
+    let ids = pool.submit(
+        &dir,
+        &format!(
+            "executable = \"sock_mw\"\narguments = [\"$(Process)\", \"$(Cluster).0\", \"{N}\"]\n\
+             output = \"out.$(Process).txt\"\nerror = \"err.$(Process).txt\"\n\
+             listen = true\nqueue = 2\n"
+        ),
+    );
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let (master, worker) = (&ids[0], &ids[1]);
+    let out1 = dir.join("out.1.txt");
+    for round in 1..=2 {
+        let ev = pool.wait_event(worker, "executing", round, Duration::from_secs(60));
+        let host = ev["host"].as_str().unwrap().to_string();
+        // Wait for progress on this host, then the owner comes back.
+        let before = size(&out1);
+        let t0 = std::time::Instant::now();
+        while size(&out1) < before + 20_000 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the worker makes no progress (round {round})\n{:?}\n{}",
+                pool.log(worker),
+                pool.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vacate(&pool, worker, &host, round);
+    }
+    let rc = pool.wait(&ids, Duration::from_secs(180));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert_eq!(
+        rc,
+        0,
+        "master: {} {}\nworker: {}\n{:?}\n{}",
+        read("out.0.txt"),
+        read("err.0.txt"),
+        read("err.1.txt"),
+        pool.log(worker),
+        pool.logs()
+    );
+    let total = N * (N - 1) / 2;
+    assert_eq!(
+        read("out.0.txt"),
+        format!("master: {N} messages, total {total}\n")
+    );
+    let w = read("out.1.txt");
+    assert!(
+        w.ends_with(&format!("worker: {N} messages, total {total}\n")),
+        "{}",
+        &w[w.len().saturating_sub(300)..]
+    );
+    let hosts: Vec<String> = pool
+        .log(worker)
+        .into_iter()
+        .filter(|e| e["event"] == "executing")
+        .filter_map(|e| e["host"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(hosts.len(), 3, "the worker ran on {hosts:?}");
+    assert!(hosts[0] != hosts[1] && hosts[1] != hosts[2], "{hosts:?}");
+    let m = pool
+        .log(master)
+        .into_iter()
+        .filter(|e| e["event"] == "executing")
+        .count();
+    assert_eq!(m, 1, "the master never moved");
+}
