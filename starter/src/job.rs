@@ -1171,6 +1171,11 @@ impl Group {
                     Err(e) => warn!(init = t.init, "killing the job's pid namespace: {e}"),
                 }
             }
+            // A suspended job's outside process was stopped with it: it must
+            // run to end with the job's status.
+            if let Some(p) = Pid::from_raw(self.pid) {
+                let _ = rustix::process::kill_process(p, Signal::Cont);
+            }
             return;
         }
         if let Some(p) = Pid::from_raw(self.pid) {

@@ -585,6 +585,8 @@ fn signal(r: &Running, kill: bool) {
 }
 
 fn remove_scratch(path: &Path) {
+    // A starter that was killed leaves its job's tmpfs mounted there.
+    crate::sandbox::unmount_scratch(path);
     match std::fs::remove_dir_all(path) {
         Ok(()) => {
             info!(scratch = %path.display(), "removed the scratch directory the starter left")

@@ -308,12 +308,15 @@ impl Sandbox {
             // SAFETY: only system calls follow, and this process ends there.
             unsafe { outside(init, status[0]) }
         }
+        // SAFETY: prctl with numbers.
+        unsafe {
+            // The namespace dies with the process outside it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        }
         // The namespace's init (pid 1): its own /proc, then the job.
         // SAFETY: prctl and mount(2) with NUL-terminated strings and a
         // null data pointer.
         unsafe {
-            // The namespace dies with the process outside it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             // A fresh /proc shows the namespace's processes; without it the
             // job sees the host's (the mount fails in some user namespaces).
             libc::mount(
@@ -859,6 +862,15 @@ impl Drop for Quota {
             // SAFETY: umount2 of a NUL-terminated path.
             unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
         }
+    }
+}
+
+/// Unmounts a scratch directory's tmpfs that a starter that died left
+/// mounted (nothing happens if there is none).
+pub fn unmount_scratch(scratch: &Path) {
+    if let Ok(p) = cstring(scratch) {
+        // SAFETY: umount2 of a NUL-terminated path.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
