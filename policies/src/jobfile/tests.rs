@@ -368,6 +368,29 @@ queue = [ { name = "small", size = 10 }, { name = "big", size = 1000 } ]
 }
 
 #[test]
+fn network_list_and_listen_become_attributes() {
+    let s = one(
+        "executable = \"a\"\nnetwork = [\"db.example:5432\", \"10.0.0.0/8\", \"[::1]:80\"]\nlisten = true\n",
+    );
+    assert_eq!(
+        s.attributes.get("Network").map(String::as_str),
+        Some("\"db.example:5432,10.0.0.0/8,[::1]:80\"")
+    );
+    assert_eq!(
+        s.attributes.get("NetworkListen").map(String::as_str),
+        Some("true")
+    );
+    let s = one("executable = \"a\"\n");
+    assert!(s.attributes.get("Network").is_none() && s.attributes.get("NetworkListen").is_none());
+    let e = err("executable = \"a\"\nnetwork = [\"db:x\"]\n");
+    assert!(e.contains("network[0]") && e.contains("host:port"), "{e}");
+    let e = err("executable = \"a\"\nnetwork = \"db:5432\"\n");
+    assert!(e.contains("network") && e.contains("array"), "{e}");
+    let e = err("executable = \"a\"\nlisten = \"yes\"\n");
+    assert!(e.contains("listen") && e.contains("true or false"), "{e}");
+}
+
+#[test]
 fn relative_cwd_is_made_absolute() {
     let d = parse("job.toml", "executable = \"a\"\n", Path::new("sub")).unwrap();
     let s = d.expand(1).unwrap().remove(0);
@@ -377,8 +400,8 @@ fn relative_cwd_is_made_absolute() {
 
 const ALL_KEYS: &str = "executable, arguments, input, output, error, log, initialdir, \
     environment, transfer_executable, requirements, rank, request_cpus, request_memory, \
-    request_disk, checkpoint_interval, checkpoint_full_every, max_retries, notification, \
-    attributes, queue";
+    request_disk, checkpoint_interval, checkpoint_full_every, network, listen, max_retries, \
+    notification, attributes, queue";
 
 #[test]
 fn bad_files_name_file_line_and_key() {
