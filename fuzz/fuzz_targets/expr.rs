@@ -15,9 +15,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let printed = e.to_string();
-    let again: Expr = parse(&printed)
-        .unwrap_or_else(|err| panic!("{src:?} printed as {printed:?}, which does not parse: {err}"));
-    assert_eq!(again.to_string(), printed, "printing is not stable for {src:?}");
+    let again: Expr = parse(&printed).unwrap_or_else(|err| {
+        panic!("{src:?} printed as {printed:?}, which does not parse: {err}")
+    });
+    assert_eq!(
+        again.to_string(),
+        printed,
+        "printing is not stable for {src:?}"
+    );
     let mut my = Ad::new();
     my.set("Memory", 2048i64);
     my.set("OpSys", "LINUX");

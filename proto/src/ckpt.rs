@@ -419,6 +419,110 @@ fn bytes_of<T: Copy>(v: &T) -> &[u8] {
     unsafe { core::slice::from_raw_parts(p.cast::<u8>(), core::mem::size_of::<T>()) }
 }
 
+/// Record types that are plain integers: every byte pattern is a value.
+pub trait Pod: Copy {}
+impl Pod for ImageHeader {}
+impl Pod for Region {}
+impl Pod for FdRecord {}
+
+/// Reads records laid out back to back in `b` (a multiple of their size;
+/// a partial record at the end is ignored).
+pub fn records<T: Pod>(b: &[u8]) -> Vec<T> {
+    b.chunks_exact(core::mem::size_of::<T>())
+        .map(|c| {
+            // SAFETY: `c` holds exactly `size_of::<T>()` bytes, and `T` is a
+            // `repr(C)` record of integers (`Pod`), valid for any bytes;
+            // the read is unaligned-safe.
+            unsafe { core::ptr::read_unaligned(c.as_ptr().cast::<T>()) }
+        })
+        .collect()
+}
+
+/// The start of an image, read and checked: header, region table, fd
+/// table, and how many bytes of region data follow.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// The header and both tables exactly as read.
+    pub bytes: Vec<u8>,
+    pub header: ImageHeader,
+    pub regions: Vec<Region>,
+    pub fds: Vec<FdRecord>,
+    /// Bytes of region data after the tables (bitmaps, pages, checksums).
+    pub data_len: u64,
+}
+
+/// Why the start of an image could not be read.
+#[derive(Debug)]
+pub enum TablesError {
+    /// Reading the image's `what` ("header", "tables") failed.
+    Io(&'static str, std::io::Error),
+    /// The image is not usable; the reason.
+    Bad(String),
+}
+
+/// Reads an image's header and tables from `r` and checks them: the
+/// header's magic, version, architecture, page size and checksum, the
+/// counts against `max_regions`/`max_fds`, the tables' checksum, and that
+/// every region adds up (it ends after it starts, holds no more pages than
+/// it spans, and the data of all regions has a size that fits in a `u64`).
+/// Nothing is allocated before the counts are checked.
+pub fn read_tables<R: std::io::Read>(
+    r: &mut R,
+    page: u32,
+    max_regions: u32,
+    max_fds: u32,
+) -> Result<Tables, TablesError> {
+    let hlen = core::mem::size_of::<ImageHeader>();
+    let mut bytes = vec![0u8; hlen];
+    r.read_exact(&mut bytes)
+        .map_err(|e| TablesError::Io("header", e))?;
+    let header = ImageHeader::from_bytes(&bytes).ok_or(TablesError::Bad("short header".into()))?;
+    header
+        .verify(page, max_regions)
+        .map_err(|e| TablesError::Bad(e.as_str().into()))?;
+    if header.nfds > max_fds {
+        return Err(TablesError::Bad(format!(
+            "checkpoint image has {} fds (at most {max_fds})",
+            header.nfds
+        )));
+    }
+    let rlen = header.nregions as usize * core::mem::size_of::<Region>();
+    let flen = header.nfds as usize * core::mem::size_of::<FdRecord>();
+    bytes.resize(hlen + rlen + flen, 0);
+    r.read_exact(&mut bytes[hlen..])
+        .map_err(|e| TablesError::Io("tables", e))?;
+    let (rt, ft) = bytes[hlen..].split_at(rlen);
+    if checksum(rt) ^ checksum(ft).rotate_left(1) != header.tables_sum {
+        return Err(TablesError::Bad(ImageError::TablesSum.as_str().into()));
+    }
+    let regions: Vec<Region> = records(rt);
+    let fds: Vec<FdRecord> = records(ft);
+    let bad = || TablesError::Bad("checkpoint image has a region that does not add up".into());
+    let page = page as u64;
+    let mut data_len = 0u64;
+    for r in &regions {
+        if r.end < r.start || r.pages > r.npages(page) {
+            return Err(bad());
+        }
+        if r.flags & RF_DATA != 0 {
+            // Each term is at most the region's span (plus a few words),
+            // but the sum over many regions can overflow.
+            let len = (bitmap_words(r.npages(page)) * 8)
+                .checked_add(r.pages * page)
+                .and_then(|n| n.checked_add(8))
+                .ok_or_else(bad)?;
+            data_len = data_len.checked_add(len).ok_or_else(bad)?;
+        }
+    }
+    Ok(Tables {
+        bytes,
+        header,
+        regions,
+        fds,
+        data_len,
+    })
+}
+
 /// The bytes of a table of records.
 pub fn table_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: as in `bytes_of`, for a contiguous slice of records.
@@ -428,6 +532,82 @@ pub fn table_bytes<T: Copy>(v: &[T]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start of an image with `regions` and one fd, sealed.
+    fn image_start(regions: &[Region]) -> Vec<u8> {
+        let fds = [FdRecord::EMPTY];
+        let mut h = ImageHeader {
+            magic: MAGIC,
+            version: VERSION,
+            arch: ARCH_X86_64,
+            page_size: 4096,
+            nregions: regions.len() as u32,
+            nfds: 1,
+            umask: 0o22,
+            fs_base: 0,
+            frame: 0,
+            brk: 0,
+            sigactions: [KSigaction::default(); 65],
+            kind: KIND_FULL,
+            flags: 0,
+            image_id: 1,
+            parent_id: 0,
+            tables_sum: checksum(table_bytes(regions)) ^ checksum(table_bytes(&fds)).rotate_left(1),
+            header_sum: 0,
+        };
+        h.seal();
+        let mut b = h.as_bytes().to_vec();
+        b.extend_from_slice(table_bytes(regions));
+        b.extend_from_slice(table_bytes(&fds));
+        b
+    }
+
+    fn region(start: u64, end: u64, pages: u64) -> Region {
+        Region {
+            start,
+            end,
+            flags: RF_DATA,
+            pages,
+            ..Region::EMPTY
+        }
+    }
+
+    #[test]
+    fn read_tables_accepts_an_image_start_and_sizes_its_data() {
+        let regions = [region(0x1000, 0x5000, 4), region(0x9000, 0xa000, 0)];
+        let b = image_start(&regions);
+        let t = read_tables(&mut &b[..], 4096, 16, 16).unwrap();
+        assert_eq!(t.bytes, b);
+        assert_eq!(t.regions.len(), 2);
+        assert_eq!(t.fds, vec![FdRecord::EMPTY]);
+        // (1 bitmap word + 4 pages + checksum) + (1 word + 0 pages + checksum)
+        assert_eq!(t.data_len, (8 + 4 * 4096 + 8) + (8 + 8));
+    }
+
+    #[test]
+    fn read_tables_refuses_what_does_not_add_up() {
+        let err = |b: &[u8]| match read_tables(&mut &b[..], 4096, 16, 16) {
+            Err(TablesError::Bad(why)) => why,
+            Err(TablesError::Io(what, e)) => format!("io {what}: {e}"),
+            Ok(_) => "accepted".into(),
+        };
+        let good = image_start(&[region(0x1000, 0x5000, 4)]);
+        assert_eq!(err(&good[..100]), "io header: failed to fill whole buffer");
+        assert!(err(&good[..good.len() - 1]).starts_with("io tables"));
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(err(&flipped), ImageError::TablesSum.as_str());
+        // More pages than the region spans; a region ending before it starts.
+        assert!(err(&image_start(&[region(0x1000, 0x2000, 2)])).contains("does not add up"));
+        assert!(err(&image_start(&[region(0x2000, 0x1000, 0)])).contains("does not add up"));
+        // Regions whose data sizes overflow a u64 together.
+        let huge = region(0, u64::MAX & !0xfff, (u64::MAX >> 12) - 1);
+        assert!(err(&image_start(&[huge, huge])).contains("does not add up"));
+        assert_eq!(
+            err(&image_start(&vec![region(0, 0x1000, 1); 17])),
+            ImageError::TooManyRegions(17).as_str()
+        );
+    }
 
     #[test]
     fn header_seal_and_verify() {

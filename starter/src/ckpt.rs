@@ -12,7 +12,7 @@
 //! The constants mirror the shim's (`syscall-shim/src/ckpt/mod.rs`).
 
 use proto::ckpt::{
-    FdRecord, ImageHeader, KIND_INCREMENT, MAGIC, REATTACH, REFUSED, Region, checksum, table_bytes,
+    FdRecord, KIND_INCREMENT, MAGIC, REATTACH, REFUSED, TablesError, read_tables, records,
 };
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -72,24 +72,6 @@ pub(crate) enum CkptConn {
     Refused(String),
     /// A restarted process asks for placeholders for these remote fds.
     Reattach(UnixStream, Vec<FdRecord>),
-}
-
-/// Record types that are plain integers: every byte pattern is a value.
-trait Pod: Copy {}
-impl Pod for ImageHeader {}
-impl Pod for Region {}
-impl Pod for FdRecord {}
-
-/// Reads records laid out back to back in `b` (a multiple of their size).
-fn records<T: Pod>(b: &[u8]) -> Vec<T> {
-    b.chunks_exact(size_of::<T>())
-        .map(|c| {
-            // SAFETY: `c` holds exactly `size_of::<T>()` bytes, and `T` is a
-            // `repr(C)` record of integers (`Pod`), valid for any bytes;
-            // the read is unaligned-safe.
-            unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) }
-        })
-        .collect()
 }
 
 /// Accepts peers of the checkpoint socket until aborted; each says what it
@@ -198,36 +180,17 @@ fn read_image(
         io::ErrorKind::UnexpectedEof => format!("the image ends in its {what}"),
         _ => format!("reading the image's {what}: {e}"),
     };
-    let mut head = vec![0u8; size_of::<ImageHeader>()];
-    head[..8].copy_from_slice(&MAGIC);
-    conn.read_exact(&mut head[8..])
-        .map_err(|e| io("header", e))?;
-    let h: ImageHeader = records(&head)[0];
     // SAFETY: sysconf takes a name and returns a number.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
-    h.verify(page, MAX_REGIONS)
-        .map_err(|e| e.as_str().to_string())?;
-    if h.nfds > MAX_FDS {
-        return Err(format!("the image has {} fds", h.nfds));
-    }
-    let rlen = h.nregions as usize * size_of::<Region>();
-    let flen = h.nfds as usize * size_of::<FdRecord>();
-    let mut tables = vec![0u8; rlen + flen];
-    conn.read_exact(&mut tables).map_err(|e| io("tables", e))?;
-    if checksum(&tables[..rlen]) ^ checksum(&tables[rlen..]).rotate_left(1) != h.tables_sum {
-        return Err("checkpoint image tables are corrupt (checksum)".into());
-    }
-    let regions: Vec<Region> = records(&tables[..rlen]);
-    let fds: Vec<FdRecord> = records(&tables[rlen..]);
-    debug_assert_eq!(table_bytes(&fds), &tables[rlen..]);
-    let mut data = 0u64;
-    for r in &regions {
-        if r.end < r.start || r.pages > r.npages(page as u64) {
-            return Err("the image has a region that does not add up".into());
-        }
-        data += r.data_len(page as u64);
-    }
-    let raw_bytes = (head.len() + tables.len()) as u64 + data;
+    // The magic was read by `classify`.
+    let mut src = std::io::Read::chain(&MAGIC[..], &mut *conn);
+    let t = read_tables(&mut src, page, MAX_REGIONS, MAX_FDS).map_err(|e| match e {
+        TablesError::Io(what, e) => io(what, e),
+        TablesError::Bad(why) => why,
+    })?;
+    let (h, fds, data) = (t.header, t.fds, t.data_len);
+    debug_assert_eq!(t.regions.len(), h.nregions as usize);
+    let raw_bytes = t.bytes.len() as u64 + data;
 
     let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(2 * CHUNK), LEVEL)
         .map_err(|e| format!("zstd: {e}"))?;
@@ -236,9 +199,7 @@ fn read_image(
     if let Err(e) = enc.multithread(1) {
         debug!("zstd without a worker thread: {e}");
     }
-    enc.write_all(&head)
-        .and_then(|()| enc.write_all(&tables))
-        .map_err(|e| format!("zstd: {e}"))?;
+    enc.write_all(&t.bytes).map_err(|e| format!("zstd: {e}"))?;
     let mut buf = vec![0u8; CHUNK];
     let mut left = data;
     while left > 0 {
