@@ -169,6 +169,7 @@ fn hostile_jobs_are_held_by_the_sandbox() {
     // Raw system calls: the owner's files stay unread, nothing is written
     // outside scratch, the dangerous calls are refused, no network.
     let out = std::fs::read_to_string(dir.join("probe.out")).unwrap();
+    println!("probe:\n{out}");
     let got = lines(&out);
     let want = [
         ("pid", "2"),
@@ -216,6 +217,7 @@ fn hostile_jobs_are_held_by_the_sandbox() {
 
     // The fork bomb hit the process limit.
     let bombed = std::fs::read_to_string(dir.join("bomb.out")).unwrap();
+    println!("fork bomb: {bombed}");
     let n: u64 = bombed
         .strip_prefix("fork refused after ")
         .and_then(|r| r.strip_suffix(" forks: EAGAIN\n"))
@@ -225,6 +227,7 @@ fn hostile_jobs_are_held_by_the_sandbox() {
 
     // The disk filler stopped at its 16 MiB quota.
     let filled = std::fs::read_to_string(dir.join("fill.out")).unwrap();
+    println!("disk filler: {filled}");
     let (bytes, why) = filled
         .strip_prefix("wrote ")
         .and_then(|r| r.trim_end().split_once(" bytes, then "))
