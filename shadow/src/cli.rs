@@ -366,6 +366,7 @@ mod tests {
             host: Some(HostName("exec2".into())),
             claim: None,
             claimed_at: None,
+            claim_host: None,
             exit: None,
             runs: 2,
             failures: 0,

@@ -64,6 +64,8 @@ pub struct JobRow {
     pub claim: Option<ClaimId>,
     /// When the claim was recorded (unix seconds).
     pub claimed_at: Option<i64>,
+    /// The machine the claim was matched to; only its starter may use it.
+    pub claim_host: Option<HostName>,
     pub exit: Option<ExitStatus>,
     pub runs: u32,
     pub failures: u32,
@@ -260,11 +262,12 @@ const ADDED: &[(&str, &str)] = &[
     ("hold_pending", "TEXT"),
     ("hold_by", "TEXT"),
     ("ckpt_kind", "TEXT"),
+    ("claim_host", "TEXT"),
 ];
 
 const COLS: &str = "cluster, proc, owner, state, spec, host, claim, claimed_at, exit_kind, exit_value, runs, failures, submitted, \
      checkpoints, ckpt_seq, ckpt_bytes, ckpt_raw, ckpt_time, ckpt_fs, finished, hold_reason, hold_pending, \
-     ckpt_secs, ckpt_kind";
+     ckpt_secs, ckpt_kind, claim_host";
 
 /// The columns of [`COLS`] after the first twelve.
 struct More {
@@ -279,6 +282,7 @@ struct More {
     hold_pending: Option<String>,
     ckpt_secs: Option<f64>,
     ckpt_kind: Option<String>,
+    claim_host: Option<String>,
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawRow, More)> {
@@ -298,6 +302,7 @@ fn more(r: &rusqlite::Row<'_>) -> rusqlite::Result<More> {
         hold_pending: r.get(21)?,
         ckpt_secs: r.get(22)?,
         ckpt_kind: r.get(23)?,
+        claim_host: r.get(24)?,
     })
 }
 
@@ -351,6 +356,7 @@ fn decode((raw, m): (RawRow, More)) -> Result<JobRow> {
         host: host.map(HostName),
         claim: claim.map(ClaimId),
         claimed_at,
+        claim_host: m.claim_host.map(HostName),
         exit,
         runs,
         failures,
@@ -663,8 +669,8 @@ impl Queue {
         let tx = self.db.transaction()?;
         let mut ev = Vec::new();
         let n = tx.execute(
-            "UPDATE jobs SET claim = ?3, claimed_at = ?4 WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim IS NULL",
-            params![id.cluster as i64, id.proc, claim.0, now()],
+            "UPDATE jobs SET claim = ?3, claimed_at = ?4, claim_host = ?5 WHERE cluster = ?1 AND proc = ?2 AND state = 'idle' AND claim IS NULL",
+            params![id.cluster as i64, id.proc, claim.0, now(), machine.0],
         )?;
         if n == 1 {
             event(&tx, &mut ev, id, "matched", json!({ "host": machine.0 }))?;

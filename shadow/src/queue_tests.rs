@@ -115,6 +115,11 @@ fn a_run_from_match_to_completion() {
     );
     assert!(q.unclaimed_idle().unwrap().is_empty());
     assert!(q.claimed(id, &ClaimId("wrong".into())).unwrap().is_none());
+    assert_eq!(
+        q.claimed(id, &claim).unwrap().unwrap().claim_host,
+        Some(host.clone()),
+        "the claim is the matched machine's"
+    );
     assert!(q.claimed(id, &claim).unwrap().is_some());
     assert!(q.mark_running(id, &claim, &host).unwrap());
     assert!(

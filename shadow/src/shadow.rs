@@ -302,6 +302,15 @@ async fn attach(
         }
         Err(e) => return refuse(&mut st, format!("queue error: {}", chain(&e))).await,
     };
+    // A claim is the matched machine's: a token that leaked to another
+    // execute host is no use there.
+    if let Some(m) = row.claim_host.as_ref().filter(|m| **m != host) {
+        return refuse(
+            &mut st,
+            format!("claim {claim} for job {job} was given to `{m}`, not to `{host}`"),
+        )
+        .await;
+    }
     // One shadow per job: a second starter with the same claim is refused
     // before it can touch the job's files. Registered before the commit so
     // that a removal right after it finds this shadow.

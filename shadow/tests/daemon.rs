@@ -584,6 +584,15 @@ async fn a_job_runs_through_the_shadow() {
     write_frame_async(&mut s, &m).await.unwrap();
     let r: FromShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
     assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
+    // Another execute host, honest about its name, with exec1's claim.
+    let (_, r) = attach(&p, "exec2", job, "claim-1").await;
+    match r {
+        FromShadow::Refused { reason } => assert!(
+            reason.contains("was given to `exec1`, not to `exec2`"),
+            "{reason}"
+        ),
+        r => panic!("a claim used from another machine was accepted: {r:?}"),
+    }
 
     let (mut s, r) = attach(&p, "exec1", job, "claim-1").await;
     let FromShadow::Attached(a) = r else {
