@@ -115,6 +115,43 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A full checkpoint image the schedd accepts (a sealed header, no
+/// regions, 2 MiB of data that does not compress), zstd-compressed as a
+/// starter sends it: (raw size, compressed bytes).
+fn image() -> (u64, Vec<u8>) {
+    use proto::ckpt::{ARCH_X86_64, ImageHeader, KIND_FULL, KSigaction, MAGIC, VERSION, checksum};
+    let mut h = ImageHeader {
+        magic: MAGIC,
+        version: VERSION,
+        arch: ARCH_X86_64,
+        page_size: 4096,
+        nregions: 0,
+        nfds: 0,
+        umask: 0o22,
+        fs_base: 0,
+        frame: 0,
+        brk: 0,
+        sigactions: [KSigaction::default(); 65],
+        kind: KIND_FULL,
+        flags: 0,
+        image_id: 1,
+        parent_id: 0,
+        tables_sum: checksum(&[]) ^ checksum(&[]).rotate_left(1),
+        header_sum: 0,
+    };
+    h.seal();
+    let mut raw = h.as_bytes().to_vec();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..(2 << 20) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        raw.extend_from_slice(&x.to_le_bytes());
+    }
+    let z = zstd::encode_all(&raw[..], 1).unwrap();
+    (raw.len() as u64, z)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_and_vacate_wait_show_the_transfer_and_the_outcome() {
     let tmp = tempfile::tempdir().unwrap();
@@ -207,11 +244,12 @@ async fn checkpoint_and_vacate_wait_show_the_transfer_and_the_outcome() {
         },
     )
     .await;
-    for i in 0..8u8 {
+    let (raw_len, zimage) = image();
+    for piece in zimage.chunks(zimage.len().div_ceil(8)) {
         send(
             &mut s,
             ToShadow::CkptChunk {
-                data: vec![i; 256 << 10],
+                data: piece.to_vec(),
             },
         )
         .await;
@@ -220,7 +258,7 @@ async fn checkpoint_and_vacate_wait_show_the_transfer_and_the_outcome() {
     send(
         &mut s,
         ToShadow::CkptEnd {
-            raw_bytes: 6 << 20,
+            raw_bytes: raw_len,
             seconds: 1.6,
             streams: Vec::new(),
         },
@@ -228,7 +266,7 @@ async fn checkpoint_and_vacate_wait_show_the_transfer_and_the_outcome() {
     .await;
     let r = next(&mut s).await;
     assert!(
-        matches!(r, FromShadow::CkptCommitted { bytes } if bytes == 2 << 20),
+        matches!(r, FromShadow::CkptCommitted { bytes } if bytes == zimage.len() as u64),
         "{r:?}"
     );
 
