@@ -410,6 +410,13 @@ impl JobNet {
                     );
                 }
                 let from = (*committed).max(ib.base);
+                debug!(
+                    handle = h,
+                    from,
+                    end = ib.end,
+                    base = ib.base,
+                    "socket rewound"
+                );
                 *next = from;
                 *session_base = from;
                 *eof_sent = false;
@@ -435,6 +442,11 @@ impl JobNet {
             }) = self.socks.get_mut(&h.0)
             {
                 *committed = *session_base + (*consumed).max(0) as u64;
+                debug!(
+                    handle = h.0,
+                    committed = *committed,
+                    "socket position committed"
+                );
             }
         }
     }

@@ -101,6 +101,7 @@ impl<B: Backend> Relay<B> {
                     .iter()
                     .find(|f| f.handle == p.h.0 && f.kind & proto::ckpt::FD_REMOTE != 0)
                     .map_or(0, |f| f.unread);
+                debug!(h = ?p.h, delivered = n.delivered, unread, queued = n.buf.len(), "socket position at a checkpoint");
                 out.push((p.h, n.delivered.saturating_sub(unread) as i64));
             }
         }
