@@ -370,8 +370,16 @@ pub async fn run_job_limited<B: Backend>(
     };
     // The scratch directory becomes a tmpfs of the size asked for (it is
     // unmounted, last, when this returns). Room for the shim's copy comes
-    // on top.
-    let _quota = if root && limits.disk_mb > 0 {
+    // on top. A tmpfs lives in memory: a request beyond half of it is held
+    // by RLIMIT_FSIZE (per file) only.
+    let in_memory = limits.disk_mb > 0 && limits.disk_mb <= sandbox::memory_mb() / 2;
+    if root && limits.disk_mb > 0 && !in_memory {
+        warn!(
+            request_disk_mb = limits.disk_mb,
+            "the job's disk request is too large for a scratch tmpfs; only its file sizes are limited"
+        );
+    }
+    let _quota = if root && in_memory {
         let extra = std::fs::metadata(&launch.shim).map_or(0, |m| m.len());
         Some(
             sandbox::Quota::mount(&launch.scratch, limits.disk_mb, extra, sandbox::job_uid())

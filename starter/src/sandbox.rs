@@ -865,6 +865,18 @@ impl Drop for Quota {
     }
 }
 
+/// This host's memory, MiB (0 if unknown).
+pub fn memory_mb() -> u64 {
+    let mut si = std::mem::MaybeUninit::<libc::sysinfo>::zeroed();
+    // SAFETY: sysinfo(2) fills the zeroed struct it is given.
+    if unsafe { libc::sysinfo(si.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: zeroed, then filled by a successful sysinfo.
+    let si = unsafe { si.assume_init() };
+    si.totalram.saturating_mul(u64::from(si.mem_unit)) >> 20
+}
+
 /// Unmounts a scratch directory's tmpfs that a starter that died left
 /// mounted (nothing happens if there is none).
 pub fn unmount_scratch(scratch: &Path) {
