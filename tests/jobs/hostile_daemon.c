@@ -1,14 +1,14 @@
 /* hostile_daemon: forks a daemon (setsid, a second fork, its stdio
- * closed) that would live forever, says so, and exits.
- * usage: hostile_daemon MARKER (the daemon keeps it in its command line,
- * for a test to look for it on the execute host). */
+ * closed) that would live forever, says so, and exits (or, with "stay",
+ * waits for ever too).
+ * usage: hostile_daemon MARKER [stay] (the daemon keeps MARKER in its
+ * command line, for a test to look for it on the execute host). */
+#include <string.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
     int p[2];
     if (pipe(p) < 0) return 1;
     pid_t a = fork();
@@ -31,5 +31,8 @@ int main(int argc, char **argv) {
     char c;
     if (read(p[0], &c, 1) != 1) return 1;
     printf("daemon started\n");
+    fflush(stdout);
+    if (argc > 2 && strcmp(argv[2], "stay") == 0)
+        for (;;) pause();
     return 0;
 }

@@ -239,6 +239,35 @@ fn hostile_jobs_are_held_by_the_sandbox() {
         "wrote {bytes} bytes with a 16 MiB quota"
     );
 
+    // A job vacated (here by a hold) while its daemon runs: nothing of
+    // it is left once the hold is recorded (after the starter reported
+    // the job's end).
+    let stay = format!("roost-staying-daemon-{tag}");
+    let staying = pool.submit(
+        &dir,
+        &format!(
+            "executable = \"hostile_daemon\"\narguments = [{stay:?}, \"stay\"]\noutput = \"stay.out\"\n"
+        ),
+    );
+    pool.wait_event(&staying[0], "executing", 1, Duration::from_secs(60));
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while running_with(&stay).len() < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the staying job and its daemon never ran: {:?}",
+            pool.log(&staying[0])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = pool.roost(&["hold", &staying[0]]);
+    assert!(out.status.success(), "{out:?}");
+    pool.wait_event(&staying[0], "held", 1, Duration::from_secs(90));
+    assert_eq!(
+        running_with(&stay),
+        Vec::<String>::new(),
+        "the vacated job's processes survived"
+    );
+
     // The ownerd stays healthy: the next job runs.
     let next = pool.submit(
         &dir,
