@@ -1008,8 +1008,15 @@ async fn ship_image<B: Backend>(
     let r = tokio::time::timeout_at(p.deadline.into(), work).await;
     let answer = |mut conn: StdUnixStream, byte: u8| {
         if p.vacate {
-            // The job dies before it could write anything more.
+            // The job dies before it could write anything more: the kill
+            // lands asynchronously, so its end of `conn` must not see EOF
+            // before (it would leave the handler and run on, and what it
+            // sent meanwhile, e.g. on a socket, would be sent again by the
+            // restarted image). `conn` is closed once the job's end is.
             group.kill();
+            std::thread::spawn(move || {
+                let _ = std::io::Read::read(&mut conn, &mut [0u8; 1]);
+            });
         } else if let Err(e) = conn.write_all(&[byte]) {
             debug!("the job did not wait for the checkpoint's outcome: {e}");
         }
