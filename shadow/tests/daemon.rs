@@ -1128,16 +1128,44 @@ fn ckpt_files(p: &Pool, job: JobId) -> Vec<String> {
     v
 }
 
+/// `n` bytes that the schedd takes for a full checkpoint image, as a
+/// starter sends it: a zstd frame holding a sealed image header, then a
+/// zstd skippable frame of pseudo-random bytes (from `seed`) up to `n`.
 fn image_bytes(n: usize, seed: u32) -> Vec<u8> {
+    use proto::ckpt::{ARCH_X86_64, ImageHeader, KIND_FULL, KSigaction, MAGIC, VERSION, checksum};
+    let mut h = ImageHeader {
+        magic: MAGIC,
+        version: VERSION,
+        arch: ARCH_X86_64,
+        page_size: 4096,
+        nregions: 0,
+        nfds: 0,
+        umask: 0o22,
+        fs_base: 0,
+        frame: 0,
+        brk: 0,
+        sigactions: [KSigaction::default(); 65],
+        kind: KIND_FULL,
+        flags: 0,
+        image_id: seed as u64,
+        parent_id: 0,
+        tables_sum: checksum(&[]) ^ checksum(&[]).rotate_left(1),
+        header_sum: 0,
+    };
+    h.seal();
+    let mut out = zstd::encode_all(h.as_bytes(), 1).unwrap();
+    assert!(n >= out.len() + 8, "an image of {n} bytes is too small");
+    let pad = n - out.len() - 8;
+    out.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    out.extend_from_slice(&(pad as u32).to_le_bytes());
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    out.extend((0..pad).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    }));
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1559,8 +1587,8 @@ async fn checkpoint_vacate_hold_release_and_history_over_the_cli() {
     mm.matched(job, "exec1", "k4");
     let (mut s, r) = attach(&p, "exec1", job, "k4").await;
     assert!(matches!(r, FromShadow::Attached(_)), "{r:?}");
-    let r = checkpoint(&mut s, b"image", 2, "vacate").await;
-    assert_eq!(r, FromShadow::CkptCommitted { bytes: 5 });
+    let r = checkpoint(&mut s, &image_bytes(1000, 9), 200, "vacate").await;
+    assert_eq!(r, FromShadow::CkptCommitted { bytes: 1000 });
     send(
         &mut s,
         ToShadow::Vacated {
@@ -1577,7 +1605,7 @@ async fn checkpoint_vacate_hold_release_and_history_over_the_cli() {
     assert_eq!(last["event"], "vacated");
     assert_eq!(last["reason"], "the owner came back");
     assert_eq!(last["from_checkpoint"], true);
-    assert_eq!(last["image_bytes"], 5);
+    assert_eq!(last["image_bytes"], 1000);
 
     // roost history: finished jobs, newest first.
     mm.matched(third, "exec2", "k3");
