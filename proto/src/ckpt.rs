@@ -601,7 +601,7 @@ mod tests {
         assert!(err(&image_start(&[region(0x1000, 0x2000, 2)])).contains("does not add up"));
         assert!(err(&image_start(&[region(0x2000, 0x1000, 0)])).contains("does not add up"));
         // Regions whose data sizes overflow a u64 together.
-        let huge = region(0, u64::MAX & !0xfff, (u64::MAX >> 12) - 1);
+        let huge = region(0, !0xfffu64, (u64::MAX >> 12) - 1);
         assert!(err(&image_start(&[huge, huge])).contains("does not add up"));
         assert_eq!(
             err(&image_start(&vec![region(0, 0x1000, 1); 17])),

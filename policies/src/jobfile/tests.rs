@@ -381,7 +381,7 @@ fn network_list_and_listen_become_attributes() {
         Some("true")
     );
     let s = one("executable = \"a\"\n");
-    assert!(s.attributes.get("Network").is_none() && s.attributes.get("NetworkListen").is_none());
+    assert!(!s.attributes.contains_key("Network") && !s.attributes.contains_key("NetworkListen"));
     let e = err("executable = \"a\"\nnetwork = [\"db:x\"]\n");
     assert!(e.contains("network[0]") && e.contains("host:port"), "{e}");
     let e = err("executable = \"a\"\nnetwork = \"db:5432\"\n");
