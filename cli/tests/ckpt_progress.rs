@@ -166,6 +166,7 @@ async fn checkpoint_and_vacate_wait_show_the_transfer_and_the_outcome() {
         matchmaker: mm,
         matchmaker_name: "cm".into(),
         claim_timeout: Duration::from_secs(60),
+        job_lease: shadow::JOB_LEASE,
     };
     let bound = shadow::Schedd::bind(cfg).await.unwrap();
     let sock = bound.sock().to_path_buf();

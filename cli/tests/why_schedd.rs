@@ -173,6 +173,7 @@ async fn start(mode: WhyMode) -> Pool {
         matchmaker: "127.0.0.1:1".into(),
         matchmaker_name: "cm".into(),
         claim_timeout: std::time::Duration::from_secs(60),
+        job_lease: shadow::JOB_LEASE,
     };
     let bound = shadow::Schedd::bind(cfg).await.unwrap();
     let (tx, rx) = oneshot::channel();

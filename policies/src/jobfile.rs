@@ -38,6 +38,7 @@ pub const KEYS: &[&str] = &[
     "request_disk",
     "checkpoint_interval",
     "checkpoint_full_every",
+    "lease",
     "network",
     "listen",
     "max_retries",
@@ -212,6 +213,9 @@ pub struct JobDescription {
     pub(crate) request_memory_mb: u64,
     pub(crate) request_disk_mb: u64,
     pub(crate) checkpoint_interval_secs: Option<u64>,
+    /// How long the job is kept while its execute host is out of reach
+    /// (`JobLease`).
+    pub(crate) lease_secs: Option<u64>,
     /// Increments between full periodic images (`CheckpointFullEvery`).
     pub(crate) checkpoint_full_every: Option<u32>,
     /// Destinations the job's sockets may reach (`Network`), and whether
@@ -275,6 +279,7 @@ pub fn parse(file: &str, text: &str, cwd: &Path) -> Result<JobDescription, Polic
             "request_memory" => d.request_memory_mb = p.size(key, node)?,
             "request_disk" => d.request_disk_mb = p.size(key, node)?,
             "checkpoint_interval" => d.checkpoint_interval_secs = Some(p.duration(key, node)?),
+            "lease" => d.lease_secs = Some(p.duration(key, node)?),
             "checkpoint_full_every" => {
                 let n = p.int(key, node, 0, u32::MAX as i64, "a non-negative integer")?;
                 d.checkpoint_full_every = Some(n as u32);
@@ -418,6 +423,7 @@ impl JobDescription {
             request_memory_mb: DEFAULT_REQUEST_MEMORY_MB,
             request_disk_mb: DEFAULT_REQUEST_DISK_MB,
             checkpoint_interval_secs: None,
+            lease_secs: None,
             checkpoint_full_every: None,
             network: Vec::new(),
             listen: false,
@@ -654,6 +660,11 @@ impl JobDescription {
         // takes periodic checkpoints from it.
         if let Some(secs) = self.checkpoint_interval_secs {
             attributes.insert("CheckpointInterval".to_string(), secs.to_string());
+        }
+        // The shadow and the starter keep the job this long when the link
+        // between them is lost.
+        if let Some(secs) = self.lease_secs {
+            attributes.insert("JobLease".to_string(), secs.to_string());
         }
         // Periodic images are increments with a full image every N.
         if let Some(n) = self.checkpoint_full_every {

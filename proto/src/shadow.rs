@@ -5,6 +5,14 @@
 //! `Reply` with the same id, in order), `Write`s it does not wait for
 //! (errors come back as `WriteFailed`), executable requests, and finally
 //! `Exited`.
+//!
+//! Once the job runs (`Started`), the link survives being cut: every
+//! message but `Attach`/`Resume`/`Ack` and their answers is numbered by
+//! its position on the wire (both directions count from 1 after `Attach`),
+//! each side keeps what it sent until the other's `Ack { received }`
+//! covers it, and `Ack`s double as heartbeats. A starter that loses the
+//! link dials again with `Resume` (what it has received); the shadow
+//! answers `Resumed` (what it has received) and each side resends the rest.
 
 use crate::fileop::{Errno, FileOp, FileReply};
 use crate::ids::{ClaimId, Handle, HostName, JobId};
@@ -28,6 +36,18 @@ pub enum ToShadow {
         h: Handle,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+    },
+    /// Picks up a session whose link was lost: `received` messages from the
+    /// shadow have arrived. Answered by `Resumed` or `Refused`.
+    Resume {
+        claim: ClaimId,
+        job: JobId,
+        host: HostName,
+        received: u64,
+    },
+    /// `received` messages from the shadow have arrived (also a heartbeat).
+    Ack {
+        received: u64,
     },
     /// Send the executable (`ExecChunk`s until `last`).
     FetchExecutable,
@@ -126,6 +146,15 @@ pub enum FromShadow {
         last: bool,
     },
     NoImage,
+    /// The session goes on: `received` messages from the starter arrived;
+    /// the shadow resends what came after the starter's `received`.
+    Resumed {
+        received: u64,
+    },
+    /// `received` messages from the starter have arrived (also a heartbeat).
+    Ack {
+        received: u64,
+    },
     /// Bytes that arrived on socket `h` (see [`crate::net`]); empty: the
     /// peer closed its side (end of file for the job).
     Push {
@@ -145,4 +174,30 @@ pub struct Attached {
     pub stdin: Option<Handle>,
     pub stdout: Option<Handle>,
     pub stderr: Option<Handle>,
+    /// How long either side keeps the job when the link between them is
+    /// lost, waiting for the starter to resume (the job's lease).
+    pub lease_secs: u64,
+}
+
+impl ToShadow {
+    /// Whether the message takes a place in the numbered stream.
+    pub fn counted(&self) -> bool {
+        !matches!(
+            self,
+            ToShadow::Attach { .. } | ToShadow::Resume { .. } | ToShadow::Ack { .. }
+        )
+    }
+}
+
+impl FromShadow {
+    /// Whether the message takes a place in the numbered stream.
+    pub fn counted(&self) -> bool {
+        !matches!(
+            self,
+            FromShadow::Attached(_)
+                | FromShadow::Refused { .. }
+                | FromShadow::Resumed { .. }
+                | FromShadow::Ack { .. }
+        )
+    }
 }

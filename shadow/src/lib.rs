@@ -4,6 +4,7 @@
 //! - [`queue`]: the SQLite queue and the job event log.
 //! - [`cli`]: the `roost` CLI server on `DIR/schedd.sock` (0600, `SO_PEERCRED`).
 //! - [`shadow`]: the TLS server starters attach to; one task per job.
+//! - [`wire`]: a shadow's link to its starter, numbered so it survives a cut.
 //! - [`net`]: a running job's sockets on the submit host.
 //! - [`mm`]: the matchmaker client (idle jobs out, matches in).
 //! - [`ckpt`]: the checkpoint image store (`DIR/ckpt/C.P/`).
@@ -22,6 +23,7 @@ pub mod net;
 pub mod queue;
 pub mod shadow;
 mod users;
+pub mod wire;
 
 use proto::tls::Identity;
 use proto::{ClaimId, HostName, JobId};
@@ -38,6 +40,10 @@ use tokio::sync::{Notify, mpsc};
 /// How long a claim may wait for its starter before it is given back
 /// (the default of [`Config::claim_timeout`]).
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a running job is kept when its starter is out of reach, unless
+/// the job says otherwise (`lease` in its job file): the default of
+/// [`Config::job_lease`].
+pub const JOB_LEASE: Duration = Duration::from_secs(20 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheddError {
@@ -91,6 +97,8 @@ pub struct Config {
     pub matchmaker_name: String,
     /// How long a claim may wait for its starter ([`CLAIM_TIMEOUT`]).
     pub claim_timeout: Duration,
+    /// A job's lease when its job file sets none ([`JOB_LEASE`]).
+    pub job_lease: Duration,
 }
 
 /// State shared by every task of the daemon.
@@ -102,11 +110,22 @@ pub struct Schedd {
     pub(crate) changed: Notify,
     releases: mpsc::UnboundedSender<ClaimId>,
     pub(crate) claim_timeout: Duration,
+    pub(crate) job_lease: Duration,
+    /// Where a starter that dials again finds its job's session: by job,
+    /// the session's connection id, claim, host and channel.
+    resumers: Mutex<HashMap<JobId, Resumer>>,
     /// Running jobs' shadows (by connection id) and their command channels.
     running: Mutex<HashMap<JobId, (u64, mpsc::UnboundedSender<ShadowCmd>)>>,
     conns: AtomicU64,
     /// The checkpoint image store.
     pub(crate) images: ckpt::Store,
+}
+
+struct Resumer {
+    conn: u64,
+    claim: ClaimId,
+    host: HostName,
+    tx: mpsc::UnboundedSender<wire::Resume>,
 }
 
 /// What the rest of the schedd asks of a running job's shadow.
@@ -168,6 +187,8 @@ impl Schedd {
             changed: Notify::new(),
             releases: tx,
             claim_timeout: cfg.claim_timeout,
+            job_lease: cfg.job_lease,
+            resumers: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             conns: AtomicU64::new(0),
             images,
@@ -239,6 +260,59 @@ impl Schedd {
         let mut m = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if m.get(&job).is_some_and(|(c, _)| *c == conn) {
             m.remove(&job);
+        }
+    }
+
+    /// Lets a starter that loses its link find session `conn` of `job` again.
+    pub(crate) fn register_resumer(
+        &self,
+        job: JobId,
+        conn: u64,
+        claim: &ClaimId,
+        host: &HostName,
+    ) -> mpsc::UnboundedReceiver<wire::Resume> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let r = Resumer {
+            conn,
+            claim: claim.clone(),
+            host: host.clone(),
+            tx,
+        };
+        self.resumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job, r);
+        rx
+    }
+
+    pub(crate) fn unregister_resumer(&self, job: JobId, conn: u64) {
+        let mut m = self.resumers.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(&job).is_some_and(|r| r.conn == conn) {
+            m.remove(&job);
+        }
+    }
+
+    /// The channel to `job`'s session, if `claim` on `host` holds it; or
+    /// why a resume is refused.
+    pub(crate) fn resumer(
+        &self,
+        job: JobId,
+        claim: &ClaimId,
+        host: &HostName,
+    ) -> Result<mpsc::UnboundedSender<wire::Resume>, String> {
+        let m = self.resumers.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&job) {
+            None => Err(format!(
+                "job {job} has no session to resume (it ended, or its lease expired and it went back to the queue)"
+            )),
+            Some(r) if r.claim != *claim => Err(format!(
+                "claim {claim} no longer holds job {job} (the job runs under another claim now)"
+            )),
+            Some(r) if r.host != *host => Err(format!(
+                "job {job}'s session belongs to `{}`, not to `{host}`",
+                r.host
+            )),
+            Some(r) => Ok(r.tx.clone()),
         }
     }
 

@@ -38,6 +38,11 @@ struct Args {
     /// back and the job matched again.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     claim_timeout_secs: u64,
+    /// Seconds a running job is kept while its starter is out of reach
+    /// (the starter keeps it suspended as long), for jobs whose job file
+    /// sets no `lease`; then the job goes back to the queue.
+    #[arg(long, value_name = "SECS", default_value_t = 1200)]
+    job_lease_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         matchmaker: a.matchmaker,
         matchmaker_name: a.matchmaker_name,
         claim_timeout: std::time::Duration::from_secs(a.claim_timeout_secs),
+        job_lease: std::time::Duration::from_secs(a.job_lease_secs),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {

@@ -7,7 +7,12 @@
 //! as the checkpoint recorded them ([`JobFs::restore`]; event `resumed`) —
 //! marks the job running and serves the job's calls and writes, in order,
 //! through the job's [`JobFs`] until `Exited` (committed, then `Done`). A
-//! connection that ends before that puts the job back to idle (`evicted`).
+//! connection that ends before the job runs, or that the starter closes,
+//! puts the job back to idle (`evicted`). Once the job runs (`Started`), a
+//! link that goes silent or breaks is kept for the job's lease (event
+//! `disconnected`): a starter that dials again with `Resume` picks the
+//! session up where it was (event `reconnected`; see [`crate::wire`]); at
+//! the end of the lease the job is requeued.
 //!
 //! Beside the starter's frames the session takes commands from the rest of
 //! the schedd (`ShadowCmd`): `roost checkpoint`/`vacate`/`hold` push
@@ -22,9 +27,8 @@ use crate::fs::{FsSnapshot, JobFs};
 use crate::queue::NewImage;
 use crate::{Schedd, ShadowCmd};
 use proto::fileop::FileReply;
-use proto::frame::{
-    MAX_FRAME, check_header, decode_body, encode_into, read_frame_async, write_frame_async,
-};
+use crate::wire::{HEARTBEAT, Resume, SILENCE, Stream, Wire};
+use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
 use proto::ids::Handle;
 use proto::job::{JobSpec, JobState};
 use proto::shadow::{Attached, FromShadow, ToShadow};
@@ -34,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::BufStream;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Largest `ExecChunk` payload.
@@ -44,8 +49,6 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_RETRY: Duration = Duration::from_millis(10);
 /// How long an attach may wait for its match to reach this schedd.
 const MATCH_WAIT: Duration = Duration::from_secs(5);
-
-type Stream = BufStream<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Accepts starter connections until the task is aborted.
 pub async fn serve(s: Arc<Schedd>, l: TcpListener) {
@@ -103,6 +106,16 @@ async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
     .await;
     let (claim, job, host) = match first {
         Ok(Ok(ToShadow::Attach { claim, job, host })) => (claim, job, host),
+        Ok(Ok(ToShadow::Resume {
+            claim,
+            job,
+            host,
+            received,
+        })) => {
+            let span = info_span!("job", job = %job, host = %host);
+            let _e = span.enter();
+            return resume(&s, st, &who.name, &claim, job, &host, received).await;
+        }
         Ok(Ok(other)) => {
             warn!(peer = %peer, "first message is not Attach ({}); connection closed", kind(&other));
             return;
@@ -132,6 +145,8 @@ async fn conn(s: Arc<Schedd>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
 fn kind(m: &ToShadow) -> &'static str {
     match m {
         ToShadow::Attach { .. } => "Attach",
+        ToShadow::Resume { .. } => "Resume",
+        ToShadow::Ack { .. } => "Ack",
         ToShadow::Call { .. } => "Call",
         ToShadow::Write { .. } => "Write",
         ToShadow::FetchExecutable => "FetchExecutable",
@@ -147,6 +162,42 @@ fn kind(m: &ToShadow) -> &'static str {
         ToShadow::CkptAbort { .. } => "CkptAbort",
         ToShadow::FetchImage => "FetchImage",
         ToShadow::PushAck { .. } => "PushAck",
+    }
+}
+
+/// Hands a starter's new connection to the session it lost, or refuses it.
+async fn resume(
+    s: &Schedd,
+    mut st: Stream,
+    peer_name: &str,
+    claim: &ClaimId,
+    job: JobId,
+    host: &HostName,
+    received: u64,
+) {
+    let refused = if host.0 != peer_name {
+        Some(format!(
+            "certificate names `{peer_name}`, but the starter says it is `{host}`"
+        ))
+    } else {
+        match s.resumer(job, claim, host) {
+            Ok(tx) => {
+                info!(received, "the starter dials again");
+                match tx.send(Resume { st, received }) {
+                    Ok(()) => return,
+                    Err(mpsc::error::SendError(r)) => {
+                        st = r.st;
+                        Some(format!("job {job}'s session has just ended"))
+                    }
+                }
+            }
+            Err(why) => Some(why),
+        }
+    };
+    if let Some(reason) = refused {
+        crate::metrics::rejected("resume");
+        warn!("resume refused: {reason}");
+        let _ = write_frame_async(&mut st, &FromShadow::Refused { reason }).await;
     }
 }
 
@@ -359,6 +410,7 @@ async fn attach(
         ),
         None => info!("executing"),
     }
+    let lease = job_lease(&spec, s.job_lease);
     let attached = Attached {
         job,
         spec: spec.clone(),
@@ -366,11 +418,14 @@ async fn attach(
         stdin: std[0],
         stdout: std[1],
         stderr: std[2],
+        lease_secs: lease.as_secs(),
     };
+    let resumes = s.register_resumer(job, conn_id, &claim, &host);
     let end = match write_frame_async(&mut st, &FromShadow::Attached(attached)).await {
         Ok(()) => {
             let mut sess = Session {
                 s: &s,
+                wire: Wire::new(st),
                 fs,
                 spec: &spec,
                 job,
@@ -380,8 +435,10 @@ async fn attach(
                 next_seq: row.checkpoints + 1,
                 vacate_by: None,
                 net: crate::net::take(job, crate::net::Policy::from_attributes(&spec.attributes)),
+                running: false,
+                lease,
             };
-            let end = sess.run(&mut st, cmds).await;
+            let end = sess.run(cmds, resumes).await;
             // A job that will run again keeps its connections meanwhile.
             if !matches!(end, End::Completed | End::Removed) {
                 let empty = crate::net::JobNet::new(job, crate::net::Policy::default());
@@ -392,6 +449,7 @@ async fn attach(
         Err(e) => End::Lost(format!("cannot send Attached: {}", chain(&e))),
     };
     s.unregister_running(job, conn_id);
+    s.unregister_resumer(job, conn_id);
     match end {
         End::Completed => s.images.discard(job),
         End::Failed => {}
@@ -448,57 +506,26 @@ fn check_executable(fs: &JobFs, path: &str) -> Result<(), String> {
     }
 }
 
-/// Reads the starter's frames so that a `select!` that takes another
-/// branch loses nothing: a partly read frame stays in `buf`.
-#[derive(Default)]
-struct Frames {
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl Frames {
-    async fn next(&mut self, r: &mut Stream) -> Result<ToShadow, ProtoError> {
-        use tokio::io::AsyncReadExt;
-        loop {
-            let avail = &self.buf[self.start..];
-            if avail.len() >= 4 {
-                let len = check_header([avail[0], avail[1], avail[2], avail[3]], MAX_FRAME)?;
-                if avail.len() >= 4 + len {
-                    let m = decode_body(&avail[4..4 + len]);
-                    self.start += 4 + len;
-                    return m;
-                }
-            }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let want = match self.buf.len() {
-                n if n >= 4 => {
-                    4 + check_header(
-                        [self.buf[0], self.buf[1], self.buf[2], self.buf[3]],
-                        MAX_FRAME,
-                    )?
-                }
-                _ => 4,
-            };
-            self.buf
-                .reserve(want.saturating_sub(self.buf.len()).max(64 << 10));
-            // Cancel-safe: bytes read are in `buf` even if this await is dropped.
-            if r.read_buf(&mut self.buf).await? == 0 {
-                return Err(ProtoError::Closed);
-            }
-        }
-    }
-}
-
 /// How long a job asked to leave its host may take before its starter's
 /// connection is closed (the starter then kills the job).
 const VACATE_WAIT: Duration = Duration::from_secs(300);
 
+/// The job's lease: its `JobLease` attribute (seconds), or the schedd's default.
+fn job_lease(spec: &JobSpec, default: Duration) -> Duration {
+    spec.attributes
+        .get("JobLease")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(default, Duration::from_secs)
+}
+
 /// One attached job.
 struct Session<'a> {
     s: &'a Schedd,
+    /// The link to the starter.
+    wire: Wire,
+    /// The job runs (`Started`): a lost link is kept for the lease.
+    running: bool,
+    lease: Duration,
     fs: JobFs,
     spec: &'a JobSpec,
     job: JobId,
@@ -526,31 +553,58 @@ enum Step {
 impl Session<'_> {
     async fn run(
         &mut self,
-        st: &mut Stream,
-        mut cmds: tokio::sync::mpsc::UnboundedReceiver<ShadowCmd>,
+        mut cmds: mpsc::UnboundedReceiver<ShadowCmd>,
+        mut resumes: mpsc::UnboundedReceiver<Resume>,
     ) -> End {
-        let mut frames = Frames::default();
-        // Reply frames are encoded here, reusing its memory.
-        let mut out = Vec::new();
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(why) = self.wire.broken().map(str::to_string) {
+                if !self.running || self.wire.peer_gone() {
+                    return End::Lost(why);
+                }
+                if let Err(end) = self.park(&mut cmds, &mut resumes, why).await {
+                    return end;
+                }
+            }
             let deadline = self.vacate_by;
             let msg = tokio::select! {
-                m = frames.next(st) => m,
+                // Frames first: the silence check below then only sees a
+                // link with nothing waiting on it.
+                biased;
+                m = self.wire.next() => m,
                 p = self.net.next_push() => {
-                    if let Err(e) = send_reusing(st, &p, &mut out).await {
-                        return End::Lost(format!("cannot push socket data: {}", chain(&e)));
-                    }
+                    self.wire.send(&p).await;
                     continue;
                 }
                 c = cmds.recv() => match c {
                     Some(ShadowCmd::Checkpoint { vacate }) => {
-                        if let Some(end) = self.ask_checkpoint(st, vacate).await {
-                            return end;
-                        }
+                        self.ask_checkpoint(vacate).await;
                         continue;
                     }
                     Some(ShadowCmd::End) | None => return End::Removed,
                 },
+                r = resumes.recv() => {
+                    // The starter dialled again before this side saw the
+                    // old link fail.
+                    if let Some(r) = r
+                        && let Err(end) = self.take_resume(r).await
+                    {
+                        return end;
+                    }
+                    continue;
+                }
+                _ = beat.tick(), if self.running => {
+                    if self.wire.silent_for() > SILENCE {
+                        self.wire.drop_link(format!(
+                            "no word from the starter for {} s",
+                            SILENCE.as_secs()
+                        ));
+                    } else {
+                        self.wire.ack(true).await;
+                    }
+                    continue;
+                }
                 _ = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d).await,
@@ -565,16 +619,19 @@ impl Session<'_> {
             };
             let msg = match msg {
                 Ok(m) => m,
+                // The starter is gone (a cut link is silent instead).
                 Err(ProtoError::Closed) => {
                     return End::Lost("the starter closed the connection".into());
                 }
+                Err(ProtoError::Io(e)) => {
+                    self.wire.failed("the link to the starter failed", &e);
+                    continue;
+                }
                 Err(e) => return End::Lost(format!("bad frame: {}", chain(&e))),
             };
-            match self.handle(st, &mut cmds, msg).await {
+            match self.handle(&mut cmds, msg).await {
                 Step::Reply(m) => {
-                    if let Err(e) = send_reusing(st, &m, &mut out).await {
-                        return End::Lost(format!("cannot reply: {}", chain(&e)));
-                    }
+                    self.wire.send(&m).await;
                     if let FromShadow::Reply {
                         reply: FileReply::Data(d),
                         ..
@@ -586,28 +643,86 @@ impl Session<'_> {
                 Step::Nothing => {}
                 Step::End(e) => return e,
             }
+            self.wire.ack(false).await;
+        }
+    }
+
+    /// The link is lost while the job runs: waits for the starter to
+    /// resume within the job's lease. `Err`: how the session ends instead.
+    async fn park(
+        &mut self,
+        cmds: &mut mpsc::UnboundedReceiver<ShadowCmd>,
+        resumes: &mut mpsc::UnboundedReceiver<Resume>,
+        why: String,
+    ) -> Result<(), End> {
+        let lease = self.lease;
+        warn!(
+            lease_secs = lease.as_secs(),
+            "lost the starter ({why}); the job is kept for its lease"
+        );
+        let extra = serde_json::json!({ "reason": why, "lease_secs": lease.as_secs() });
+        if let Step::End(e) = self.note("disconnected", extra).await {
+            return Err(e);
+        }
+        let t0 = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                r = resumes.recv() => {
+                    let Some(r) = r else { continue };
+                    self.take_resume(r).await?;
+                    let away = t0.elapsed().as_secs_f64();
+                    info!(away_secs = away, "the starter is back");
+                    let extra = serde_json::json!({ "away_secs": (away * 10.0).round() / 10.0 });
+                    return match self.note("reconnected", extra).await {
+                        Step::End(e) => Err(e),
+                        _ => Ok(()),
+                    };
+                }
+                c = cmds.recv() => match c {
+                    // Kept and sent when the starter is back.
+                    Some(ShadowCmd::Checkpoint { vacate }) => self.ask_checkpoint(vacate).await,
+                    Some(ShadowCmd::End) | None => return Err(End::Removed),
+                },
+                _ = tokio::time::sleep_until(t0 + lease) => {
+                    return Err(End::Lost(format!(
+                        "the job's lease of {} s expired with its starter out of reach ({why})",
+                        lease.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Moves the session onto a resuming starter's connection.
+    async fn take_resume(&mut self, r: Resume) -> Result<(), End> {
+        if !self.running {
+            let reason = "the job had not started; it starts again elsewhere".to_string();
+            let mut st = r.st;
+            warn!("resume refused: {reason}");
+            let _ = write_frame_async(&mut st, &FromShadow::Refused { reason }).await;
+            return Ok(());
+        }
+        match self.wire.resume(self.job, r).await {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                warn!("resume refused: {reason}");
+                Err(End::Lost(format!("the starter could not resume: {reason}")))
+            }
         }
     }
 
     /// Sends `Checkpoint` to the starter; with `vacate`, starts the clock.
-    async fn ask_checkpoint(&mut self, st: &mut Stream, vacate: bool) -> Option<End> {
+    async fn ask_checkpoint(&mut self, vacate: bool) {
         info!(vacate, "asking the starter for a checkpoint");
         if vacate && self.vacate_by.is_none() {
             self.vacate_by = Some(tokio::time::Instant::now() + VACATE_WAIT);
         }
-        match write_frame_async(st, &FromShadow::Checkpoint { vacate }).await {
-            Ok(()) => None,
-            Err(e) => Some(End::Lost(format!(
-                "cannot ask for a checkpoint: {}",
-                chain(&e)
-            ))),
-        }
+        self.wire.send(&FromShadow::Checkpoint { vacate }).await;
     }
 
     async fn handle(
         &mut self,
-        st: &mut Stream,
-        cmds: &mut tokio::sync::mpsc::UnboundedReceiver<ShadowCmd>,
+        cmds: &mut mpsc::UnboundedReceiver<ShadowCmd>,
         msg: ToShadow,
     ) -> Step {
         let (s, job) = (self.s, self.job);
@@ -661,9 +776,7 @@ impl Session<'_> {
                                     _ = tokio::time::sleep(LOCK_RETRY) => {}
                                     c = cmds.recv() => match c {
                                         Some(ShadowCmd::Checkpoint { vacate }) => {
-                                            if let Some(end) = self.ask_checkpoint(st, vacate).await {
-                                                return Step::End(end);
-                                            }
+                                            self.ask_checkpoint(vacate).await;
                                         }
                                         Some(ShadowCmd::End) | None => return Step::End(End::Removed),
                                     },
@@ -690,25 +803,21 @@ impl Session<'_> {
                 }
             }
             ToShadow::FetchExecutable => match self.fs.executable(&self.spec.executable) {
-                Ok(data) => match send_executable(st, &data).await {
-                    Ok(()) => Step::Nothing,
-                    Err(e) => {
-                        Step::End(End::Lost(format!("sending the executable: {}", chain(&e))))
-                    }
-                },
+                Ok(data) => {
+                    send_executable(&mut self.wire, &data).await;
+                    Step::Nothing
+                }
                 Err(e) => {
                     let reason = format!(
                         "cannot read executable `{}`: {}",
                         self.spec.executable,
                         std::io::Error::from_raw_os_error(e)
                     );
-                    let _ = write_frame_async(
-                        st,
-                        &FromShadow::Refused {
+                    self.wire
+                        .send(&FromShadow::Refused {
                             reason: reason.clone(),
-                        },
-                    )
-                    .await;
+                        })
+                        .await;
                     let r = reason.clone();
                     if let Err(e) = s.db(move |q| q.failed(job, &r)).await {
                         warn!("cannot record the failure: {}", chain(&e));
@@ -719,6 +828,7 @@ impl Session<'_> {
             },
             ToShadow::Started { pid } => {
                 debug!(pid, "job process started");
+                self.running = true;
                 Step::Nothing
             }
             ToShadow::Exited { status, mut usage } => {
@@ -733,7 +843,7 @@ impl Session<'_> {
                             written = usage.bytes_written,
                             "completed"
                         );
-                        let _ = write_frame_async(st, &FromShadow::Done).await;
+                        self.wire.send(&FromShadow::Done).await;
                         Step::End(End::Completed)
                     }
                     // Not acknowledged: the starter keeps the result and the job is retried.
@@ -747,7 +857,7 @@ impl Session<'_> {
                 match s.db(move |q| q.failed(job, &r)).await {
                     Ok(state) => {
                         warn!(?state, "the starter could not run the job: {reason}");
-                        let _ = write_frame_async(st, &FromShadow::Done).await;
+                        self.wire.send(&FromShadow::Done).await;
                         Step::End(End::Failed)
                     }
                     Err(e) => Step::End(End::Lost(format!(
@@ -756,9 +866,11 @@ impl Session<'_> {
                     ))),
                 }
             }
-            ToShadow::Attach { .. } => {
-                Step::End(End::Lost("a second Attach on one connection".into()))
-            }
+            ToShadow::Attach { .. } | ToShadow::Resume { .. } => Step::End(End::Lost(
+                "a second Attach or Resume on one connection".into(),
+            )),
+            // Taken by the wire.
+            ToShadow::Ack { .. } => Step::Nothing,
             ToShadow::Suspended => self.note("suspended", serde_json::json!({})).await,
             ToShadow::Continued => self.note("unsuspended", serde_json::json!({})).await,
             ToShadow::Vacated {
@@ -770,7 +882,7 @@ impl Session<'_> {
                 match s.db(move |q| q.requeue(job, event, &r)).await {
                     Ok(_) => {
                         info!(checkpointed, "{event}: {reason}");
-                        let _ = write_frame_async(st, &FromShadow::Done).await;
+                        self.wire.send(&FromShadow::Done).await;
                         Step::End(End::Failed)
                     }
                     Err(e) => Step::End(End::Lost(format!(
@@ -825,7 +937,7 @@ impl Session<'_> {
                 )
                 .await
             }
-            ToShadow::FetchImage => match self.send_image(st).await {
+            ToShadow::FetchImage => match self.send_image().await {
                 Ok(()) => Step::Nothing,
                 Err(e) => Step::End(End::Lost(format!("sending the image: {e}"))),
             },
@@ -939,7 +1051,7 @@ impl Session<'_> {
     }
 
     /// Sends the job's last committed image in `ImageChunk`s, or `NoImage`.
-    async fn send_image(&self, st: &mut Stream) -> Result<(), String> {
+    async fn send_image(&mut self) -> Result<(), String> {
         use tokio::io::AsyncReadExt;
         let job = self.job;
         let row = self
@@ -948,9 +1060,8 @@ impl Session<'_> {
             .await
             .map_err(|e| chain(&e))?;
         let Some(img) = row.and_then(|r| r.image) else {
-            return write_frame_async(st, &FromShadow::NoImage)
-                .await
-                .map_err(|e| chain(&e));
+            self.wire.send(&FromShadow::NoImage).await;
+            return Ok(());
         };
         // The job's files were restored for this image at attach: without
         // it the job cannot start here either way. The session ends; the
@@ -984,9 +1095,12 @@ impl Session<'_> {
                 done += want as u64;
                 sent += want as u64;
                 let last = sent >= total;
-                write_frame_async(st, &FromShadow::ImageChunk { data, last })
-                    .await
-                    .map_err(|e| chain(&e))?;
+                self.wire
+                    .send_volatile(&FromShadow::ImageChunk { data, last })
+                    .await;
+                if let Some(why) = self.wire.broken() {
+                    return Err(why.to_string());
+                }
                 progress.add(want as u64);
             }
         }
@@ -997,30 +1111,14 @@ impl Session<'_> {
     }
 }
 
-/// Writes one frame, encoded into `out` (whose memory is reused from
-/// frame to frame), and flushes it.
-async fn send_reusing(
-    st: &mut Stream,
-    m: &FromShadow,
-    out: &mut Vec<u8>,
-) -> Result<(), ProtoError> {
-    use tokio::io::AsyncWriteExt;
-    encode_into(m, out)?;
-    st.write_all(out).await?;
-    st.flush().await?;
-    Ok(())
-}
-
-async fn send_executable(st: &mut Stream, data: &[u8]) -> Result<(), ProtoError> {
+/// Sends the executable in `ExecChunk`s of at most [`EXEC_CHUNK`] bytes.
+async fn send_executable(wire: &mut Wire, data: &[u8]) {
     if data.is_empty() {
-        return write_frame_async(
-            st,
-            &FromShadow::ExecChunk {
-                data: Vec::new(),
-                last: true,
-            },
-        )
-        .await;
+        let m = FromShadow::ExecChunk {
+            data: Vec::new(),
+            last: true,
+        };
+        return wire.send_volatile(&m).await;
     }
     let n = data.len().div_ceil(EXEC_CHUNK);
     for (i, chunk) in data.chunks(EXEC_CHUNK).enumerate() {
@@ -1028,9 +1126,8 @@ async fn send_executable(st: &mut Stream, data: &[u8]) -> Result<(), ProtoError>
             data: chunk.to_vec(),
             last: i + 1 == n,
         };
-        write_frame_async(st, &m).await?;
+        wire.send_volatile(&m).await;
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ async fn start_with(
         matchmaker: mm.unwrap_or_else(|| "127.0.0.1:1".into()),
         matchmaker_name: "cm".into(),
         claim_timeout,
+        job_lease: shadow::JOB_LEASE,
     };
     let bound = shadow::Schedd::bind(cfg).await.unwrap();
     let sock = bound.sock().to_path_buf();

@@ -648,6 +648,7 @@ mod tests {
                 stdin: None,
                 stdout: Some(Handle(1)),
                 stderr: None,
+                lease_secs: 60,
             };
             put(&mut s, FromShadow::Attached(a)).await;
             seen.push(get(&mut s).await);

@@ -298,6 +298,12 @@ fn durations_and_notifications() {
         get("checkpoint_interval = \"2d\"").checkpoint_interval_secs,
         Some(172800)
     );
+    let lease = get("lease = \"90s\"");
+    assert_eq!(
+        lease.spec.attributes.get("JobLease").map(String::as_str),
+        Some("90")
+    );
+    assert!(!get("").spec.attributes.contains_key("JobLease"));
     assert_eq!(get("").checkpoint_interval_secs, None);
     let full_every = |body: &str| {
         get(body)
@@ -400,8 +406,8 @@ fn relative_cwd_is_made_absolute() {
 
 const ALL_KEYS: &str = "executable, arguments, input, output, error, log, initialdir, \
     environment, transfer_executable, requirements, rank, request_cpus, request_memory, \
-    request_disk, checkpoint_interval, checkpoint_full_every, network, listen, max_retries, \
-    notification, attributes, queue";
+    request_disk, checkpoint_interval, checkpoint_full_every, lease, network, listen, \
+    max_retries, notification, attributes, queue";
 
 #[test]
 fn bad_files_name_file_line_and_key() {

@@ -453,6 +453,7 @@ mod tests {
                 stdin: None,
                 stdout: Some(Handle(1)),
                 stderr: Some(Handle(2)),
+                lease_secs: 60,
             };
             write_frame_async(&mut s, &FromShadow::Attached(a))
                 .await
@@ -619,6 +620,7 @@ mod tests {
                 stdin: None,
                 stdout: None,
                 stderr: None,
+                lease_secs: 60,
             };
             write_frame_async(&mut s, &FromShadow::Attached(a))
                 .await
@@ -716,6 +718,7 @@ mod tests {
                 stdin: None,
                 stdout: None,
                 stderr: None,
+                lease_secs: 60,
             };
             write_frame_async(&mut s, &FromShadow::Attached(a))
                 .await
@@ -921,6 +924,7 @@ mod tests {
                 stdin: None,
                 stdout: None,
                 stderr: None,
+                lease_secs: 60,
             };
             write_frame_async(&mut s, &FromShadow::Attached(a))
                 .await
