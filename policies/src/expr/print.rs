@@ -160,6 +160,11 @@ impl fmt::Display for Expr {
                 // starts with a sign (so "- -1" never reads as "--"), and a
                 // number after a minus (the parser folds "-1" into one
                 // literal, so the negation of 1 prints as "-(1)").
+                // A unary operand goes after a space instead ("- -x"): as
+                // many levels as the source had, not one more per sign.
+                if matches!(**e, Expr::Unary(..)) {
+                    return write!(f, " {e}");
+                }
                 let number = matches!(**e, Expr::Lit(Value::Int(_) | Value::Real(_)));
                 child(f, e, precedence(e) <= 7 || (*op == UnOp::Neg && number))
             }

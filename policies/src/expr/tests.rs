@@ -373,6 +373,8 @@ fn printing_is_canonical() {
         ("(a - b) - c", "a - b - c"),
         ("a - (b - c)", "a - (b - c)"),
         ("-(-3)", "-(-3)"),
+        ("--x", "- -x"),
+        ("!-!x", "! - !x"),
         ("- 3 * x", "-3 * x"),
         ("-(3 * x)", "-(3 * x)"),
         ("!(a == b)", "!(a == b)"),
@@ -392,6 +394,15 @@ fn printing_is_canonical() {
     for (src, want) in cases {
         assert_eq!(parse(src).unwrap().to_string(), want, "{src}");
     }
+}
+
+/// A chain of signs as deep as the parser allows prints as text the
+/// parser takes again (no parentheses added per sign).
+#[test]
+fn deep_sign_chains_reparse() {
+    let src = format!("string(x{}e)", "-".repeat(super::parse::MAX_DEPTH - 10));
+    let e = parse(&src).unwrap();
+    assert_eq!(parse(&e.to_string()).as_ref(), Ok(&e));
 }
 
 #[test]
