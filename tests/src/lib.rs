@@ -843,6 +843,74 @@ impl Pool {
         }
     }
 
+    /// Waits until some job of the submit host's queue runs and returns
+    /// its host (and the job's id).
+    pub fn running_host(&self, timeout: Duration) -> (String, String) {
+        let t0 = Instant::now();
+        loop {
+            for j in self.queue() {
+                if j["state"] == "Running"
+                    && let Some(h) = j["host"].as_str()
+                {
+                    return (h.to_string(), job_id(&j));
+                }
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no job started within {timeout:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pids of the processes in `host`'s network namespace whose name
+    /// (`/proc/PID/comm`) is `comm`.
+    pub fn pids_named(&self, host: &str, comm: &str) -> Vec<i32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.host(host).ns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() == comm)
+            })
+            .collect()
+    }
+
+    /// The hub's end of `host`'s veth pair (`v<index>`).
+    fn hub_port(&self, host: &str) -> String {
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h.name == host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        format!("v{i}")
+    }
+
+    /// Cuts `host` off the network, both ways and from every peer (a
+    /// pulled cable): the hub's end of its veth pair goes down, so the
+    /// host's `eth0` loses its carrier. Nothing is killed and no packet is
+    /// answered: what either side sends is dropped (no RST, no ICMP from
+    /// the other side), a new `connect` times out, and an established TCP
+    /// connection just retransmits, so it survives a cut that ends before
+    /// TCP gives up (minutes). Undone by [`Pool::restore_link`].
+    pub fn cut_link(&self, host: &str) {
+        let port = self.hub_port(host);
+        ip(&["-n", &self.hub, "link", "set", &port, "down"])
+            .unwrap_or_else(|e| panic!("cutting {host} off: {e:#}"));
+    }
+
+    /// Puts `host` back on the network after [`Pool::cut_link`].
+    pub fn restore_link(&self, host: &str) {
+        let port = self.hub_port(host);
+        ip(&["-n", &self.hub, "link", "set", &port, "up"])
+            .unwrap_or_else(|e| panic!("restoring {host}'s link: {e:#}"));
+    }
+
     /// Destroys an execute host outright: every process in its namespace
     /// is killed and the namespace deleted (a machine that lost power).
     pub fn destroy_host(&self, host: &str) {
@@ -1043,6 +1111,95 @@ pub fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         if e.file_type().unwrap().is_file() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+
+    /// A TCP connect from the thread's namespace (see [`Pool::in_netns`]).
+    fn dial(pool: &Pool, from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+        pool.in_netns(from, || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        })
+    }
+
+    fn listen(pool: &Pool, host: &str, port: u16) -> TcpListener {
+        let ip = pool.host(host).ip.clone();
+        pool.in_netns(host, || TcpListener::bind((ip.as_str(), port)))
+            .unwrap_or_else(|e| panic!("listening on {host}:{port}: {e}"))
+    }
+
+    fn addr(pool: &Pool, host: &str, port: u16) -> SocketAddr {
+        format!("{}:{port}", pool.host(host).ip).parse().unwrap()
+    }
+
+    /// Reads exactly `n` bytes, with a generous timeout (TCP retransmits
+    /// after a cut with exponential back-off).
+    fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = vec![0; n];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("reading {n} bytes after the cut: {e}"));
+        buf
+    }
+
+    #[test]
+    fn a_cut_link_drops_everything_and_a_restored_one_carries_on() {
+        let pool = Pool::create(1).expect("setting up the pool's hosts");
+        let on_submit = listen(&pool, "submit", 7001);
+        let on_cm = listen(&pool, "cm", 7002);
+        let on_exec = listen(&pool, "exec1", 7003);
+
+        // A connection from the execute host that lives through the cut.
+        let mut old =
+            dial(&pool, "exec1", addr(&pool, "submit", 7001)).expect("dial before the cut");
+        let (mut old_peer, _) = on_submit.accept().unwrap();
+        old.write_all(b"before;").unwrap();
+        assert_eq!(read_n(&mut old_peer, 7), b"before;");
+
+        pool.cut_link("exec1");
+        for (from, to) in [
+            ("exec1", addr(&pool, "submit", 7001)),
+            ("exec1", addr(&pool, "cm", 7002)),
+            ("submit", addr(&pool, "exec1", 7003)),
+            ("cm", addr(&pool, "exec1", 7003)),
+        ] {
+            let r = dial(&pool, from, to);
+            assert!(r.is_err(), "{from} reached {to} while exec1 was cut off");
+        }
+        // Both ends write into the cut; nothing arrives yet, nothing resets.
+        old.write_all(b"during;").unwrap();
+        old_peer.write_all(b"back;").unwrap();
+        old_peer
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut b = [0u8; 16];
+        let r = old_peer.read(&mut b);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+            "a read across the cut returned {r:?}"
+        );
+
+        pool.restore_link("exec1");
+        assert_eq!(read_n(&mut old_peer, 7), b"during;");
+        assert_eq!(read_n(&mut old, 5), b"back;");
+        old.write_all(b"after;").unwrap();
+        assert_eq!(read_n(&mut old_peer, 6), b"after;");
+        for (from, to, l) in [
+            ("exec1", addr(&pool, "submit", 7001), &on_submit),
+            ("exec1", addr(&pool, "cm", 7002), &on_cm),
+            ("submit", addr(&pool, "exec1", 7003), &on_exec),
+        ] {
+            let mut s = dial(&pool, from, to)
+                .unwrap_or_else(|e| panic!("{from} cannot reach {to} after the restore: {e}"));
+            let (mut p, _) = l.accept().unwrap();
+            s.write_all(b"x").unwrap();
+            assert_eq!(read_n(&mut p, 1), b"x");
         }
     }
 }
