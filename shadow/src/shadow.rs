@@ -25,9 +25,9 @@ use crate::ckpt::{IMAGE_CHUNK, Incoming};
 use crate::cli::chain;
 use crate::fs::{FsSnapshot, JobFs};
 use crate::queue::NewImage;
+use crate::wire::{HEARTBEAT, Resume, SILENCE, Stream, Wire};
 use crate::{Schedd, ShadowCmd};
 use proto::fileop::FileReply;
-use crate::wire::{HEARTBEAT, Resume, SILENCE, Stream, Wire};
 use proto::frame::{MAX_FRAME, read_frame_async, write_frame_async};
 use proto::ids::Handle;
 use proto::job::{JobSpec, JobState};
@@ -556,7 +556,7 @@ impl Session<'_> {
         mut cmds: mpsc::UnboundedReceiver<ShadowCmd>,
         mut resumes: mpsc::UnboundedReceiver<Resume>,
     ) -> End {
-        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(why) = self.wire.broken().map(str::to_string) {

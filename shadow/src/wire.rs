@@ -255,8 +255,13 @@ impl Wire {
             None
         };
         if let Some(reason) = why {
-            let _ = write_frame_async(&mut r.st, &FromShadow::Refused { reason: reason.clone() })
-                .await;
+            let _ = write_frame_async(
+                &mut r.st,
+                &FromShadow::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
             return Err(reason);
         }
         self.st = Some(r.st);

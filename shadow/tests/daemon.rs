@@ -532,7 +532,7 @@ async fn call(s: &mut Starter, id: u64, op: FileOp) -> FileReply {
     write_frame_async(s, &ToShadow::Call { id, op })
         .await
         .unwrap();
-    match read_frame_async(s, MAX_FRAME).await.unwrap() {
+    match next(s).await {
         FromShadow::Reply { id: got, reply } => {
             assert_eq!(got, id);
             reply
@@ -583,7 +583,7 @@ async fn a_job_runs_through_the_shadow() {
         host: HostName("exec1".into()),
     };
     write_frame_async(&mut s, &m).await.unwrap();
-    let r: FromShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+    let r: FromShadow = next(&mut s).await;
     assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
     // Another execute host, honest about its name, with exec1's claim.
     let (_, r) = attach(&p, "exec2", job, "claim-1").await;
@@ -618,7 +618,7 @@ async fn a_job_runs_through_the_shadow() {
         .unwrap();
     let mut exe = Vec::new();
     loop {
-        match read_frame_async(&mut s, MAX_FRAME).await.unwrap() {
+        match next(&mut s).await {
             FromShadow::ExecChunk { data, last } => {
                 assert!(data.len() <= 1 << 20);
                 exe.extend_from_slice(&data);
@@ -675,7 +675,7 @@ async fn a_job_runs_through_the_shadow() {
     )
     .await
     .unwrap();
-    match read_frame_async(&mut s, MAX_FRAME).await.unwrap() {
+    match next(&mut s).await {
         FromShadow::WriteFailed { h, errno } => assert_eq!((h.0, errno), (999, libc::EBADF)),
         r => panic!("{r:?}"),
     }
@@ -732,7 +732,7 @@ async fn a_job_runs_through_the_shadow() {
     )
     .await
     .unwrap();
-    let r: FromShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
+    let r: FromShadow = next(&mut s).await;
     assert_eq!(r, FromShadow::Done);
     mm.released("claim-1").await;
 
@@ -989,11 +989,7 @@ async fn a_waiting_lock_is_granted_when_another_job_unlocks() {
         .await,
         FileReply::Ok
     );
-    match tokio::time::timeout(T, read_frame_async(&mut b, MAX_FRAME))
-        .await
-        .unwrap()
-        .unwrap()
-    {
+    match next(&mut b).await {
         FromShadow::Reply { id: 2, reply } => assert_eq!(reply, FileReply::Ok),
         r => panic!("{r:?}"),
     }
@@ -1061,11 +1057,17 @@ async fn two_starters_racing_with_one_claim_get_one_job() {
     assert_eq!(events(&l), ["submitted", "matched", "executing"]);
 }
 
+/// The shadow's next message, past its heartbeats (`Ack`).
 async fn next(s: &mut Starter) -> FromShadow {
-    tokio::time::timeout(T, read_frame_async(s, MAX_FRAME))
-        .await
-        .expect("no message from the shadow")
-        .unwrap()
+    loop {
+        let m = tokio::time::timeout(T, read_frame_async(&mut *s, MAX_FRAME))
+            .await
+            .expect("no message from the shadow")
+            .unwrap();
+        if !matches!(m, FromShadow::Ack { .. }) {
+            return m;
+        }
+    }
 }
 
 async fn send(s: &mut Starter, m: ToShadow) {

@@ -9,6 +9,15 @@
 //! shadow is never stuck sending while the starter is busy sending: replies
 //! go to their waiting calls, `WriteFailed` notices to the log, and the
 //! rest to the `ShadowLink`.
+//!
+//! Once the job runs ([`ShadowLink::started`]) the link survives being
+//! cut (see `proto::shadow`): every counted frame sent is kept until the
+//! shadow's `Ack` covers it, `Ack`s go both ways every [`HEARTBEAT`], and a
+//! link silent for [`SILENCE`], or failing, is *away*: calls and writes
+//! wait, the starter suspends the job ([`ShadowLink::away`]), and a task
+//! dials again with `Resume` until the job's lease ends. On `Resumed` the
+//! frames the shadow lacks are sent again and the job continues; a refusal
+//! or the end of the lease takes the link down for good.
 
 use crate::relay;
 use proto::fileop::{FileOp, FileReply};
@@ -20,19 +29,29 @@ use proto::{ClaimId, Handle, HostName, JobId, ProtoError};
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 /// Time to connect and finish the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time the shadow may take to answer `Attach`, one executable chunk, or
 /// to commit `Exited`/`Failed`.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often an `Ack` goes to the shadow when nothing else asks for one.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A link with no frame from the shadow, or a send stuck, for this long is
+/// taken as lost.
+pub const SILENCE: Duration = Duration::from_secs(10);
+/// An `Ack` goes out at least this often, in messages received.
+const ACK_EVERY: u64 = 64;
+/// Pause between two attempts to resume.
+const REDIAL: Duration = Duration::from_secs(1);
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 
@@ -76,8 +95,47 @@ pub enum LinkError {
 /// Calls waiting for their reply, oldest first; `None` once the link is down.
 type Pending = Option<VecDeque<(u64, oneshot::Sender<FileReply>)>>;
 
+/// The sending side: the current stream (none while away) and the count.
+struct Sender {
+    wr: Option<WriteHalf<Stream>>,
+    /// Counted messages sent.
+    sent: u64,
+}
+
+/// What a resume needs, known once attached.
+struct ResumeInfo {
+    id: Identity,
+    schedd_name: String,
+    addr: String,
+    claim: ClaimId,
+    job: JobId,
+    host: HostName,
+    lease: Duration,
+}
+
 struct Shared {
-    wr: tokio::sync::Mutex<WriteHalf<Stream>>,
+    wr: tokio::sync::Mutex<Sender>,
+    /// Counted frames sent and not yet acknowledged, by number.
+    unacked: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    /// Counted messages received.
+    received: AtomicU64,
+    /// `received` when the last `Ack` went out.
+    acked: AtomicU64,
+    /// When the last bytes from the shadow arrived.
+    heard: Mutex<Instant>,
+    /// The job runs: a lost link is resumed, not fatal.
+    running: AtomicBool,
+    /// Which connection is current (a reader of an older one is ignored).
+    epoch: AtomicU64,
+    /// `true` while the link is lost and being resumed.
+    away: tokio::sync::watch::Sender<bool>,
+    /// Wakes the heartbeat task to acknowledge now.
+    ack_due: tokio::sync::Notify,
+    resume: OnceLock<ResumeInfo>,
+    /// The current connection's reader task.
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where readers deliver what is not a reply.
+    chans: Mutex<Option<Chans>>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     /// Why the link went down.
@@ -105,6 +163,28 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn is_down(&self) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Connection `epoch` failed: while the job runs the link is away and
+    /// is resumed; before, it is down.
+    fn lose(self: &Arc<Self>, epoch: u64, why: String) {
+        if self.epoch.load(Ordering::SeqCst) != epoch || self.is_down() {
+            return;
+        }
+        if !self.running.load(Ordering::SeqCst) || self.resume.get().is_none() {
+            return self.fail(why);
+        }
+        let was_away = self.away.send_replace(true);
+        if !was_away {
+            tokio::spawn(reconnect(self.clone(), why));
+        }
+    }
+
     /// Marks the link down: waiting and later calls fail with `EIO`.
     fn fail(&self, why: String) {
         let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
@@ -113,6 +193,7 @@ impl Shared {
             *d = Some(why);
         }
         drop(d);
+        self.away.send_replace(false);
         self.pending().take();
         lock(&self.ckpt_wait).take();
         *lock(&self.image) = ImageSink::default();
@@ -127,14 +208,262 @@ impl Shared {
             .unwrap_or_else(|| "closed".into())
     }
 
-    async fn send(&self, msg: &ToShadow) -> Result<(), LinkError> {
-        let mut wr = self.wr.lock().await;
-        write_frame_async(&mut *wr, msg).await.map_err(|e| {
-            self.fail(format!("send failed: {e}"));
-            LinkError::Send(e)
-        })
+    async fn send(self: &Arc<Self>, msg: &ToShadow) -> Result<(), LinkError> {
+        let mut tx = self.wr.lock().await;
+        self.send_locked(&mut tx, msg).await
+    }
+
+    /// Sends `msg` (the caller holds the sending side): counted messages
+    /// are numbered and kept until acknowledged; while away they are only
+    /// kept. A send that fails or is stuck for [`SILENCE`] loses the link.
+    async fn send_locked(
+        self: &Arc<Self>,
+        tx: &mut Sender,
+        msg: &ToShadow,
+    ) -> Result<(), LinkError> {
+        if self.is_down() {
+            return Err(LinkError::Closed(self.why_down()));
+        }
+        let frame = Arc::new(proto::frame::encode(msg).map_err(LinkError::Send)?);
+        if msg.counted() {
+            tx.sent += 1;
+            lock(&self.unacked).push_back((tx.sent, frame.clone()));
+        }
+        let Some(wr) = tx.wr.as_mut() else {
+            return Ok(());
+        };
+        let write = async {
+            wr.write_all(&frame).await?;
+            wr.flush().await
+        };
+        let why = match tokio::time::timeout(SILENCE, write).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("send failed: {e}"),
+            Err(_) => format!("a send was stuck for {} s", SILENCE.as_secs()),
+        };
+        tx.wr = None;
+        self.lose(self.epoch.load(Ordering::SeqCst), why.clone());
+        if self.is_down() {
+            return Err(LinkError::Closed(why));
+        }
+        Ok(())
+    }
+
+    /// Drops what the shadow has acknowledged.
+    fn acknowledged(&self, received: u64) {
+        let mut q = lock(&self.unacked);
+        while q.front().is_some_and(|(n, _)| *n <= received) {
+            q.pop_front();
+        }
+    }
+
+    /// Sends an `Ack` of what has arrived.
+    async fn send_ack(self: &Arc<Self>) {
+        let mut tx = self.wr.lock().await;
+        if tx.wr.is_none() {
+            return;
+        }
+        let received = self.received.load(Ordering::SeqCst);
+        self.acked.store(received, Ordering::SeqCst);
+        let _ = self.send_locked(&mut tx, &ToShadow::Ack { received }).await;
     }
 }
+
+/// Acknowledges the shadow's messages every [`HEARTBEAT`] (sooner after
+/// [`ACK_EVERY`] of them) and loses a link silent for [`SILENCE`].
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.ack_due.notified() => {}
+        }
+        if shared.is_down() {
+            return;
+        }
+        if *shared.away.borrow() {
+            continue;
+        }
+        let silent = lock(&shared.heard).elapsed();
+        if silent > SILENCE {
+            let epoch = shared.epoch.load(Ordering::SeqCst);
+            shared.lose(
+                epoch,
+                format!("no word from the shadow for {} s", SILENCE.as_secs()),
+            );
+            continue;
+        }
+        shared.send_ack().await;
+    }
+}
+
+/// Dials the shadow again until it resumes the session, refuses, or the
+/// job's lease ends (then the link is down).
+async fn reconnect(shared: Arc<Shared>, why: String) {
+    let Some(info) = shared.resume.get() else {
+        return shared.fail(why);
+    };
+    let give_up = Instant::now() + info.lease;
+    warn!(
+        lease_secs = info.lease.as_secs(),
+        "lost the shadow ({why}); the job waits, suspended, for the link to come back"
+    );
+    // The old connection's reader stops first: nothing more is counted
+    // from it once `Resume` says how much arrived.
+    let old = lock(&shared.reader).take();
+    if let Some(r) = old {
+        r.abort();
+        let _ = r.await;
+    }
+    shared.wr.lock().await.wr = None;
+    let mut attempts = 0u32;
+    loop {
+        if shared.is_down() {
+            return;
+        }
+        attempts += 1;
+        match resume_once(&shared, info).await {
+            Ok(()) => {
+                info!(
+                    attempts,
+                    "the link to the shadow is back; the session resumed"
+                );
+                return;
+            }
+            Err(LinkError::Refused(reason)) => {
+                warn!("the shadow refused to resume: {reason}");
+                return shared.fail(format!("the shadow refused to resume: {reason}"));
+            }
+            Err(e) => debug!("cannot resume yet: {e}"),
+        }
+        let now = Instant::now();
+        if now + REDIAL >= give_up {
+            warn!(
+                lease_secs = info.lease.as_secs(),
+                "the job's lease expired before the shadow could be reached again"
+            );
+            return shared.fail(format!(
+                "the job's lease of {} s expired with the shadow out of reach ({why})",
+                info.lease.as_secs()
+            ));
+        }
+        tokio::time::sleep(REDIAL).await;
+    }
+}
+
+/// One attempt: dial, `Resume`, and on `Resumed` resend what the shadow
+/// lacks and make the new connection current.
+async fn resume_once(shared: &Arc<Shared>, info: &ResumeInfo) -> Result<(), LinkError> {
+    let dial = dial(&info.id, &info.schedd_name, &info.addr);
+    let tls = tokio::time::timeout(SILENCE, dial)
+        .await
+        .map_err(|_| LinkError::Timeout("dialling the schedd again"))??;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let mut tx = shared.wr.lock().await;
+    let received = shared.received.load(Ordering::SeqCst);
+    let hello = ToShadow::Resume {
+        claim: info.claim.clone(),
+        job: info.job,
+        host: info.host.clone(),
+        received,
+    };
+    write_frame_async(&mut wr, &hello)
+        .await
+        .map_err(LinkError::Send)?;
+    let answer = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        proto::frame::read_frame_async::<_, FromShadow>(&mut rd, MAX_FRAME),
+    )
+    .await
+    .map_err(|_| LinkError::Timeout("waiting for the shadow to resume"))?;
+    let theirs = match answer {
+        Ok(FromShadow::Resumed { received }) => received,
+        Ok(FromShadow::Refused { reason }) => return Err(LinkError::Refused(reason)),
+        Ok(other) => {
+            return Err(LinkError::Unexpected {
+                doing: "resuming",
+                got: format!("{other:?}"),
+            });
+        }
+        Err(ProtoError::Closed) => return Err(LinkError::Closed("closed while resuming".into())),
+        Err(e) => return Err(LinkError::Send(e)),
+    };
+    if theirs > tx.sent {
+        return Err(LinkError::Refused(format!(
+            "the shadow says it has {theirs} messages, but only {} were sent",
+            tx.sent
+        )));
+    }
+    shared.acknowledged(theirs);
+    let again: Vec<Arc<Vec<u8>>> = lock(&shared.unacked)
+        .iter()
+        .map(|(_, f)| f.clone())
+        .collect();
+    for f in again {
+        wr.write_all(&f)
+            .await
+            .map_err(|e| LinkError::Send(e.into()))?;
+    }
+    wr.flush().await.map_err(|e| LinkError::Send(e.into()))?;
+    let epoch = shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    tx.wr = Some(wr);
+    *lock(&shared.heard) = Instant::now();
+    let chans = lock(&shared.chans).clone();
+    if let Some((control, checkpoints, pushes)) = chans {
+        let r = tokio::spawn(read_loop(
+            rd,
+            shared.clone(),
+            epoch,
+            control,
+            checkpoints,
+            pushes,
+        ));
+        *lock(&shared.reader) = Some(r);
+    }
+    shared.away.send_replace(false);
+    Ok(())
+}
+
+/// Dials the schedd and checks that the peer is one.
+async fn dial(id: &Identity, schedd_name: &str, addr: &str) -> Result<Stream, LinkError> {
+    let sn = proto::tls::server_name(schedd_name).map_err(LinkError::Name)?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| LinkError::Connect {
+            addr: addr.into(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let tls = id
+        .connector()
+        .connect(sn, tcp)
+        .await
+        .map_err(|source| LinkError::Tls {
+            name: schedd_name.into(),
+            addr: addr.into(),
+            source,
+        })?;
+    match proto::tls::client_peer(&tls) {
+        Some(p) if p.role == "schedd" => Ok(tls),
+        p => {
+            let peer = p.map_or("nothing".to_string(), |p| {
+                format!("`{}` with role `{}`", p.name, p.role)
+            });
+            Err(LinkError::NotSchedd {
+                addr: addr.into(),
+                peer,
+            })
+        }
+    }
+}
+
+/// Where the reader of each connection delivers what is not a reply.
+type Chans = (
+    mpsc::UnboundedSender<FromShadow>,
+    mpsc::UnboundedSender<bool>,
+    mpsc::UnboundedSender<(Handle, Vec<u8>)>,
+);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -146,12 +475,18 @@ pub struct ShadowLink {
     control: mpsc::UnboundedReceiver<FromShadow>,
     /// `Checkpoint { vacate }` requests from the shadow, until taken.
     checkpoints: Option<mpsc::UnboundedReceiver<bool>>,
-    reader: tokio::task::JoinHandle<()>,
+    /// Who dialled whom: for resuming.
+    dialled: (Identity, String, String),
 }
 
 impl Drop for ShadowLink {
     fn drop(&mut self) {
-        self.reader.abort();
+        // Stops the reader, the heartbeat and any resume attempt.
+        self.shared.fail("the starter is done with the link".into());
+        if let Some(r) = lock(&self.shared.reader).take() {
+            r.abort();
+        }
+        lock(&self.shared.chans).take();
     }
 }
 
@@ -185,44 +520,31 @@ impl ShadowLink {
         schedd_name: &str,
         addr: &str,
     ) -> Result<ShadowLink, LinkError> {
-        let sn = proto::tls::server_name(schedd_name).map_err(LinkError::Name)?;
-        let dial = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|source| LinkError::Connect {
-                    addr: addr.into(),
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
-            id.connector()
-                .connect(sn, tcp)
-                .await
-                .map_err(|source| LinkError::Tls {
-                    name: schedd_name.into(),
-                    addr: addr.into(),
-                    source,
-                })
-        };
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, dial)
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, dial(id, schedd_name, addr))
             .await
             .map_err(|_| LinkError::Timeout("connecting to the schedd"))??;
-        match proto::tls::client_peer(&tls) {
-            Some(p) if p.role == "schedd" => {}
-            p => {
-                let peer = p.map_or("nothing".to_string(), |p| {
-                    format!("`{}` with role `{}`", p.name, p.role)
-                });
-                return Err(LinkError::NotSchedd {
-                    addr: addr.into(),
-                    peer,
-                });
-            }
-        }
         let (rd, wr) = tokio::io::split(tls);
         let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (tx, control) = mpsc::unbounded_channel();
+        let (ckpt_tx, checkpoints) = mpsc::unbounded_channel();
+        let chans: Chans = (tx, ckpt_tx, push_tx);
         let shared = Arc::new(Shared {
             pushes: Mutex::new(Some(push_rx)),
-            wr: tokio::sync::Mutex::new(wr),
+            wr: tokio::sync::Mutex::new(Sender {
+                wr: Some(wr),
+                sent: 0,
+            }),
+            unacked: Mutex::new(VecDeque::new()),
+            received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            heard: Mutex::new(Instant::now()),
+            running: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            away: tokio::sync::watch::channel(false).0,
+            ack_due: tokio::sync::Notify::new(),
+            resume: OnceLock::new(),
+            reader: Mutex::new(None),
+            chans: Mutex::new(Some(chans.clone())),
             pending: Mutex::new(Some(VecDeque::new())),
             next_id: AtomicU64::new(1),
             down: Mutex::new(None),
@@ -230,15 +552,39 @@ impl ShadowLink {
             ckpt_wait: Mutex::new(None),
             image: Mutex::new(ImageSink::default()),
         });
-        let (tx, control) = mpsc::unbounded_channel();
-        let (ckpt_tx, checkpoints) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(rd, shared.clone(), tx, ckpt_tx, push_tx));
+        let (control_tx, ckpt_tx, push_tx) = chans;
+        let reader = tokio::spawn(read_loop(
+            rd,
+            shared.clone(),
+            0,
+            control_tx,
+            ckpt_tx,
+            push_tx,
+        ));
+        *lock(&shared.reader) = Some(reader);
         Ok(ShadowLink {
             checkpoints: Some(checkpoints),
             shared,
             control,
-            reader,
+            dialled: (id.clone(), schedd_name.to_string(), addr.to_string()),
         })
+    }
+
+    /// The job runs: from here on a lost link is resumed within the lease
+    /// (the shadow learns it from `Started`).
+    pub async fn started(&self, pid: i32) -> Result<(), LinkError> {
+        self.shared.send(&ToShadow::Started { pid }).await?;
+        if !self.shared.running.swap(true, Ordering::SeqCst) {
+            *lock(&self.shared.heard) = Instant::now();
+            tokio::spawn(heartbeat(self.shared.clone()));
+        }
+        Ok(())
+    }
+
+    /// `true` while the link is lost and being resumed (the job should be
+    /// suspended), `false` once it is back.
+    pub fn away(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.away.subscribe()
     }
 
     /// Resolves when the connection is lost; returns why.
@@ -259,7 +605,9 @@ impl ShadowLink {
     }
 
     async fn recv(&mut self, doing: &'static str) -> Result<FromShadow, LinkError> {
-        match tokio::time::timeout(ANSWER_TIMEOUT, self.control.recv()).await {
+        // An answer may wait for the link to come back within the lease.
+        let lease = self.shared.resume.get().map_or(Duration::ZERO, |r| r.lease);
+        match tokio::time::timeout(ANSWER_TIMEOUT + lease, self.control.recv()).await {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(LinkError::Closed(self.shared.why_down())),
             Err(_) => Err(LinkError::Timeout(doing)),
@@ -274,10 +622,26 @@ impl ShadowLink {
         host: HostName,
     ) -> Result<Attached, LinkError> {
         self.shared
-            .send(&ToShadow::Attach { claim, job, host })
+            .send(&ToShadow::Attach {
+                claim: claim.clone(),
+                job,
+                host: host.clone(),
+            })
             .await?;
         match self.recv("attaching").await? {
-            FromShadow::Attached(a) if a.job == job => Ok(a),
+            FromShadow::Attached(a) if a.job == job => {
+                let (id, schedd_name, addr) = self.dialled.clone();
+                let _ = self.shared.resume.set(ResumeInfo {
+                    id,
+                    schedd_name,
+                    addr,
+                    claim,
+                    job,
+                    host,
+                    lease: Duration::from_secs(a.lease_secs),
+                });
+                Ok(a)
+            }
             FromShadow::Attached(a) => Err(LinkError::Unexpected {
                 doing: "attaching",
                 got: format!("attached to job {} instead of {job}", a.job),
@@ -399,14 +763,17 @@ impl ShadowLink {
 
     /// Closes the connection cleanly (TLS close_notify).
     pub async fn close(self) {
-        let mut wr = self.shared.wr.lock().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), wr.shutdown()).await;
+        let mut tx = self.shared.wr.lock().await;
+        if let Some(wr) = tx.wr.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), wr.shutdown()).await;
+        }
     }
 }
 
 async fn read_loop(
     mut rd: tokio::io::ReadHalf<Stream>,
     shared: Arc<Shared>,
+    epoch: u64,
     control: mpsc::UnboundedSender<FromShadow>,
     checkpoints: mpsc::UnboundedSender<bool>,
     pushes: mpsc::UnboundedSender<(Handle, Vec<u8>)>,
@@ -420,7 +787,15 @@ async fn read_loop(
             Err(ProtoError::Closed) => break "the shadow closed the connection".to_string(),
             Err(e) => break format!("bad frame from the shadow: {e}"),
         };
+        *lock(&shared.heard) = Instant::now();
+        if msg.counted() {
+            let n = shared.received.fetch_add(1, Ordering::SeqCst) + 1;
+            if n - shared.acked.load(Ordering::SeqCst) >= ACK_EVERY {
+                shared.ack_due.notify_one();
+            }
+        }
         match msg {
+            FromShadow::Ack { received } => shared.acknowledged(received),
             FromShadow::Reply { id, reply } => {
                 let next = shared.pending().as_mut().and_then(|q| q.pop_front());
                 match next {
@@ -489,7 +864,7 @@ async fn read_loop(
             }
         }
     };
-    shared.fail(why);
+    shared.lose(epoch, why);
 }
 
 impl relay::Backend for LinkBackend {
@@ -504,8 +879,12 @@ impl relay::Backend for LinkBackend {
                 Some(q) => q.push_back((id, tx)),
                 None => return FileReply::Err(libc::EIO),
             }
-            if let Err(e) = write_frame_async(&mut *wr, &ToShadow::Call { id, op }).await {
-                self.shared.fail(format!("send failed: {e}"));
+            if self
+                .shared
+                .send_locked(&mut wr, &ToShadow::Call { id, op })
+                .await
+                .is_err()
+            {
                 return FileReply::Err(libc::EIO);
             }
         }

@@ -147,6 +147,10 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
     // Without its shadow the job can neither do I/O nor report: end it.
     let lost = link.lost();
     tokio::pin!(lost);
+    // While the link is away the job is stopped; the owner's suspend
+    // stands on its own.
+    let mut away = link.away();
+    let mut owner_suspended = false;
     let notifier = link.notifier();
     let (job, job_rx) = JobControl::new();
     job.full_every(starter::job::checkpoint_full_every(
@@ -184,6 +188,7 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
                 }
                 Some(cmd) = commands.recv() => match cmd {
                     Control::Suspend if leaving.is_none() => {
+                        owner_suspended = true;
                         job.suspend();
                         info!("job suspended");
                         if let Err(e) = notifier.suspended().await {
@@ -191,8 +196,13 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
                         }
                     }
                     Control::Continue if leaving.is_none() => {
-                        job.resume();
-                        info!("job continued");
+                        owner_suspended = false;
+                        if *away.borrow() {
+                            info!("the owner is away, but the shadow is out of reach: the job stays stopped");
+                        } else {
+                            job.resume();
+                            info!("job continued");
+                        }
                         if let Err(e) = notifier.continued().await {
                             warn!("cannot tell the shadow: {e}");
                         }
@@ -210,6 +220,18 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
                     }
                     other => info!("ignored while leaving: {other:?}"),
                 },
+                Ok(()) = away.changed() => {
+                    let is_away = *away.borrow_and_update();
+                    if leaving.is_some() || owner_suspended {
+                        // Stopped already, or on its way out.
+                    } else if is_away {
+                        job.suspend();
+                        info!("job suspended until the shadow is back");
+                    } else {
+                        job.resume();
+                        info!("job continued: the shadow is back");
+                    }
+                }
                 _ = term.recv() => break End::Ran(Err(anyhow::anyhow!("the execute host stopped the job (SIGTERM)"))),
                 why = &mut lost => break End::Ran(Err(anyhow::anyhow!("lost the shadow: {why}"))),
             }
@@ -357,6 +379,10 @@ async fn execute(
         checkpoint_interval: starter::job::checkpoint_interval(&spec),
     };
     let limits = starter::sandbox::Limits::from_spec(&spec);
+    // From here on a lost link is resumed within the job's lease.
+    link.started(0)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("telling the shadow the job starts"))?;
     let (status, usage) = run_job_limited(launch, limits, link.backend())
         .await
         .context("running the job")?;
@@ -473,7 +499,9 @@ mod tests {
                         id,
                         reply: FileReply::Ok,
                     },
-                    ToShadow::Started { .. } | ToShadow::CkptAbort { .. } => continue,
+                    ToShadow::Started { .. }
+                    | ToShadow::Ack { .. }
+                    | ToShadow::CkptAbort { .. } => continue,
                     ToShadow::FetchImage => FromShadow::NoImage,
                     end @ (ToShadow::Exited { .. } | ToShadow::Failed { .. }) => {
                         seen.scratch_existed_at_end = scratch2.exists();
@@ -727,7 +755,7 @@ mod tests {
             loop {
                 let m: ToShadow = read_frame_async(&mut s, MAX_FRAME).await.unwrap();
                 match m {
-                    ToShadow::Started { .. } => {}
+                    ToShadow::Started { .. } | ToShadow::Ack { .. } => {}
                     ToShadow::FetchImage => write_frame_async(&mut s, &FromShadow::NoImage)
                         .await
                         .unwrap(),
@@ -967,7 +995,9 @@ mod tests {
                         id,
                         reply: FileReply::Ok,
                     },
-                    ToShadow::Started { .. } | ToShadow::Write { .. } => continue,
+                    ToShadow::Started { .. } | ToShadow::Ack { .. } | ToShadow::Write { .. } => {
+                        continue;
+                    }
                     end @ (ToShadow::Exited { .. }
                     | ToShadow::Failed { .. }
                     | ToShadow::Vacated { .. }) => {
