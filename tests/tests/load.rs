@@ -4,7 +4,8 @@
 //! the network for 25 s (longer than the lease) and then put back. Every
 //! job must complete exactly once (one `completed` event, state
 //! `Completed`) with the bytes a run without faults writes. A table is
-//! printed: user, jobs, completed, duplicates, lost; and the wall time.
+//! printed: user, jobs, completed, duplicates, lost (and the evictions and
+//! disconnections the event logs show); and the wall time.
 
 use roost_tests::{Pool, job_id};
 use serde_json::Value;
@@ -31,6 +32,7 @@ struct Row {
     duplicates: usize,
     lost: usize,
     evicted: usize,
+    disconnected: usize,
     problems: Vec<String>,
 }
 
@@ -62,6 +64,7 @@ fn check(pool: &Pool, host: &str, dir: &Path, ids: &[String]) -> Row {
         duplicates: 0,
         lost: 0,
         evicted: 0,
+        disconnected: 0,
         problems: vec![],
     };
     let q = pool.queue_as(host);
@@ -70,6 +73,7 @@ fn check(pool: &Pool, host: &str, dir: &Path, ids: &[String]) -> Row {
         let log: Vec<Value> = pool.log_as(host, id);
         let completions = log.iter().filter(|e| e["event"] == "completed").count();
         row.evicted += log.iter().filter(|e| e["event"] == "evicted").count();
+        row.disconnected += log.iter().filter(|e| e["event"] == "disconnected").count();
         let (cluster, p) = id.split_once('.').unwrap();
         let (cluster, p): (u64, u64) = (cluster.parse().unwrap(), p.parse().unwrap());
         let want = expected(cluster, p);
@@ -183,13 +187,13 @@ fn two_hundred_jobs_of_two_users_complete_once_while_a_host_is_cut_off() {
         .map(|k| check(&pool, HOSTS[k], &dirs[k], &ids[k]))
         .collect();
     println!(
-        "{:<16} {:>5} {:>10} {:>11} {:>5} {:>8}",
-        "user", "jobs", "completed", "duplicates", "lost", "evicted"
+        "{:<16} {:>5} {:>10} {:>11} {:>5} {:>8} {:>13}",
+        "user", "jobs", "completed", "duplicates", "lost", "evicted", "disconnected"
     );
     for r in &rows {
         println!(
-            "{:<16} {:>5} {:>10} {:>11} {:>5} {:>8}",
-            r.user, r.jobs, r.completed, r.duplicates, r.lost, r.evicted
+            "{:<16} {:>5} {:>10} {:>11} {:>5} {:>8} {:>13}",
+            r.user, r.jobs, r.completed, r.duplicates, r.lost, r.evicted, r.disconnected
         );
     }
     println!(
