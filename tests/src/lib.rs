@@ -864,16 +864,40 @@ impl Pool {
         }
     }
 
-    /// Pids of the processes in `host`'s network namespace whose name
-    /// (`/proc/PID/comm`) is `comm`.
-    pub fn pids_named(&self, host: &str, comm: &str) -> Vec<i32> {
+    /// Pids of every process of `host`: those in its network namespace
+    /// and all their descendants (a job's sandbox has a network namespace
+    /// of its own, so its processes are found as the starter's children).
+    pub fn host_pids(&self, host: &str) -> Vec<i32> {
         let out = Command::new("ip")
             .args(["netns", "pids", &self.host(host).ns])
             .output()
             .expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout)
+        let mut mine: std::collections::BTreeSet<i32> = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let parents: Vec<(i32, i32)> = all_pids()
+            .into_iter()
+            .filter_map(|p| Some((p, parent(p)?)))
+            .collect();
+        loop {
+            let before = mine.len();
+            for &(p, pp) in &parents {
+                if mine.contains(&pp) {
+                    mine.insert(p);
+                }
+            }
+            if mine.len() == before {
+                return mine.into_iter().collect();
+            }
+        }
+    }
+
+    /// Pids of the processes of `host` ([`Pool::host_pids`]) whose name
+    /// (`/proc/PID/comm`) is `comm`.
+    pub fn pids_named(&self, host: &str, comm: &str) -> Vec<i32> {
+        self.host_pids(host)
+            .into_iter()
             .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm"))
                     .is_ok_and(|c| c.trim_end() == comm)
@@ -1024,6 +1048,35 @@ impl Drop for Pool {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Every pid on this machine.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The parent of `pid` (from `/proc/PID/stat`), if it still exists.
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
+/// Pids of the processes, anywhere on this machine, of the jobs whose
+/// initial directory on the submit host is `initialdir` (their
+/// environment's `ROOST_ROOT`): a job's processes wherever it runs, also
+/// those a dead starter orphaned.
+pub fn job_pids(initialdir: &Path) -> Vec<i32> {
+    let want = format!("ROOST_ROOT={}", initialdir.display());
+    all_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_bytes()))
+        })
+        .collect()
 }
 
 /// `setpriv` arguments that run the rest of a command line as `sub`'s user.

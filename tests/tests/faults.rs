@@ -1,15 +1,16 @@
 //! The fault matrix: while jobs run, one party of the pool dies (`kill -9`
 //! of a starter, an ownerd, the schedd, the matchmaker; an execute host's
-//! namespace destroyed outright), is brought back where that makes sense,
-//! and every job must still complete exactly once with output identical to
-//! a run without faults. Each fault gets a pool of its own; the cases run
+//! namespace destroyed outright) or an execute host is cut off the network
+//! for less or for longer than the jobs' lease, is brought back where that
+//! makes sense, and every job must still complete exactly once with output
+//! identical to a run without faults. Each fault gets a pool of its own; the cases run
 //! at once and a table is printed at the end: fault, jobs, completed,
 //! duplicates, lost.
 
 use roost_tests::{Pool, job_id};
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const JOBS: usize = 3;
 const LINES: usize = 30;
@@ -30,7 +31,18 @@ enum Fault {
     Schedd,
     Matchmaker,
     HostDestroyed,
+    /// The running job's host is cut off for [`SHORT_CUT`], within the
+    /// jobs' lease of [`LONG_LEASE`]: its session picks up where it was.
+    LinkCutShort,
+    /// The running job's host is cut off for [`LONG_CUT`], beyond the
+    /// jobs' lease of [`SHORT_LEASE`]: the job is requeued.
+    LinkCutLong,
 }
+
+const SHORT_CUT: Duration = Duration::from_secs(15);
+const LONG_LEASE: &str = "60s";
+const LONG_CUT: Duration = Duration::from_secs(30);
+const SHORT_LEASE: &str = "8s";
 
 impl Fault {
     fn name(self) -> &'static str {
@@ -40,6 +52,8 @@ impl Fault {
             Fault::Schedd => "kill -9 schedd",
             Fault::Matchmaker => "kill -9 matchmaker",
             Fault::HostDestroyed => "exec host destroyed",
+            Fault::LinkCutShort => "link cut < lease",
+            Fault::LinkCutLong => "link cut > lease",
         }
     }
 }
@@ -53,48 +67,14 @@ struct Row {
     problems: Vec<String>,
 }
 
-/// Waits until some job runs and returns its host.
-fn running_host(pool: &Pool, timeout: Duration) -> String {
-    let t0 = Instant::now();
-    loop {
-        for j in pool.queue() {
-            if j["state"] == "Running"
-                && let Some(h) = j["host"].as_str()
-            {
-                return h.to_string();
-            }
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "no job started within {timeout:?}\n{}",
-            pool.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Pids of the processes in `host`'s namespace whose name is `comm`.
-fn pids_named(pool: &Pool, host: &str, comm: &str) -> Vec<i32> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", &pool.host(host).ns])
-        .output()
-        .expect("ip netns pids");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end() == comm)
-        })
-        .collect()
-}
-
-fn inject(pool: &Pool, fault: Fault) {
-    let host = running_host(pool, Duration::from_secs(60));
+/// Injects the fault into a running job's host; returns that job.
+fn inject(pool: &Pool, fault: Fault) -> String {
+    let (host, job) = pool.running_host(Duration::from_secs(60));
     // Let the job get some way in first.
     std::thread::sleep(Duration::from_secs(2));
     match fault {
         Fault::Starter => {
-            let pids = pids_named(pool, &host, "roost-starter");
+            let pids = pool.pids_named(&host, "roost-starter");
             assert!(!pids.is_empty(), "no starter on {host}\n{}", pool.logs());
             for p in pids {
                 // SAFETY: kill(2) with a pid; no memory is involved.
@@ -119,7 +99,17 @@ fn inject(pool: &Pool, fault: Fault) {
             pool.wait_ready(2, Duration::from_secs(60)).unwrap();
         }
         Fault::HostDestroyed => pool.destroy_host(&host),
+        Fault::LinkCutShort | Fault::LinkCutLong => {
+            pool.cut_link(&host);
+            std::thread::sleep(if matches!(fault, Fault::LinkCutShort) {
+                SHORT_CUT
+            } else {
+                LONG_CUT
+            });
+            pool.restore_link(&host);
+        }
     }
+    job
 }
 
 fn case(fault: Fault) -> Row {
@@ -128,12 +118,19 @@ fn case(fault: Fault) -> Row {
     let script = dir.join("lines.sh");
     std::fs::write(&script, SCRIPT).unwrap();
     set_exec(&script);
+    let lease = match fault {
+        Fault::LinkCutShort => format!("lease = \"{LONG_LEASE}\"\n"),
+        Fault::LinkCutLong => format!("lease = \"{SHORT_LEASE}\"\n"),
+        _ => String::new(),
+    };
     let ids = pool.submit(
         &dir,
-        "executable = \"lines.sh\"\narguments = [\"$(Process)\"]\noutput = \"out.$(Process)\"\nqueue = 3\n",
+        &format!(
+            "executable = \"lines.sh\"\narguments = [\"$(Process)\"]\noutput = \"out.$(Process)\"\n{lease}queue = {JOBS}\n"
+        ),
     );
     assert_eq!(ids.len(), JOBS);
-    inject(&pool, fault);
+    let hit = inject(&pool, fault);
     let rc = pool.wait(&ids, Duration::from_secs(240));
     let mut row = Row {
         fault,
@@ -174,6 +171,25 @@ fn case(fault: Fault) -> Row {
             row.completed += 1;
         }
     }
+    // What the lease must have done to the job whose host was cut off.
+    let log = pool.log(&hit);
+    let reconnected = log.iter().any(|e| e["event"] == "reconnected");
+    let evicted = log.iter().any(|e| e["event"] == "evicted");
+    let evicted_for_lease = log.iter().any(|e| {
+        e["event"] == "evicted" && e["reason"].as_str().is_some_and(|r| r.contains("lease"))
+    });
+    let lease_problem = match fault {
+        Fault::LinkCutShort if !reconnected || evicted => {
+            Some("cut off within its lease, was not simply reconnected")
+        }
+        Fault::LinkCutLong if !evicted_for_lease => {
+            Some("cut off beyond its lease, was not evicted for it")
+        }
+        _ => None,
+    };
+    if let Some(p) = lease_problem {
+        row.problems.push(format!("job {hit}, {p}; log: {log:?}"));
+    }
     if !row.problems.is_empty() {
         row.problems.push(pool.logs());
     }
@@ -193,6 +209,8 @@ fn every_job_completes_exactly_once_whatever_dies() {
         Fault::Schedd,
         Fault::Matchmaker,
         Fault::HostDestroyed,
+        Fault::LinkCutShort,
+        Fault::LinkCutLong,
     ];
     let rows: Vec<Row> = std::thread::scope(|s| {
         let hs: Vec<_> = faults.iter().map(|&f| s.spawn(move || case(f))).collect();
