@@ -868,14 +868,7 @@ impl Pool {
     /// and all their descendants (a job's sandbox has a network namespace
     /// of its own, so its processes are found as the starter's children).
     pub fn host_pids(&self, host: &str) -> Vec<i32> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &self.host(host).ns])
-            .output()
-            .expect("ip netns pids");
-        let mut mine: std::collections::BTreeSet<i32> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
+        let mut mine: std::collections::BTreeSet<i32> = self.netns_pids(host).into_iter().collect();
         let parents: Vec<(i32, i32)> = all_pids()
             .into_iter()
             .filter_map(|p| Some((p, parent(p)?)))
@@ -893,10 +886,24 @@ impl Pool {
         }
     }
 
-    /// Pids of the processes of `host` ([`Pool::host_pids`]) whose name
-    /// (`/proc/PID/comm`) is `comm`.
+    /// Pids of the processes in `host`'s network namespace (not those of
+    /// its jobs' sandboxes, see [`Pool::host_pids`]).
+    pub fn netns_pids(&self, host: &str) -> Vec<i32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.host(host).ns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Pids of the processes in `host`'s network namespace whose name
+    /// (`/proc/PID/comm`) is `comm`: a starter, not the processes of its
+    /// sandbox that bear its name too.
     pub fn pids_named(&self, host: &str, comm: &str) -> Vec<i32> {
-        self.host_pids(host)
+        self.netns_pids(host)
             .into_iter()
             .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm"))
