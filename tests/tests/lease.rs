@@ -119,7 +119,7 @@ fn a_link_cut_shorter_than_the_lease_is_ridden_out_without_a_restart() {
         "executable = \"lines.sh\"\narguments = [\"0\"]\noutput = \"out.txt\"\nlease = \"60s\"\n",
     );
     let (host, id) = pool.running_host(Duration::from_secs(60));
-    assert_eq!(ids, std::slice::from_ref(&id));
+    assert_eq!(ids, std::slice::from_ref(&id), "\n{}", pool.logs());
     std::thread::sleep(Duration::from_secs(2));
 
     pool.cut_link(&host);
@@ -177,7 +177,11 @@ fn a_link_cut_shorter_than_the_lease_is_ridden_out_without_a_restart() {
             pool.logs()
         );
     };
-    assert!(d < r, "job {id}: reconnected before disconnected: {ev:?}");
+    assert!(
+        d < r,
+        "job {id}: reconnected before disconnected: {ev:?}\n{}",
+        pool.logs()
+    );
     assert_eq!(
         log[d]["lease_secs"],
         60,
@@ -187,8 +191,9 @@ fn a_link_cut_shorter_than_the_lease_is_ridden_out_without_a_restart() {
     );
     assert!(
         log[d]["reason"].as_str().is_some_and(|s| !s.is_empty()),
-        "job {id}: disconnected without a reason: {}",
-        log[d]
+        "job {id}: disconnected without a reason: {}\n{}",
+        log[d],
+        pool.logs()
     );
     for bad in ["evicted", "vacated", "resumed", "shadow_error"] {
         assert_eq!(
@@ -205,7 +210,12 @@ fn a_link_cut_shorter_than_the_lease_is_ridden_out_without_a_restart() {
         pool.logs()
     );
     let j = pool.job(&id).unwrap();
-    assert_eq!(j["host"], Value::from(host.as_str()), "job {id}: {j}");
+    assert_eq!(
+        j["host"],
+        Value::from(host.as_str()),
+        "job {id}: {j}\n{}",
+        pool.logs()
+    );
     eprintln!("test time {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -219,7 +229,7 @@ fn a_link_cut_longer_than_the_lease_requeues_the_job_on_another_host() {
         "executable = \"lines.sh\"\narguments = [\"0\"]\noutput = \"out.txt\"\nlease = \"8s\"\n",
     );
     let (host, id) = pool.running_host(Duration::from_secs(60));
-    assert_eq!(ids, std::slice::from_ref(&id));
+    assert_eq!(ids, std::slice::from_ref(&id), "\n{}", pool.logs());
     let other = if host == "exec1" { "exec2" } else { "exec1" };
     std::thread::sleep(Duration::from_secs(2));
 
@@ -276,7 +286,12 @@ fn a_link_cut_longer_than_the_lease_requeues_the_job_on_another_host() {
         pool.logs()
     );
     let j = pool.job(&id).unwrap();
-    assert_eq!(j["host"], Value::from(other), "job {id}: {j}");
+    assert_eq!(
+        j["host"],
+        Value::from(other),
+        "job {id}: {j}\n{}",
+        pool.logs()
+    );
 
     assert!(
         left_in_cut.is_empty(),
