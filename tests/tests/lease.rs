@@ -6,13 +6,16 @@
 //!   dials again, the shadow parks the session (`disconnected`); when the
 //!   link is back the session goes on where it was (`reconnected`), the
 //!   job runs once, and its output is what it is without a cut.
+//! - The same with a job that writes all through the cut and makes no
+//!   call that waits for the submit host: what it wrote before the
+//!   starter noticed arrives once, in order.
 //! - Cut for longer than the lease: the shadow gives the job up
 //!   (`evicted`, because of the lease) and it runs again on the other
 //!   host; the starter on the cut-off host kills its job when its own
 //!   lease clock runs out, and nothing of the job is left there once the
 //!   link is back; the pool goes on matching jobs to that host.
 
-use roost_tests::{Pool, job_pids};
+use roost_tests::{Pool, build_job, job_pids, run_local};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -362,5 +365,84 @@ fn a_link_cut_longer_than_the_lease_requeues_the_job_on_another_host() {
             pool.logs()
         );
     }
+    eprintln!("test time {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn what_a_job_writes_into_a_short_cut_arrives_once() {
+    let t0 = Instant::now();
+    let pool = Pool::start(2);
+    let dir = pool.job_dir("lease-writer");
+    let bin = build_job("ckptloop.c");
+    std::fs::copy(&bin, dir.join("ckptloop")).unwrap();
+    // 400 lines, one every 50 ms (some 20 s), written and flushed one by
+    // one into stdout with no call that waits for an answer.
+    let args = ["1", "400"];
+    let ids = pool.submit(
+        &dir,
+        "executable = \"ckptloop\"\narguments = [\"1\", \"400\"]\noutput = \"out.txt\"\nlease = \"60s\"\n",
+    );
+    let (host, id) = pool.running_host(Duration::from_secs(60));
+    assert_eq!(ids, std::slice::from_ref(&id), "\n{}", pool.logs());
+    std::thread::sleep(Duration::from_secs(2));
+
+    pool.cut_link(&host);
+    let cut = Instant::now();
+    let mut states: Vec<(String, Option<char>)> = vec![];
+    let mut stopped_at = None;
+    std::thread::sleep(Duration::from_secs(6));
+    while cut.elapsed() < Duration::from_millis(14_500) {
+        states = job_pids_on(&pool, &host, &dir)
+            .into_iter()
+            .map(|(p, c)| (c, state(p)))
+            .collect();
+        if !states.is_empty() && states.iter().all(|(_, s)| *s == Some('T')) {
+            stopped_at = Some(cut.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let written = std::fs::read(dir.join("out.txt")).unwrap_or_default().len();
+    eprintln!(
+        "the job's processes during the cut: {states:?}, all stopped {stopped_at:?} into it; {written} bytes of output on the submit host"
+    );
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(cut.elapsed()));
+    pool.restore_link(&host);
+
+    let rc = pool.wait(&ids, Duration::from_secs(180));
+    let log = pool.log(&id);
+    let ev = names(&log);
+    eprintln!("job {id}: {ev:?}");
+    assert_eq!(rc, 0, "roost wait: {rc}; events {ev:?}\n{}", pool.logs());
+    let local = std::env::temp_dir().join(format!("roost-local-lease-{}", pool.id));
+    std::fs::create_dir_all(&local).unwrap();
+    let want = run_local(&local, &[bin.to_str().unwrap(), args[0], args[1]], None);
+    assert!(want.status.success());
+    let _ = std::fs::remove_dir_all(&local);
+    let out = std::fs::read(dir.join("out.txt")).unwrap_or_default();
+    assert!(
+        out == want.stdout,
+        "job {id}: output differs from a run without faults ({} bytes, {} expected):\n{}\nevents {ev:?}\n{}",
+        out.len(),
+        want.stdout.len(),
+        String::from_utf8_lossy(&out),
+        pool.logs()
+    );
+    assert_eq!(
+        (count(&log, "completed"), count(&log, "executing")),
+        (1, 1),
+        "job {id}: {ev:?}\n{}",
+        pool.logs()
+    );
+    assert!(
+        ev.iter().any(|e| e == "reconnected") && count(&log, "evicted") == 0,
+        "job {id}, cut off within its lease, was not simply reconnected: {ev:?}\n{}",
+        pool.logs()
+    );
+    assert!(
+        stopped_at.is_some(),
+        "the job's processes on {host} were not all stopped during the cut: {states:?}\n{}",
+        pool.logs()
+    );
     eprintln!("test time {:.1} s", t0.elapsed().as_secs_f64());
 }
