@@ -9,6 +9,8 @@
 //! - The same with a job that writes all through the cut and makes no
 //!   call that waits for the submit host: what it wrote before the
 //!   starter noticed arrives once, in order.
+//! - The submit host cut off for less than the lease: every running
+//!   job is parked and picked up again.
 //! - Cut for longer than the lease: the shadow gives the job up
 //!   (`evicted`, because of the lease) and it runs again on the other
 //!   host; the starter on the cut-off host kills its job when its own
@@ -83,8 +85,20 @@ fn daemon_log(pool: &Pool, host: &str) -> String {
     std::fs::read_to_string(pool.dir.join(host).join("daemon.log")).unwrap_or_default()
 }
 
-/// The job completed once, with the output of a run without faults.
+/// The job (process `p` of its cluster) completed once, with the output
+/// of a run without faults.
 fn assert_completed_once(pool: &Pool, dir: &Path, id: &str, log: &[Value]) {
+    assert_completed_once_as(pool, dir, id, log, 0, "out.txt")
+}
+
+fn assert_completed_once_as(
+    pool: &Pool,
+    dir: &Path,
+    id: &str,
+    log: &[Value],
+    p: usize,
+    file: &str,
+) {
     let j = pool
         .job(id)
         .unwrap_or_else(|| panic!("job {id} is not in the queue\n{}", pool.logs()));
@@ -103,9 +117,9 @@ fn assert_completed_once(pool: &Pool, dir: &Path, id: &str, log: &[Value]) {
         names(log),
         pool.logs()
     );
-    let out = std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default();
+    let out = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
     assert!(
-        out == expected(0),
+        out == expected(p),
         "job {id}: output differs from a run without faults:\n{out}\nevents {:?}\n{}",
         names(log),
         pool.logs()
@@ -444,5 +458,55 @@ fn what_a_job_writes_into_a_short_cut_arrives_once() {
         "the job's processes on {host} were not all stopped during the cut: {states:?}\n{}",
         pool.logs()
     );
+    eprintln!("test time {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_short_cut_of_the_submit_host_parks_and_resumes_every_running_job() {
+    let t0 = Instant::now();
+    let pool = Pool::start(2);
+    let dir = job_dir(&pool, "lease-submit");
+    let ids = pool.submit(
+        &dir,
+        "executable = \"lines.sh\"\narguments = [\"$(Process)\"]\noutput = \"out.$(Process)\"\nlease = \"60s\"\nqueue = 2\n",
+    );
+    assert_eq!(ids.len(), 2, "{ids:?}\n{}", pool.logs());
+    // Both jobs run (one per host) before the cut.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pool
+        .queue()
+        .iter()
+        .filter(|j| j["state"] == "Running")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the two jobs did not both start: {:?}\n{}",
+            pool.queue(),
+            pool.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    pool.cut_link("submit");
+    std::thread::sleep(Duration::from_secs(15));
+    pool.restore_link("submit");
+
+    let rc = pool.wait(&ids, Duration::from_secs(180));
+    assert_eq!(rc, 0, "roost wait: {rc}\n{}", pool.logs());
+    for (p, id) in ids.iter().enumerate() {
+        let log = pool.log(id);
+        let ev = names(&log);
+        eprintln!("job {id}: {ev:?}");
+        assert_completed_once_as(&pool, &dir, id, &log, p, &format!("out.{p}"));
+        assert!(
+            ev.iter().any(|e| e == "reconnected")
+                && count(&log, "evicted") == 0
+                && count(&log, "executing") == 1,
+            "job {id}, its submit host cut off within its lease, was not simply reconnected: {ev:?}\n{}",
+            pool.logs()
+        );
+    }
     eprintln!("test time {:.1} s", t0.elapsed().as_secs_f64());
 }
