@@ -5,6 +5,8 @@
 //! host (`cm`, `submit`, `exec1..N`), each joined to the hub by a veth pair
 //! and addressed `10.99.0.X/24` (every pool has its own hub, so pools run in
 //! parallel). Each daemon is a real process started with `ip netns exec`.
+//! [`Pool::cut_link`] pulls a host's cable (its port on the hub goes down;
+//! nothing is killed) and [`Pool::restore_link`] plugs it back in.
 //! Execute hosts also get a private mount namespace in which the submit
 //! host's directory is hidden under an empty tmpfs, so a job can reach its
 //! files only through its shadow. Dropping the pool kills every daemon and
