@@ -142,6 +142,53 @@ pub enum JobCommand {
     /// Take increments (only the pages changed since the last image) with
     /// a full image every `n` increments; 0: full images only (the default).
     FullEvery(u32),
+    /// Where to publish the job's processes while they run, so that
+    /// [`JobControl`] can stop and continue them without waiting for the
+    /// job's loop (busy, e.g., with a call its shadow has not answered).
+    Target(Arc<Mutex<Option<Target>>>),
+}
+
+/// The job's processes, for signalling from outside its loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pid: i32,
+    tree: Option<sandbox::Tree>,
+}
+
+impl Target {
+    /// Sends `sig` to the job's process group and to every process of its
+    /// namespace (one that left the group too).
+    fn signal(&self, sig: Signal) {
+        if let Some(t) = self.tree {
+            for (p, _) in t.members() {
+                if let Some(p) = Pid::from_raw(p) {
+                    let _ = rustix::process::kill_process(p, sig);
+                }
+            }
+        }
+        if let Some(p) = Pid::from_raw(self.pid) {
+            match rustix::process::kill_process_group(p, sig) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => warn!(
+                    pgid = self.pid,
+                    ?sig,
+                    "signalling the job's process group: {e}"
+                ),
+            }
+        }
+    }
+}
+
+/// Empties a [`Target`] slot when the job's loop ends (its processes are
+/// about to be reaped; their pids must not be signalled after that).
+struct ClearTarget(Option<Arc<Mutex<Option<Target>>>>);
+
+impl Drop for ClearTarget {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
 }
 
 /// How a checkpoint ended.
@@ -173,12 +220,25 @@ impl CkptOutcome {
 /// The starter's handle on a running job: give [`JobControl::new`]'s
 /// receiver to [`JobLaunch::control`].
 #[derive(Debug, Clone)]
-pub struct JobControl(mpsc::UnboundedSender<JobCommand>);
+pub struct JobControl(
+    mpsc::UnboundedSender<JobCommand>,
+    Arc<Mutex<Option<Target>>>,
+);
 
 impl JobControl {
     pub fn new() -> (JobControl, mpsc::UnboundedReceiver<JobCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (JobControl(tx), rx)
+        let slot = Arc::new(Mutex::new(None));
+        let _ = tx.send(JobCommand::Target(slot.clone()));
+        (JobControl(tx, slot), rx)
+    }
+
+    /// Signals the job's processes now, if they run.
+    fn signal_now(&self, sig: Signal) {
+        let t = *self.1.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = t {
+            t.signal(sig);
+        }
     }
 
     fn ask(
@@ -214,12 +274,17 @@ impl JobControl {
         self.ask(true, reason.into(), max_vacate_time)
     }
 
+    /// Stops the job's processes: at once, and through the job's loop
+    /// (which then takes no periodic images).
     pub fn suspend(&self) {
+        self.signal_now(Signal::Stop);
         let _ = self.0.send(JobCommand::Suspend);
     }
 
+    /// Lets them run again.
     pub fn resume(&self) {
         let _ = self.0.send(JobCommand::Continue);
+        self.signal_now(Signal::Cont);
     }
 
     pub fn kill(&self) {
@@ -558,6 +623,8 @@ pub async fn run_job_limited<B: Backend>(
 
     let mut main_exited = false;
     let mut killed = false;
+    // Declared after `group`: emptied before the group is dropped.
+    let mut clear_target = ClearTarget(None);
     let mut suspended = false;
     let mut pending: Option<Pending> = None;
     let mut pending_sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -680,6 +747,10 @@ pub async fn run_job_limited<B: Backend>(
                 killed = true;
             }
             Ev::Command(Some(JobCommand::FullEvery(n))) => full_every = n,
+            Ev::Command(Some(JobCommand::Target(slot))) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(group.target());
+                clear_target.0 = Some(slot);
+            }
             Ev::Tick if pending.is_none() && !suspended && !main_exited && !killed => {
                 let now = Instant::now();
                 let req = Pending {
@@ -1151,26 +1222,17 @@ impl Group {
         }
     }
 
+    fn target(&self) -> Target {
+        Target {
+            pid: self.pid,
+            tree: self.tree,
+        }
+    }
+
     /// Sends `sig` to the job's process group and to every process of its
     /// namespace (one that left the group too).
     fn signal(&self, sig: Signal) {
-        if self.tree.is_some() {
-            for (p, _) in self.members() {
-                if let Some(p) = Pid::from_raw(p) {
-                    let _ = rustix::process::kill_process(p, sig);
-                }
-            }
-        }
-        if let Some(p) = Pid::from_raw(self.pid) {
-            match rustix::process::kill_process_group(p, sig) {
-                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-                Err(e) => warn!(
-                    pgid = self.pid,
-                    ?sig,
-                    "signalling the job's process group: {e}"
-                ),
-            }
-        }
+        self.target().signal(sig)
     }
 
     /// Kills the job's namespace's init, which takes every process of the
