@@ -1889,3 +1889,110 @@ async fn image_transfers_in_progress_show_in_the_queue() {
     assert_eq!(call(&mut s, 99, FileOp::Barrier).await, FileReply::Ok);
     assert_eq!(transfer(&p, job).await, None);
 }
+
+async fn resume(
+    p: &Pool,
+    cert: &str,
+    host: &str,
+    job: JobId,
+    claim: &str,
+    received: u64,
+) -> (Starter, FromShadow) {
+    let mut s = tls_to(p, cert).await;
+    let m = ToShadow::Resume {
+        claim: ClaimId(claim.into()),
+        job,
+        host: HostName(host.into()),
+        received,
+    };
+    write_frame_async(&mut s, &m).await.unwrap();
+    let r = next(&mut s).await;
+    (s, r)
+}
+
+/// A starter that dials again with `Resume` gets the session back where it
+/// was (what it missed is sent again, the job's output goes on in order);
+/// a resume with another claim, from another host, or after the job ended
+/// is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starter_that_dials_again_resumes_its_session_and_others_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let mut mm = fake_mm(&pki).await;
+    let p = start_in(tmp, pki, Some(mm.addr.clone())).await;
+    let w = workdir(&p);
+    std::fs::write(w.join("prog"), b"#!/bin/sh\n").unwrap();
+    let job = submit(
+        &p,
+        "executable = \"prog\"\noutput = \"out.txt\"\nlease = 30\n",
+    )
+    .await[0];
+    assert_eq!(mm.idle_jobs(1).await, vec![job]);
+    mm.matched(job, "exec1", "claim-1");
+    let (mut s, r) = attach(&p, "exec1", job, "claim-1").await;
+    let FromShadow::Attached(a) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(a.lease_secs, 30);
+    let out = a.stdout.unwrap();
+    // Counted from the starter: Started, Write, Call.
+    write_frame_async(&mut s, &ToShadow::Started { pid: 2 })
+        .await
+        .unwrap();
+    let one = ToShadow::Write {
+        h: out,
+        data: b"one ".to_vec(),
+    };
+    write_frame_async(&mut s, &one).await.unwrap();
+    assert_eq!(call(&mut s, 1, FileOp::Barrier).await, FileReply::Ok);
+
+    // Another claim, or another host's certificate, gets nothing.
+    let (_, r) = resume(&p, "exec1", "exec1", job, "claim-2", 0).await;
+    match r {
+        FromShadow::Refused { reason } => {
+            assert!(reason.contains("no longer holds job"), "{reason}")
+        }
+        r => panic!("{r:?}"),
+    }
+    let (_, r) = resume(&p, "exec2", "exec1", job, "claim-1", 0).await;
+    assert!(matches!(r, FromShadow::Refused { .. }), "{r:?}");
+
+    // The holder dials again, saying the reply to its call never arrived.
+    let (mut s2, r) = resume(&p, "exec1", "exec1", job, "claim-1", 0).await;
+    assert_eq!(r, FromShadow::Resumed { received: 3 });
+    assert_eq!(
+        next(&mut s2).await,
+        FromShadow::Reply {
+            id: 1,
+            reply: FileReply::Ok
+        }
+    );
+    drop(s);
+    let two = ToShadow::Write {
+        h: out,
+        data: b"two\n".to_vec(),
+    };
+    write_frame_async(&mut s2, &two).await.unwrap();
+    assert_eq!(call(&mut s2, 2, FileOp::Barrier).await, FileReply::Ok);
+    assert_eq!(std::fs::read(w.join("out.txt")).unwrap(), b"one two\n");
+    let exited = ToShadow::Exited {
+        status: ExitStatus::Code(0),
+        usage: Usage::default(),
+    };
+    write_frame_async(&mut s2, &exited).await.unwrap();
+    assert_eq!(next(&mut s2).await, FromShadow::Done);
+
+    // The session is over: a late resume is refused.
+    let (_, r) = resume(&p, "exec1", "exec1", job, "claim-1", 2).await;
+    match r {
+        FromShadow::Refused { reason } => {
+            assert!(reason.contains("has no session to resume"), "{reason}")
+        }
+        r => panic!("{r:?}"),
+    }
+    let l = log(&p, job).await;
+    assert_eq!(
+        events(&l),
+        ["submitted", "matched", "executing", "completed"]
+    );
+}
