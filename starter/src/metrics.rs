@@ -20,7 +20,7 @@ pub struct Metrics {
     machines: IntGaugeVec,
     jobs_started: IntCounter,
     transitions: IntCounterVec,
-    /// Registered now; no lease expires yet (leases are not implemented).
+    /// Starters that gave their job up when its lease ran out.
     pub lease_expiries: IntCounter,
     rejected: IntCounterVec,
     /// The last ad's (state, activity, job).

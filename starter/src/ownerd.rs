@@ -867,6 +867,10 @@ impl Daemon {
         let Some(r) = self.running.take() else { return };
         match status {
             Ok(s) if s.success() => info!(job = %r.job, "starter finished"),
+            Ok(s) if s.code() == Some(i32::from(crate::EXIT_LEASE_EXPIRED)) => {
+                crate::metrics::get().lease_expiries.inc();
+                warn!(job = %r.job, "the job's lease expired with its schedd out of reach; the job was given up here")
+            }
             Ok(s) => warn!(job = %r.job, "starter failed ({s})"),
             Err(e) => error!(job = %r.job, "cannot wait for the starter: {e}"),
         }

@@ -136,6 +136,8 @@ struct Shared {
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where readers deliver what is not a reply.
     chans: Mutex<Option<Chans>>,
+    /// The link went down because the job's lease ran out.
+    expired: AtomicBool,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     /// Why the link went down.
@@ -343,6 +345,7 @@ async fn reconnect(shared: Arc<Shared>, why: String) {
                 lease_secs = info.lease.as_secs(),
                 "the job's lease expired before the shadow could be reached again"
             );
+            shared.expired.store(true, Ordering::SeqCst);
             return shared.fail(format!(
                 "the job's lease of {} s expired with the shadow out of reach ({why})",
                 info.lease.as_secs()
@@ -545,6 +548,7 @@ impl ShadowLink {
             resume: OnceLock::new(),
             reader: Mutex::new(None),
             chans: Mutex::new(Some(chans.clone())),
+            expired: AtomicBool::new(false),
             pending: Mutex::new(Some(VecDeque::new())),
             next_id: AtomicU64::new(1),
             down: Mutex::new(None),
@@ -579,6 +583,11 @@ impl ShadowLink {
             tokio::spawn(heartbeat(self.shared.clone()));
         }
         Ok(())
+    }
+
+    /// Whether the link went down because the job's lease ran out.
+    pub fn lease_expired(&self) -> bool {
+        self.shared.expired.load(Ordering::SeqCst)
     }
 
     /// `true` while the link is lost and being resumed (the job should be

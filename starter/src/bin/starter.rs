@@ -91,10 +91,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             span.in_scope(|| error!("{e:#}"));
-            ExitCode::FAILURE
+            if LEASE_EXPIRED.load(std::sync::atomic::Ordering::SeqCst) {
+                ExitCode::from(starter::EXIT_LEASE_EXPIRED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// The job was given up because its lease ran out (exit code
+/// [`starter::EXIT_LEASE_EXPIRED`]).
+static LEASE_EXPIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The ownerd's commands, one per line, read by a thread; unknown lines
 /// are logged and skipped.
@@ -237,6 +245,9 @@ async fn run(args: Args, mut commands: tokio::sync::mpsc::Receiver<Control>) -> 
             }
         }
     };
+    if link.lease_expired() {
+        LEASE_EXPIRED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     // The job's processes are gone here: `run_job` returned, or its future
     // was dropped, which kills the job's process group.
     if made_scratch {
