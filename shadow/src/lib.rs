@@ -119,6 +119,8 @@ pub struct Schedd {
     conns: AtomicU64,
     /// The checkpoint image store.
     pub(crate) images: ckpt::Store,
+    /// Where running jobs' sessions are saved for a restart (`DIR/sessions`).
+    pub(crate) sessions: PathBuf,
 }
 
 struct Resumer {
@@ -161,8 +163,22 @@ impl Schedd {
         let db = cfg.dir.join("queue.db");
         let images = ckpt::Store::new(&cfg.dir);
         let store = images.clone();
+        let sessions = cfg.dir.join("sessions");
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&sessions);
+            made.map_err(|source| ScheddError::StateDir {
+                path: sessions.clone(),
+                source,
+            })?;
+        }
+        let saved = shadow::saved_sessions(&sessions);
+        let kept: std::collections::HashSet<JobId> = saved.iter().map(|(j, _)| *j).collect();
         let queue = tokio::task::spawn_blocking(move || {
-            let mut q = Queue::open(&db)?;
+            let mut q = Queue::open_keeping(&db, &|j| kept.contains(&j))?;
             store.recover(&mut q)?;
             Ok::<_, ScheddError>(q)
         })
@@ -192,6 +208,7 @@ impl Schedd {
             running: Mutex::new(HashMap::new()),
             conns: AtomicU64::new(0),
             images,
+            sessions,
         });
         let advertise = cfg
             .advertise
@@ -207,6 +224,7 @@ impl Schedd {
             advertise,
             cfg,
             releases: rx,
+            saved,
         })
     }
 
@@ -353,6 +371,8 @@ pub struct Bound {
     advertise: String,
     cfg: Config,
     releases: mpsc::UnboundedReceiver<ClaimId>,
+    /// Sessions of jobs that ran when the last schedd stopped.
+    saved: Vec<(JobId, shadow::Saved)>,
 }
 
 impl Bound {
@@ -379,8 +399,14 @@ impl Bound {
             advertise,
             cfg,
             releases,
+            saved,
             ..
         } = self;
+        for (job, saved) in saved {
+            use tracing::Instrument;
+            let span = tracing::info_span!("job", job = %job, host = %saved.host);
+            tokio::spawn(shadow::adopt(schedd.clone(), job, saved).instrument(span));
+        }
         let tasks = [
             tokio::spawn(cli::serve(schedd.clone(), cli)),
             tokio::spawn(shadow::serve(schedd.clone(), shadow)),

@@ -372,6 +372,11 @@ impl JobNet {
         }
     }
 
+    /// Whether the job has no sockets.
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
     /// The job goes on on this host: closes sockets it let go of.
     pub fn settle_closes(&mut self) {
         for h in std::mem::take(&mut self.closing) {

@@ -384,6 +384,12 @@ impl Queue {
     /// Opens (or creates) the queue. Jobs left `running` by a previous
     /// schedd go back to idle with an `evicted` event.
     pub fn open(path: &Path) -> Result<Queue> {
+        Queue::open_keeping(path, &|_| false)
+    }
+
+    /// Opens the queue; jobs left `running` go back to idle unless `keep`
+    /// says they may still be running (their starters can resume them).
+    pub fn open_keeping(path: &Path, keep: &dyn Fn(JobId) -> bool) -> Result<Queue> {
         let open_err = |source| QueueError::Open {
             path: path.into(),
             source,
@@ -409,11 +415,11 @@ impl Queue {
             }
         }
         let mut q = Queue { db };
-        q.recover()?;
+        q.recover(keep)?;
         Ok(q)
     }
 
-    fn recover(&mut self) -> Result<()> {
+    fn recover(&mut self, keep: &dyn Fn(JobId) -> bool) -> Result<()> {
         let tx = self.db.transaction()?;
         let mut ev = Vec::new();
         let running: Vec<JobId> = {
@@ -427,6 +433,10 @@ impl Queue {
             .collect::<rusqlite::Result<_>>()?
         };
         for id in running {
+            if keep(id) {
+                tracing::info!(job = %id, "running at start-up; its starter may resume it");
+                continue;
+            }
             leave_host(
                 &tx,
                 &mut ev,

@@ -437,8 +437,13 @@ async fn attach(
                 net: crate::net::take(job, crate::net::Policy::from_attributes(&spec.attributes)),
                 running: false,
                 lease,
+                claim: claim.clone(),
+                host: host.clone(),
+                save_now: false,
             };
+            sess.forget();
             let end = sess.run(cmds, resumes).await;
+            sess.forget();
             // A job that will run again keeps its connections meanwhile.
             if !matches!(end, End::Completed | End::Removed) {
                 let empty = crate::net::JobNet::new(job, crate::net::Policy::default());
@@ -448,6 +453,11 @@ async fn attach(
         }
         Err(e) => End::Lost(format!("cannot send Attached: {}", chain(&e))),
     };
+    wrap_up(&s, job, conn_id, claim, end).await;
+}
+
+/// After a session: lets go of the job, and records how it ended.
+async fn wrap_up(s: &Schedd, job: JobId, conn_id: u64, claim: ClaimId, end: End) {
     s.unregister_running(job, conn_id);
     s.unregister_resumer(job, conn_id);
     match end {
@@ -518,6 +528,176 @@ fn job_lease(spec: &JobSpec, default: Duration) -> Duration {
         .map_or(default, Duration::from_secs)
 }
 
+/// Whether a call gives the same result and leaves the same state when
+/// applied again after the job's files are put back as they were before
+/// it (see [`Session::save`]).
+fn replay_safe(op: &proto::fileop::FileOp) -> bool {
+    use proto::fileop::FileOp::*;
+    matches!(
+        op,
+        Read { .. }
+            | Pread { .. }
+            | Write { .. }
+            | Pwrite { .. }
+            | Lseek { .. }
+            | Fstat { .. }
+            | Stat { .. }
+            | Access { .. }
+            | Getdents { .. }
+            | Getcwd
+            | Ftruncate { .. }
+            | Truncate { .. }
+            | Fsync { .. }
+            | Readlink { .. }
+            | Chmod { .. }
+            | Utimens { .. }
+            | Barrier
+    )
+}
+
+/// A running job's session as saved for a restarted schedd.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Saved {
+    pub claim: ClaimId,
+    pub host: HostName,
+    /// Messages from the starter applied.
+    pub received: u64,
+    pub lease_secs: u64,
+    /// The number of the job's next image.
+    pub next_seq: u32,
+    pub fs: FsSnapshot,
+}
+
+/// Reads the sessions saved in `dir` by a schedd that stopped while they
+/// ran; an unreadable one is removed (its job is requeued).
+pub(crate) fn saved_sessions(dir: &std::path::Path) -> Vec<(JobId, Saved)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let path = e.path();
+        let job = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<JobId>().ok());
+        let saved = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Saved>(&b).ok());
+        match (job, saved) {
+            (Some(job), Some(saved)) => out.push((job, saved)),
+            _ => {
+                warn!("removing an unreadable saved session {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    out
+}
+
+/// Takes back a job that was running when the schedd stopped: waits for
+/// its starter to dial again within the job's lease, puts the job's files
+/// back as the session was saved, and goes on serving it. Without a
+/// starter in time the job goes back to the queue.
+pub(crate) async fn adopt(s: Arc<Schedd>, job: JobId, saved: Saved) {
+    let conn_id = s.next_conn();
+    let path = s.sessions.join(format!("{job}.json"));
+    let mut resumes = s.register_resumer(job, conn_id, &saved.claim, &saved.host);
+    let lease = Duration::from_secs(saved.lease_secs);
+    info!(
+        lease_secs = saved.lease_secs,
+        "running when the schedd stopped; waiting for its starter to dial again"
+    );
+    let resume = tokio::time::timeout(lease, resumes.recv()).await;
+    let claim = saved.claim.clone();
+    let fail = |reason: String| {
+        let (s, claim, path) = (s.clone(), claim.clone(), path.clone());
+        async move {
+            let _ = std::fs::remove_file(&path);
+            wrap_up(&s, job, conn_id, claim, End::Lost(reason)).await;
+        }
+    };
+    let Ok(Some(mut r)) = resume else {
+        return fail(format!(
+            "the schedd restarted while the job ran, and its starter did not dial again within the job's lease of {} s",
+            saved.lease_secs
+        ))
+        .await;
+    };
+    let row = match s.db(move |q| q.get(job)).await {
+        Ok(Some(row)) if row.state == JobState::Running && row.claim.as_ref() == Some(&claim) => {
+            row
+        }
+        Ok(_) => {
+            let reason = format!("job {job} no longer runs under this claim");
+            warn!("resume refused: {reason}");
+            let _ = write_frame_async(&mut r.st, &FromShadow::Refused { reason }).await;
+            s.unregister_resumer(job, conn_id);
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        Err(e) => return fail(format!("queue error: {}", chain(&e))).await,
+    };
+    let Some(cmds) = s.register_running(job, conn_id) else {
+        return fail(format!("job {job} already has a shadow")).await;
+    };
+    let spec = row.spec.clone();
+    let dir = std::path::Path::new(&spec.initialdir);
+    let fs = match JobFs::restore(dir, &saved.fs) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let reason = format!("cannot put the job's files back: {}", chain(&e));
+            let _ = write_frame_async(
+                &mut r.st,
+                &FromShadow::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            return fail(reason).await;
+        }
+    };
+    let wire = match Wire::adopted(r, saved.received).await {
+        Ok(w) => w,
+        Err(e) => return fail(format!("the starter could not resume: {e}")).await,
+    };
+    info!(
+        received = saved.received,
+        "the starter is back after the schedd's restart"
+    );
+    let _ = s
+        .db(move |q| {
+            q.note(
+                job,
+                "reconnected",
+                serde_json::json!({ "after": "schedd restart" }),
+            )
+        })
+        .await;
+    let mut sess = Session {
+        s: &s,
+        wire,
+        fs,
+        spec: &spec,
+        job,
+        std: saved.fs.std,
+        incoming: None,
+        ckpt_error: None,
+        next_seq: saved.next_seq,
+        vacate_by: None,
+        net: crate::net::JobNet::new(job, crate::net::Policy::from_attributes(&spec.attributes)),
+        running: true,
+        lease,
+        claim: saved.claim.clone(),
+        host: saved.host.clone(),
+        save_now: true,
+    };
+    let end = sess.run(cmds, resumes).await;
+    sess.forget();
+    wrap_up(&s, job, conn_id, saved.claim, end).await;
+}
+
 /// One attached job.
 struct Session<'a> {
     s: &'a Schedd,
@@ -526,6 +706,11 @@ struct Session<'a> {
     /// The job runs (`Started`): a lost link is kept for the lease.
     running: bool,
     lease: Duration,
+    claim: ClaimId,
+    host: HostName,
+    /// The last call changed what a replay cannot redo (an open, a
+    /// rename...): the session is saved before the next message.
+    save_now: bool,
     fs: JobFs,
     spec: &'a JobSpec,
     job: JobId,
@@ -601,6 +786,7 @@ impl Session<'_> {
                             SILENCE.as_secs()
                         ));
                     } else {
+                        self.save();
                         self.wire.ack(true).await;
                     }
                     continue;
@@ -643,8 +829,58 @@ impl Session<'_> {
                 Step::Nothing => {}
                 Step::End(e) => return e,
             }
+            if self.save_now || self.wire.ack_due() {
+                self.save();
+            }
             self.wire.ack(false).await;
         }
+    }
+
+    /// Where the session is saved for a restarted schedd.
+    fn saved_path(&self) -> std::path::PathBuf {
+        self.s.sessions.join(format!("{}.json", self.job))
+    }
+
+    /// Saves what a restarted schedd needs to pick the session up again:
+    /// the claim, the count of messages received, and the job's files as
+    /// they stand after them (a starter resends what came later, and the
+    /// files are cut back to these sizes first, so a replay writes the same
+    /// bytes). Not saved, and a restarted schedd requeues the job, while the
+    /// job has sockets or files deleted while open, or before it runs.
+    fn save(&mut self) {
+        self.save_now = false;
+        if !self.running {
+            return;
+        }
+        let path = self.saved_path();
+        let mut fs = self.fs.snapshot(&[]);
+        fs.std = self.std;
+        if !self.net.is_empty() || !fs.unrestorable().is_empty() {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let saved = Saved {
+            claim: self.claim.clone(),
+            host: self.host.clone(),
+            received: self.wire.received(),
+            lease_secs: self.lease.as_secs(),
+            next_seq: self.next_seq,
+            fs,
+        };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            debug!("cannot save the session to {}: {e}", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// Removes the saved session (it starts, or it is over).
+    fn forget(&self) {
+        let _ = std::fs::remove_file(self.saved_path());
     }
 
     /// The link is lost while the job runs: waits for the starter to
@@ -764,6 +1000,7 @@ impl Session<'_> {
                 if !matches!(op, proto::fileop::FileOp::Close { .. }) {
                     self.net.settle_closes();
                 }
+                self.save_now |= !replay_safe(&op);
                 let t0 = std::time::Instant::now();
                 let call = crate::metrics::op_name(&op);
                 let reply = match crate::fs::nonblocking_lock(&op) {

@@ -231,6 +231,33 @@ impl Wire {
         }
     }
 
+    /// Counted messages received.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether [`Wire::ack`] without `force` would send an `Ack` now.
+    pub fn ack_due(&self) -> bool {
+        self.received - self.acked >= ACK_EVERY
+    }
+
+    /// A link to a starter that lost a schedd which has since restarted:
+    /// nothing sent before is kept here; the count goes on from what the
+    /// starter has, and `received` (saved before the restart) tells the
+    /// starter what to send again.
+    pub async fn adopted(r: Resume, received: u64) -> Result<Wire, String> {
+        let mut w = Wire::new(r.st);
+        w.sent = r.received;
+        w.floor = r.received;
+        w.received = received;
+        w.acked = received;
+        w.send_inner(&FromShadow::Resumed { received }, false).await;
+        match w.broken() {
+            Some(why) => Err(why.to_string()),
+            None => Ok(w),
+        }
+    }
+
     /// How long nothing has arrived.
     pub fn silent_for(&self) -> Duration {
         self.heard.elapsed()

@@ -806,12 +806,22 @@ async fn read_loop(
         match msg {
             FromShadow::Ack { received } => shared.acknowledged(received),
             FromShadow::Reply { id, reply } => {
-                let next = shared.pending().as_mut().and_then(|q| q.pop_front());
-                match next {
-                    Some((want, tx)) if want == id => {
-                        let _ = tx.send(reply);
+                let mut pending = shared.pending();
+                let want = pending.as_ref().and_then(|q| q.front()).map(|(w, _)| *w);
+                match want {
+                    Some(want) if want == id => {
+                        if let Some((_, tx)) = pending.as_mut().and_then(|q| q.pop_front()) {
+                            let _ = tx.send(reply);
+                        }
                     }
-                    Some((want, _)) => {
+                    // A schedd that restarted applies again the calls made
+                    // after its saved session: answers already had are dropped.
+                    _ if id < shared.next_id.load(Ordering::SeqCst)
+                        && want.is_none_or(|w| id < w) =>
+                    {
+                        debug!(id, "a reply already had; dropped");
+                    }
+                    Some(want) => {
                         break format!("reply {id} from the shadow, expected {want}");
                     }
                     None => break format!("reply {id} from the shadow to no call"),
