@@ -94,3 +94,56 @@ fn a_restarted_schedd_picks_up_its_running_jobs() {
         assert_eq!(q["runs"], 1, "job {id}: {q}");
     }
 }
+
+/// A starter killed with SIGKILL takes its job with it: no process of the
+/// job is left on the execute host, and the job runs again, once.
+#[test]
+fn a_starter_killed_with_sigkill_leaves_no_job_behind() {
+    let pool = Pool::start(1);
+    let dir = pool.job_dir("starter-killed");
+    std::fs::write(dir.join("spin.sh"), "#!/bin/sh\nsleep 3\necho done\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("spin.sh");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let ids = pool.submit(&dir, "executable = \"spin.sh\"\noutput = \"out\"\n");
+    let (host, _) = pool.running_host(Duration::from_secs(60));
+    let t0 = std::time::Instant::now();
+    while roost_tests::job_pids(&dir).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the job's processes never showed\n{}",
+            pool.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = roost_tests::job_pids(&dir);
+    for p in pool.pids_named(&host, "roost-starter") {
+        // SAFETY: kill(2) with a pid; no memory is involved.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        let left: Vec<i32> = first
+            .iter()
+            .copied()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the job's processes {left:?} outlived their starter\n{}",
+            pool.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rc = pool.wait(&ids, Duration::from_secs(120));
+    assert_eq!(rc, 0, "roost wait exited {rc}\n{}", pool.logs());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out")).unwrap_or_default(),
+        "done\n"
+    );
+}
