@@ -147,3 +147,66 @@ fn a_starter_killed_with_sigkill_leaves_no_job_behind() {
         "done\n"
     );
 }
+
+/// An ownerd killed with SIGKILL leaves its starter without anyone to
+/// enforce the owner's policy: the starter vacates the job (checkpoint,
+/// back to the queue), the restarted ownerd takes jobs again, and the job
+/// completes once with its whole output.
+#[test]
+fn a_starter_whose_ownerd_dies_vacates_its_job() {
+    let pool = Pool::start(1);
+    let dir = pool.job_dir("ownerd-killed");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let s = dir.join("lines.sh");
+        std::fs::write(&s, SCRIPT).unwrap();
+        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let ids = pool.submit(
+        &dir,
+        "executable = \"lines.sh\"\narguments = [\"$(Process)\"]\noutput = \"out.$(Process)\"\n",
+    );
+    let (host, _) = pool.running_host(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    pool.kill_daemon(&host, libc::SIGKILL);
+    let id = &ids[0];
+    // Vacated from a checkpoint, or evicted when the image was refused (a
+    // shell with a running `sleep` has two processes).
+    let t0 = std::time::Instant::now();
+    let left = loop {
+        let log = pool.log(id);
+        if let Some(e) = log
+            .iter()
+            .find(|e| e["event"] == "vacated" || e["event"] == "evicted")
+        {
+            break e.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the job did not leave its host: {log:?}\n{}",
+            pool.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let why = left["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains("ownerd"),
+        "vacated because {why:?}\n{}",
+        pool.logs()
+    );
+    pool.start_daemon(&host).unwrap();
+    let rc = pool.wait(&ids, Duration::from_secs(180));
+    assert_eq!(rc, 0, "roost wait exited {rc}\n{}", pool.logs());
+    let want: String = (1..=LINES)
+        .map(|i| format!("line {i} of job 0\n"))
+        .collect();
+    let out = std::fs::read_to_string(dir.join("out.0")).unwrap_or_default();
+    assert_eq!(out, want, "the job's output\n{}", pool.logs());
+    let n = names(&pool.log(id));
+    assert_eq!(
+        n.iter().filter(|e| *e == "completed").count(),
+        1,
+        "{n:?}\n{}",
+        pool.logs()
+    );
+}

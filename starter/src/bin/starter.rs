@@ -105,7 +105,9 @@ fn main() -> ExitCode {
 static LEASE_EXPIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The ownerd's commands, one per line, read by a thread; unknown lines
-/// are logged and skipped.
+/// are logged and skipped. When the ownerd goes away (its pipe ends) the
+/// job is vacated: nobody would enforce the owner's policy any more, and a
+/// restarted ownerd knows nothing of this starter.
 fn read_commands(input: std::io::Stdin) -> tokio::sync::mpsc::Receiver<Control> {
     use std::io::BufRead;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -113,7 +115,7 @@ fn read_commands(input: std::io::Stdin) -> tokio::sync::mpsc::Receiver<Control> 
         .name("commands".into())
         .spawn(move || {
             for line in input.lock().lines() {
-                let Ok(line) = line else { return };
+                let Ok(line) = line else { break };
                 match Control::parse(&line) {
                     Some(c) => {
                         if tx.blocking_send(c).is_err() {
@@ -123,6 +125,11 @@ fn read_commands(input: std::io::Stdin) -> tokio::sync::mpsc::Receiver<Control> 
                     None => warn!("unknown command from the ownerd: {line:?}"),
                 }
             }
+            let gone = Control::Vacate {
+                reason: "the ownerd of this host went away".into(),
+                max_secs: None,
+            };
+            let _ = tx.blocking_send(gone);
         });
     if let Err(e) = spawned {
         warn!("cannot read commands from the ownerd: {e}");
