@@ -16,7 +16,10 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 const JOBS: usize = 20;
-const BOUND: i64 = 2;
+/// How far apart the two users may get. The schedds report their idle jobs
+/// at their own pace, so on a loaded machine one user can be a match or two
+/// ahead for a moment; a scheduler that is not fair drifts much further.
+const BOUND: i64 = 3;
 
 /// `key=value` from a log line (values have no spaces).
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
