@@ -197,8 +197,15 @@ fn the_fairness_check_catches_an_unfair_order() {
         }
     }
     assert_eq!(check_fair(&order, ["a", "b"]), Ok((20, 18)));
-    // One user served three times in a row from an even start is not.
-    let bad = vec![m("a", 0), m("b", 0), m("a", 1), m("a", 2), m("a", 3)];
+    // One user served four times in a row from an even start is not.
+    let bad = vec![
+        m("a", 0),
+        m("b", 0),
+        m("a", 1),
+        m("a", 2),
+        m("a", 3),
+        m("a", 4),
+    ];
     assert!(
         check_fair(&bad, ["a", "b"])
             .unwrap_err()
