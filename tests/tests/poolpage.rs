@@ -197,12 +197,25 @@ fn the_pool_page_lists_machines_and_shows_a_suspension_live() {
             );
 
             // The job's log and moves, from a click.
-            c.find(Locator::Css(&format!("{} td.job a", row(&host))))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            // The row is redrawn by every pushed update: a link found just
+            // before a redraw is stale, so it is found again.
+            let link = format!("{} td.job a", row(&host));
+            let mut tries = 0;
+            loop {
+                let clicked = match c.find(Locator::Css(&link)).await {
+                    Ok(a) => a.click().await,
+                    Err(e) => Err(e),
+                };
+                match clicked {
+                    Ok(()) => break,
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        eprintln!("clicking the job's link: {e}; again");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("cannot click the job's link: {e}"),
+                }
+            }
             c.wait()
                 .at_most(wait)
                 .for_element(Locator::Css("#jobpanel.open"))
